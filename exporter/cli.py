@@ -1,0 +1,188 @@
+"""Command line: ``--check-config``, ``--once``, ``--demo`` and serving (the default)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client.exposition import generate_latest
+
+from exporter import __version__, simulator
+from exporter.config import (
+    Config,
+    ConfigError,
+    load_config,
+    parse_listen_address,
+    validate_config,
+)
+from exporter.fields import format_duration
+from exporter.http import new_session
+from exporter.logs import setup_logging
+from exporter.scheduler import Scheduler
+from exporter.web import USER_AGENT, Exporter, build_app, make_exporter
+
+log = structlog.get_logger("exporter.cli")
+
+EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
+DEMO_INTERVAL = "10s"
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="messaging-stats-exporter",
+        description="Prometheus exporter for messaging platforms' delivery and subscription "
+        "statistics (Altcraft, Thulium, Trust.lat, Exolve).",
+    )
+    p.add_argument("--config", default="config.yaml", help="config file (default: %(default)s)")
+    p.add_argument(
+        "--check-config",
+        action="store_true",
+        help="validate the config, print one line per target, exit 0 (or 2 with the errors)",
+    )
+    p.add_argument(
+        "--once",
+        action="store_true",
+        help="collect every target once, print the exposition, exit 0 if all succeeded, else 1",
+    )
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="start the built-in provider simulator and a config that points at it",
+    )
+    p.add_argument("--listen", metavar="ADDR", help="override web.listen_address (host:port)")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.listen is not None:
+        try:
+            parse_listen_address(args.listen)
+        except ValueError as exc:
+            print(f"--listen: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    if args.demo:
+        return asyncio.run(_demo(args))
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        return _check_config(config, args.config)
+    setup_logging(config.log.level, config.log.format)
+    if args.once:
+        return asyncio.run(_once(config))
+    return asyncio.run(_serve(config, args.listen, Path(args.config)))
+
+
+def _check_config(config: Config, path: str) -> int:
+    print(f"{path}: OK, {len(config.targets)} target(s)")
+    for target in config.targets:
+        print(
+            f"  {target.summary()} interval={format_duration(target.interval)} "
+            f"timeout={format_duration(target.deadline)} "
+            f"stale_after={format_duration(target.stale_after)}"
+        )
+    return EXIT_OK
+
+
+async def _once(config: Config) -> int:
+    """Collect every target once and print the exposition: the targets that worked, and the
+    exporter's own metrics saying which did not."""
+    exporter = make_exporter(config, autostart=False)
+    async with new_session(USER_AGENT) as session:
+        scheduler = Scheduler(exporter.store, session, exporter.histogram, exporter.clock)
+        scheduler.set_targets(config.targets)
+        snapshots = await scheduler.run_all_once()
+    sys.stdout.buffer.write(generate_latest(exporter.registry))
+    sys.stdout.flush()
+    return EXIT_OK if all(snapshot.ok for snapshot in snapshots) else EXIT_FAILED
+
+
+@contextlib.asynccontextmanager
+async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
+    sim = simulator.Simulator(dynamic=True)
+    runner, url = await simulator.start(sim)
+    try:
+        config = validate_config(
+            {
+                "log": {"level": "info", "format": "console"},
+                "defaults": {"interval": DEMO_INTERVAL, "timeout": "5s"},
+                "targets": simulator.demo_targets(url, sim),
+            },
+            source="(built-in demo config)",
+        )
+        yield config, url
+    finally:
+        await runner.cleanup()
+
+
+async def _demo(args: argparse.Namespace) -> int:
+    async with _demo_simulator() as (config, url):
+        if args.check_config:
+            return _check_config(config, "(built-in demo config)")
+        setup_logging(config.log.level, config.log.format)
+        if args.once:
+            return await _once(config)
+        log.info("demo: built-in provider simulator started", simulator=url)
+        return await _serve(config, args.listen, None, demo=True)
+
+
+async def _serve(config: Config, listen: str | None, path: Path | None, demo: bool = False) -> int:
+    exporter = make_exporter(config, config_path=path)
+    host, port = parse_listen_address(listen or config.web.listen_address)
+    runner = web.AppRunner(
+        build_app(exporter), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host or None, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        log.error("cannot listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
+        await runner.cleanup()
+        return EXIT_FAILED
+    shown_host = host if host not in ("", "0.0.0.0", "::") else "localhost"  # noqa: S104
+    metrics_url = f"http://{shown_host}:{port}{config.web.telemetry_path}"
+    log.info(
+        "serving",
+        metrics=metrics_url,
+        landing_page=f"http://{shown_host}:{port}/",
+        targets=len(config.targets),
+        version=__version__,
+    )
+    if demo:
+        print(
+            f"\n  Demo running: open {metrics_url}  (targets: http://{shown_host}:{port}/)\n"
+            "  Stop with Ctrl+C.\n",
+            flush=True,
+        )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: _reload_soon(exporter))
+    await stop.wait()
+    log.info("shutting down")
+    await runner.cleanup()
+    return EXIT_OK
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _reload_soon(exporter: Exporter) -> None:
+    task = asyncio.get_running_loop().create_task(exporter.reload())
+    _background.add(task)
+    task.add_done_callback(_background.discard)

@@ -1,0 +1,158 @@
+"""Reusable pieces of the configuration models: the strict base model, durations, URLs, secrets."""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    model_validator,
+)
+from yarl import URL
+
+
+class StrictModel(BaseModel):
+    """Unknown keys are an error: a typo must not silently disable a target."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: object) -> float:
+    """``500ms``, ``30s``, ``5m``, ``1h``, ``1h30m`` or a bare number of seconds, as seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration is a number of seconds or a string such as 30s, 5m, 1h")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        try:
+            seconds = float(text)
+        except ValueError:
+            pos = 0
+            seconds = 0.0
+            for match in _DURATION_PART.finditer(text):
+                if match.start() != pos:
+                    break
+                seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+                pos = match.end()
+            if pos != len(text) or not text:
+                raise ValueError(
+                    f"invalid duration {value!r}: use a number of seconds or a string such as "
+                    "500ms, 30s, 5m, 1h, 1h30m"
+                ) from None
+    else:
+        raise ValueError("a duration is a number of seconds or a string such as 30s, 5m, 1h")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"a duration must be positive, got {value!r}")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+"""Seconds, written in the config as ``30s``, ``5m``, ... or a bare number."""
+
+
+def format_duration(seconds: float) -> str:
+    for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    return f"{seconds:g}s"
+
+
+def _check_base_url(value: str) -> str:
+    try:
+        url = URL(value)
+    except (ValueError, TypeError):
+        raise ValueError("not a valid URL") from None
+    if url.scheme not in ("http", "https"):
+        raise ValueError(f"must be an http or https URL, got scheme {url.scheme!r}")
+    if not url.host:
+        raise ValueError("the URL has no host")
+    if url.user is not None or url.password is not None:
+        # Credentials in a URL end up in logs and error texts: they have keys of their own.
+        raise ValueError("must not carry credentials; use the target's secret keys instead")
+    if url.query_string or url.fragment:
+        raise ValueError("must not have a query string or fragment")
+    return value.rstrip("/")
+
+
+BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
+"""An http(s) URL without credentials, stored without a trailing slash."""
+
+
+def read_secret_file(value: object) -> SecretStr:
+    """Read a ``*_file`` secret: the file's text without its trailing newline (a Secret mount)."""
+    if not isinstance(value, str | Path) or not str(value):
+        raise ValueError("must be the path of a file that holds the secret")
+    path = Path(value)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"secret file {str(path)!r} does not exist") from None
+    except IsADirectoryError:
+        raise ValueError(f"secret file {str(path)!r} is a directory") from None
+    except PermissionError:
+        raise ValueError(f"secret file {str(path)!r} is not readable") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"secret file {str(path)!r} cannot be read ({type(exc).__name__})"
+        ) from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ValueError(f"secret file {str(path)!r} is empty")
+    return SecretStr(secret)
+
+
+SecretFile = Annotated[SecretStr, BeforeValidator(read_secret_file)]
+"""A ``*_file`` key: the path is read at load time and the field holds the secret itself."""
+
+NonEmptySecret = Annotated[SecretStr, Field(min_length=1)]
+
+
+class SecretsModel(StrictModel):
+    """A model whose secrets come either inline (``password``) or from a file (``password_file``).
+
+    Subclasses list their secret keys in ``SECRETS`` and declare both fields; exactly one of each
+    pair must be set, except for the keys listed in ``OPTIONAL_SECRETS``.
+    """
+
+    SECRETS: ClassVar[tuple[str, ...]] = ()
+    OPTIONAL_SECRETS: ClassVar[tuple[str, ...]] = ()
+
+    @model_validator(mode="after")
+    def _one_of_each_secret(self) -> Any:
+        for key in self.SECRETS:
+            inline = getattr(self, key, None)
+            from_file = getattr(self, f"{key}_file", None)
+            if inline is not None and from_file is not None:
+                raise ValueError(f"give either {key} or {key}_file, not both")
+            if inline is None and from_file is None and key not in self.OPTIONAL_SECRETS:
+                raise ValueError(f"{key} or {key}_file is required")
+        return self
+
+    def secret(self, key: str) -> str | None:
+        """The value of secret ``key``, from whichever of the two keys gave it."""
+        value = getattr(self, key, None) or getattr(self, f"{key}_file", None)
+        return value.get_secret_value() if isinstance(value, SecretStr) else None
+
+    def secret_values(self) -> list[str]:
+        """Every secret this model holds, for the log redactor."""
+        values = []
+        for key in self.SECRETS:
+            value = self.secret(key)
+            if value:
+                values.append(value)
+        return values

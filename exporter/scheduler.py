@@ -1,0 +1,177 @@
+"""One asyncio task per target: first run soon after start (spread over a few seconds), then every
+``interval`` on a fixed grid; each run bounded by the target's deadline and turned into a
+:class:`~exporter.store.Snapshot`."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+import structlog
+from prometheus_client import Histogram
+
+from exporter.clock import Clock
+from exporter.errors import CollectError, ParseError, Reason
+from exporter.http import ProviderClient
+from exporter.providers import registry
+from exporter.providers.base import Provider, TargetConfig
+from exporter.store import Snapshot, Store
+
+log = structlog.get_logger("exporter.scheduler")
+
+FIRST_RUN_SPREAD = 5.0
+"""The first runs of all targets are spread over this many seconds (or the interval, if shorter)."""
+
+
+def first_delay(name: str, interval: float, spread: float = FIRST_RUN_SPREAD) -> float:
+    """A stable offset in [0, min(spread, interval)) from the target's name, so targets do not all
+    start at once and a restart keeps their order."""
+    digest = hashlib.sha256(name.encode()).digest()
+    fraction = int.from_bytes(digest[:8], "big") / 2**64
+    return fraction * min(spread, interval)
+
+
+class TargetRunner:
+    """Collects one target; keeps its provider instance (and any state it holds) between runs."""
+
+    def __init__(
+        self,
+        config: TargetConfig,
+        session: aiohttp.ClientSession,
+        store: Store,
+        histogram: Histogram,
+        clock: Clock,
+    ) -> None:
+        self.config = config
+        self._store = store
+        self._clock = clock
+        self.client = ProviderClient(
+            session,
+            provider=config.provider,
+            account=config.name,
+            histogram=histogram,
+            max_concurrency=config.max_concurrency,
+            max_response_bytes=config.max_response_bytes,
+        )
+        provider_cls: type[Provider[Any]] = registry()[config.provider]
+        self.provider = provider_cls(config, self.client)
+
+    async def run_once(self) -> Snapshot:
+        config = self.config
+        loop = asyncio.get_running_loop()
+        started_at = self._clock.time()
+        started = time.perf_counter()
+        self.client.deadline = loop.time() + config.deadline
+        reason: Reason | None = None
+        error: str | None = None
+        samples: tuple[Any, ...] = ()
+        try:
+            async with asyncio.timeout(config.deadline):
+                samples = tuple(await self.provider.collect())
+        except TimeoutError:
+            reason, error = (
+                Reason.TIMEOUT,
+                f"the collection passed its deadline of {config.deadline:g}s",
+            )
+        except CollectError as exc:
+            reason, error, samples = exc.reason, exc.message, exc.partial
+        except ParseError as exc:
+            reason, error = Reason.PARSE, f"unexpected answer: {exc}"
+        except Exception:
+            # A bug, or an answer our parser did not foresee: fail this run, keep the process up.
+            log.exception("collection crashed", provider=config.provider, account=config.name)
+            reason, error = Reason.PARSE, "internal error while handling the answer (see log)"
+        duration = time.perf_counter() - started
+        snapshot = Snapshot(
+            target=config.name,
+            provider=config.provider,
+            ok=reason is None,
+            samples=samples,
+            started_at=started_at,
+            duration=duration,
+            reason=reason,
+            error=error,
+        )
+        self._store.record(snapshot)
+        fields: dict[str, Any] = {
+            "provider": config.provider,
+            "account": config.name,
+            "outcome": "success" if snapshot.ok else "failure",
+            "duration_seconds": round(duration, 4),
+            "samples": len(samples),
+        }
+        if snapshot.ok:
+            log.info("collection", **fields)
+        else:
+            log.warning("collection", reason=str(reason), error=error, **fields)
+        return snapshot
+
+    async def run_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.interval
+        next_run = loop.time() + first_delay(self.config.name, interval)
+        while True:
+            await asyncio.sleep(max(0.0, next_run - loop.time()))
+            await self.run_once()
+            # A fixed grid: a run that overran skips the ticks it missed instead of bunching up.
+            next_run += interval
+            now = loop.time()
+            if next_run <= now:
+                next_run += ((now - next_run) // interval + 1) * interval
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        session: aiohttp.ClientSession,
+        histogram: Histogram,
+        clock: Clock,
+    ) -> None:
+        self._store = store
+        self._session = session
+        self._histogram = histogram
+        self._clock = clock
+        self.runners: dict[str, TargetRunner] = {}
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def set_targets(self, configs: Sequence[TargetConfig]) -> None:
+        """Run exactly these targets. Unchanged ones keep their schedule and provider state."""
+        wanted = {config.name: config for config in configs}
+        for name in list(self.runners):
+            if name not in wanted or wanted[name] != self.runners[name].config:
+                self._stop(name)
+        self._store.set_targets(configs)
+        for name, config in wanted.items():
+            if name not in self.runners:
+                self.runners[name] = TargetRunner(
+                    config, self._session, self._store, self._histogram, self._clock
+                )
+
+    def start(self) -> None:
+        for name, runner in self.runners.items():
+            if name not in self._tasks:
+                self._tasks[name] = asyncio.create_task(
+                    runner.run_forever(), name=f"collect:{name}"
+                )
+
+    def _stop(self, name: str) -> None:
+        self.runners.pop(name, None)
+        task = self._tasks.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        self._tasks.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def run_all_once(self) -> list[Snapshot]:
+        """Collect every target once, concurrently (``--once`` and tests)."""
+        return list(await asyncio.gather(*(r.run_once() for r in self.runners.values())))

@@ -1,0 +1,282 @@
+"""The provider simulator: one aiohttp app that speaks every provider's API as its page describes,
+quirks included, for ``--demo``, the tests and the benchmarks.
+
+Each provider's part is a module here that defines:
+
+* ``PROVIDER``: the provider's name (the first path segment of its routes),
+* ``make_state(dynamic: bool)``: its demo data (``dynamic`` makes the values move over time),
+* ``register(app, sim)``: its routes, under ``/<provider>/{account}/...``,
+* ``demo_targets(url, sim)``: config targets (dicts) that point at it.
+
+Faults common to every API are switched per (provider, account) and applied by one middleware:
+
+=====================  ================================================================
+fault                  what the client gets
+=====================  ================================================================
+``http_500_html``      HTTP 500 with an HTML body
+``http_503``           HTTP 503 (retryable)
+``malformed_json``     HTTP 200 with a body that is not JSON
+``wrong_shape``        HTTP 200 with valid JSON of the wrong shape
+``strings_for_numbers``  HTTP 200, the normal answer with every number sent as a string
+``huge_body``          HTTP 200 with a 32 MiB JSON body
+``hang``               no answer for ``delay`` seconds (default one hour)
+``reset``              the connection is closed without an answer
+``rate_limited``       HTTP 429 with ``Retry-After: <retry_after>``
+``auth``               the account's credentials are refused (the provider's own error)
+=====================  ================================================================
+
+Providers add faults of their own (Altcraft's never-ending task, ...). ``/_sim/faults`` switches
+them over HTTP, ``/_sim/requests`` lists what was received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import pkgutil
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from aiohttp import web
+
+FAULTS = (
+    "http_500_html",
+    "http_503",
+    "malformed_json",
+    "wrong_shape",
+    "strings_for_numbers",
+    "huge_body",
+    "hang",
+    "reset",
+    "rate_limited",
+    "auth",
+)
+
+
+@dataclass(frozen=True)
+class Fault:
+    name: str
+    delay: float = 3600.0
+    retry_after: int = 1
+
+
+@dataclass(frozen=True)
+class ReceivedRequest:
+    provider: str
+    account: str
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Any
+    headers: dict[str, str]
+    at: float
+
+
+@dataclass
+class Simulator:
+    """The simulator's state: provider data, faults, latency and the requests it received."""
+
+    dynamic: bool = False
+    latency: float = 0.0
+    faults: dict[tuple[str, str], Fault] = field(default_factory=dict)
+    requests: list[ReceivedRequest] = field(default_factory=list)
+    state: dict[str, Any] = field(default_factory=dict)
+    record_requests: bool = True
+
+    def __post_init__(self) -> None:
+        for name, module in provider_modules().items():
+            self.state.setdefault(name, module.make_state(self.dynamic))
+
+    def set_fault(self, provider: str, account: str, fault: str | Fault | None) -> None:
+        if fault is None:
+            self.faults.pop((provider, account), None)
+            return
+        if isinstance(fault, str):
+            fault = Fault(fault)
+        self.faults[(provider, account)] = fault
+
+    def fault(self, provider: str, account: str) -> Fault | None:
+        return self.faults.get((provider, account))
+
+    def received(self, provider: str, account: str | None = None) -> list[ReceivedRequest]:
+        return [
+            r
+            for r in self.requests
+            if r.provider == provider and (account is None or r.account == account)
+        ]
+
+
+def provider_modules() -> dict[str, ModuleType]:
+    modules = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        if hasattr(module, "PROVIDER"):
+            modules[module.PROVIDER] = module
+    return dict(sorted(modules.items()))
+
+
+SIMULATOR = web.AppKey("simulator", Simulator)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _stringify_numbers(value: Any) -> Any:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _stringify_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_stringify_numbers(item) for item in value]
+    return value
+
+
+async def _huge_body(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await response.prepare(request)
+    chunk = b'{"padding": "' + b"x" * 65_000 + b'"},'
+    await response.write(b"[")
+    try:
+        for _ in range(512):  # ~32 MiB
+            await response.write(chunk)
+        await response.write(b"{}]")
+    except (ConnectionResetError, RuntimeError):
+        pass  # the client stopped reading at its limit, as it should
+    return response
+
+
+@web.middleware
+async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
+    sim = request.app[SIMULATOR]
+    provider = request.path.strip("/").split("/", 1)[0]
+    account = request.match_info.get("account", "")
+    if provider == "_sim":
+        return await handler(request)
+    if sim.record_requests:
+        body: Any = None
+        if request.can_read_body:
+            raw = await request.read()
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = raw.decode("utf-8", "replace")
+        sim.requests.append(
+            ReceivedRequest(
+                provider=provider,
+                account=account,
+                method=request.method,
+                path=request.path,
+                query=dict(request.query),
+                body=body,
+                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+                at=time.time(),
+            )
+        )
+    if sim.latency:
+        await asyncio.sleep(sim.latency)
+    fault = sim.fault(provider, account)
+    name = fault.name if fault else None
+    if fault is None or name == "auth":
+        return await handler(request)
+    if name == "http_500_html":
+        return web.Response(
+            status=500,
+            text="<html><body><h1>500 Internal Server Error</h1></body></html>",
+            content_type="text/html",
+        )
+    if name == "http_503":
+        return web.Response(status=503, text="Service Unavailable")
+    if name == "malformed_json":
+        return web.Response(text='{"data": [1, 2', content_type="application/json")
+    if name == "wrong_shape":
+        return web.json_response({"unexpected": ["shape"], "value": None})
+    if name == "huge_body":
+        return await _huge_body(request)
+    if name == "hang":
+        await asyncio.sleep(fault.delay)
+        return await handler(request)
+    if name == "reset":
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("simulated connection reset")
+    if name == "rate_limited":
+        return web.Response(
+            status=429,
+            text='{"error": "too many requests"}',
+            headers={"Retry-After": str(fault.retry_after)},
+            content_type="application/json",
+        )
+    response = await handler(request)
+    if name == "strings_for_numbers" and isinstance(response, web.Response) and response.body:
+        decoded = json.loads(response.body)  # type: ignore[arg-type]
+        return web.json_response(_stringify_numbers(decoded), status=response.status)
+    return response
+
+
+async def _control_faults(request: web.Request) -> web.Response:
+    """``POST /_sim/faults`` ``{"provider", "account", "fault" (null clears), "delay", ...}``."""
+    sim = request.app[SIMULATOR]
+    payload = await request.json()
+    fault = payload.get("fault")
+    sim.set_fault(
+        payload["provider"],
+        payload["account"],
+        None
+        if fault is None
+        else Fault(
+            fault,
+            delay=float(payload.get("delay", 3600.0)),
+            retry_after=int(payload.get("retry_after", 1)),
+        ),
+    )
+    return web.json_response({"ok": True})
+
+
+async def _control_requests(request: web.Request) -> web.Response:
+    sim = request.app[SIMULATOR]
+    return web.json_response(
+        [
+            {"provider": r.provider, "account": r.account, "method": r.method, "path": r.path}
+            for r in sim.requests
+        ]
+    )
+
+
+def build_app(sim: Simulator | None = None) -> web.Application:
+    sim = sim or Simulator()
+    app = web.Application(middlewares=[_faults])
+    app[SIMULATOR] = sim
+    for module in provider_modules().values():
+        module.register(app, sim)
+    app.router.add_post("/_sim/faults", _control_faults)
+    app.router.add_get("/_sim/requests", _control_requests)
+    return app
+
+
+def demo_targets(url: str, sim: Simulator) -> list[dict[str, Any]]:
+    """Config targets for every account the simulator holds, pointing at ``url``."""
+    targets: list[dict[str, Any]] = []
+    for module in provider_modules().values():
+        targets.extend(module.demo_targets(url.rstrip("/"), sim))
+    return targets
+
+
+async def start(
+    sim: Simulator | None = None, host: str = "127.0.0.1", port: int = 0
+) -> tuple[web.AppRunner, str]:
+    """Serve the simulator on a loopback port; returns the runner (to clean up) and its URL."""
+    # Handlers of a hanging fault never finish by themselves: do not wait for them on cleanup.
+    runner = web.AppRunner(
+        build_app(sim), access_log=None, handle_signals=False, shutdown_timeout=0.1
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    bound_port = runner.addresses[0][1]
+    return runner, f"http://{host}:{bound_port}"

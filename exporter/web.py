@@ -1,0 +1,219 @@
+"""The aiohttp app: ``/metrics`` from the cached exposition, health, readiness, the landing page and
+reload. The collection loop lives in the app's ``cleanup_ctx``: it starts and stops with the app."""
+
+from __future__ import annotations
+
+import asyncio
+import html
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import aiohttp
+import prometheus_client
+import structlog
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Histogram
+
+from exporter import __version__
+from exporter.clock import Clock, SystemClock
+from exporter.config import Config, ConfigError, load_config
+from exporter.exposition import Exposition
+from exporter.http import new_session, request_duration_histogram
+from exporter.logs import redactor
+from exporter.scheduler import Scheduler
+from exporter.store import Store, StoreCollector
+
+log = structlog.get_logger("exporter.web")
+
+USER_AGENT = f"messaging-stats-exporter/{__version__}"
+
+
+@dataclass
+class Exporter:
+    """Everything the routes and the lifecycle share."""
+
+    config: Config
+    clock: Clock
+    store: Store
+    registry: CollectorRegistry
+    histogram: Histogram
+    exposition: Exposition
+    config_path: Path | None = None
+    environ: Mapping[str, str] | None = None
+    autostart: bool = True
+    scheduler: Scheduler | None = None
+    session: aiohttp.ClientSession | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    def apply(self, config: Config) -> None:
+        """Run ``config``'s targets: unchanged ones keep their state and schedule."""
+        self.config = config
+        redactor.set_secrets(config.secret_values())
+        if self.scheduler is not None:
+            self.scheduler.set_targets(config.targets)
+            if self.autostart:
+                self.scheduler.start()
+        else:
+            self.store.set_targets(config.targets)
+
+    async def reload(self) -> str | None:
+        """Load the config file again; on an error keep the running config and return the error."""
+        if self.config_path is None:
+            return "this exporter was started without a config file"
+        async with self.reload_lock:
+            try:
+                config = load_config(self.config_path, self.environ)
+            except ConfigError as exc:
+                self.store.config_reload_successful = False
+                self.store.generation += 1
+                log.error("config reload failed; the previous config stays", error=str(exc))
+                return str(exc)
+            self.apply(config)
+            self.store.config_reload_successful = True
+            log.info("config reloaded", targets=len(config.targets))
+            return None
+
+
+EXPORTER = web.AppKey("exporter", Exporter)
+
+
+def make_exporter(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    autostart: bool = True,
+) -> Exporter:
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    clock = clock or SystemClock()
+    store = Store(clock)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreCollector(store))
+    histogram = request_duration_histogram(registry)
+    exporter = Exporter(
+        config=config,
+        clock=clock,
+        store=store,
+        registry=registry,
+        histogram=histogram,
+        exposition=Exposition(registry, store),
+        config_path=config_path,
+        environ=environ,
+        autostart=autostart,
+    )
+    redactor.set_secrets(config.secret_values())
+    store.set_targets(config.targets)
+    return exporter
+
+
+async def _collection(app: web.Application) -> AsyncIterator[None]:
+    exporter = app[EXPORTER]
+    exporter.session = new_session(USER_AGENT)
+    exporter.scheduler = Scheduler(
+        exporter.store, exporter.session, exporter.histogram, exporter.clock
+    )
+    exporter.scheduler.set_targets(exporter.config.targets)
+    if exporter.autostart:
+        exporter.scheduler.start()
+    try:
+        yield
+    finally:
+        await exporter.scheduler.stop()
+        await exporter.session.close()
+
+
+async def metrics(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER]
+    rendered = exporter.exposition.get(
+        request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+    )
+    response = web.Response(body=rendered.body)
+    response.headers["Content-Type"] = rendered.content_type
+    response.headers["Vary"] = "Accept, Accept-Encoding"
+    if rendered.gzipped:
+        response.headers["Content-Encoding"] = "gzip"
+    return response
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    if request.app[EXPORTER].store.ready():
+        return web.Response(text="ready\n")
+    return web.Response(status=503, text="not ready: some targets have not been collected yet\n")
+
+
+async def reload(request: web.Request) -> web.Response:
+    error = await request.app[EXPORTER].reload()
+    if error is None:
+        return web.Response(text="reloaded\n")
+    return web.Response(status=500, text=f"reload failed; the previous config stays.\n{error}\n")
+
+
+def _when(timestamp: float | None, now: float) -> str:
+    if timestamp is None:
+        return "never"
+    stamp = datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return f"{stamp} ({max(0.0, now - timestamp):.0f}s ago)"
+
+
+async def landing(request: web.Request) -> web.Response:
+    exporter = request.app[EXPORTER]
+    now = exporter.clock.time()
+    path = html.escape(exporter.config.web.telemetry_path)
+    rows = []
+    for state in exporter.store.targets:
+        latest = state.latest
+        if latest is None:
+            status = "pending"
+        elif latest.ok:
+            status = "up"
+        else:
+            status = "down"
+        error = f"{latest.reason}: {latest.error}" if latest and not latest.ok else ""
+        rows.append(
+            "<tr>"
+            + "".join(
+                f"<td>{html.escape(cell)}</td>"
+                for cell in (
+                    state.config.provider,
+                    state.config.name,
+                    status,
+                    _when(state.last_success, now),
+                    redactor.redact(error),
+                )
+            )
+            + "</tr>"
+        )
+    body = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>messaging-stats-exporter</title>
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px;
+text-align:left}}table{{border-collapse:collapse}}</style></head>
+<body><h1>messaging-stats-exporter</h1>
+<p>Version {html.escape(__version__)}. Prometheus exporter for messaging platforms' statistics.</p>
+<ul><li><a href="{path}">Metrics</a></li><li><a href="/healthz">Health</a></li>
+<li><a href="/readyz">Readiness</a></li></ul>
+<h2>Targets</h2>
+<table><tr><th>Provider</th><th>Account</th><th>State</th><th>Last success</th>
+<th>Last error</th></tr>
+{"".join(rows) or '<tr><td colspan="5">no targets configured</td></tr>'}
+</table></body></html>
+"""
+    return web.Response(text=body, content_type="text/html")
+
+
+def build_app(exporter: Exporter) -> web.Application:
+    app = web.Application()
+    app[EXPORTER] = exporter
+    app.cleanup_ctx.append(_collection)
+    app.router.add_get(exporter.config.web.telemetry_path, metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_post("/-/reload", reload)
+    app.router.add_get("/", landing)
+    return app

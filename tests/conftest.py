@@ -1,0 +1,153 @@
+"""Shared fixtures: the provider simulator on a loopback port, an exporter app on another, a fake
+clock, config writing and exposition parsing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import simulator
+from exporter.config import Config, validate_config
+from exporter.web import Exporter, build_app, make_exporter
+
+
+class FakeClock:
+    """Wall time that moves only when a test says so."""
+
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def time(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sim() -> simulator.Simulator:
+    return simulator.Simulator()
+
+
+@pytest.fixture
+async def sim_url(sim: simulator.Simulator) -> AsyncIterator[str]:
+    runner, url = await simulator.start(sim)
+    try:
+        yield url
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> Callable[[Any], Path]:
+    """Write a config (a dict, dumped as YAML, or text as it is) and return its path."""
+
+    def write(data: Any, name: str = "config.yaml") -> Path:
+        path = tmp_path / name
+        path.write_text(data if isinstance(data, str) else yaml.safe_dump(data), encoding="utf-8")
+        return path
+
+    return write
+
+
+Scrape = Callable[..., Awaitable[dict[tuple[str, frozenset[tuple[str, str]]], float]]]
+
+
+class ExporterHarness:
+    """An exporter app served on loopback, collections driven by the test (no background loop)."""
+
+    def __init__(self, exporter: Exporter, client: TestClient[Any, Any]) -> None:
+        self.exporter = exporter
+        self.client = client
+
+    async def collect(self) -> None:
+        assert self.exporter.scheduler is not None
+        await self.exporter.scheduler.run_all_once()
+
+    async def scrape_text(self, **headers: str) -> str:
+        response = await self.client.get(self.exporter.config.web.telemetry_path, headers=headers)
+        assert response.status == 200
+        return await response.text()
+
+    async def scrape(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return parse_exposition(await self.scrape_text())
+
+
+def parse_exposition(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample as ``(name, frozenset(labels)) -> value``."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = (sample.name, frozenset(sample.labels.items()))
+            assert key not in samples, f"duplicate series {key}"
+            samples[key] = sample.value
+    return samples
+
+
+def series(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str
+) -> dict[frozenset[tuple[str, str]], float]:
+    return {labels: value for (metric, labels), value in samples.items() if metric == name}
+
+
+def labels(**kv: str) -> frozenset[tuple[str, str]]:
+    return frozenset(kv.items())
+
+
+@pytest.fixture
+def make_config() -> Callable[..., Config]:
+    def make(targets: list[dict[str, Any]], **top: Any) -> Config:
+        return validate_config({"targets": targets, **top})
+
+    return make
+
+
+@pytest.fixture
+async def harness(
+    aiohttp_client: Callable[..., Awaitable[TestClient[Any, Any]]], clock: FakeClock
+) -> Callable[[Config], Awaitable[ExporterHarness]]:
+    async def start(config: Config) -> ExporterHarness:
+        exporter = make_exporter(config, clock=clock, autostart=False)
+        client = await aiohttp_client(build_app(exporter))
+        return ExporterHarness(exporter, client)
+
+    return start
+
+
+def promtool() -> str:
+    """promtool's path; skips where it is absent, except in CI, where it must be there."""
+    path = shutil.which("promtool")
+    if path is None:
+        if os.environ.get("CI"):
+            pytest.fail("promtool is required in CI (apt-get install prometheus)")
+        pytest.skip("promtool is not installed (apt-get install prometheus)")
+    return path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def no_env_leak() -> Iterator[None]:
+    before = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(before)
