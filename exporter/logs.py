@@ -19,12 +19,31 @@ class SecretRedactor:
     """Replaces known secret values anywhere in an event's strings. Secrets shorter than four
     characters are not looked for (they would mangle ordinary words)."""
 
+    RUNTIME_LIMIT = 256
+
     def __init__(self) -> None:
+        self._configured: set[str] = set()
+        self._runtime: dict[str, None] = {}  # insertion-ordered, oldest dropped first
         self._secrets: tuple[str, ...] = ()
 
     def set_secrets(self, secrets: Iterable[str]) -> None:
-        found = {secret for secret in secrets if len(secret) >= 4}
+        """The secrets of the config (replaced on every load)."""
+        self._configured = {secret for secret in secrets if len(secret) >= 4}
+        self._rebuild()
+
+    def add_runtime_secret(self, secret: str) -> None:
+        """A secret obtained while running, such as an OAuth access token; the newest
+        ``RUNTIME_LIMIT`` are kept."""
+        if len(secret) < 4 or secret in self._runtime:
+            return
+        self._runtime[secret] = None
+        while len(self._runtime) > self.RUNTIME_LIMIT:
+            del self._runtime[next(iter(self._runtime))]
+        self._rebuild()
+
+    def _rebuild(self) -> None:
         # Longest first, so a secret that contains another is removed whole.
+        found = self._configured | set(self._runtime)
         self._secrets = tuple(sorted(found, key=len, reverse=True))
 
     def redact(self, text: str) -> str:
