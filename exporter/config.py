@@ -237,6 +237,8 @@ def _problems_from(error: ValidationError) -> list[ConfigProblem]:
         elif kind == "union_tag_not_found":
             message = f"required key is missing (one of: {', '.join(sorted(provider_names))})"
             loc.append("provider")
+        elif kind == "too_short" and (item.get("ctx") or {}).get("min_length") == 1:
+            message = "must not be empty"
         elif kind == "literal_error" and loc[-1:] == ["provider"]:
             message = f"unknown provider; expected one of: {', '.join(sorted(provider_names))}"
         path = format_path(loc)
@@ -274,7 +276,9 @@ def validate_config(
     try:
         config = _config_model().model_validate(expanded)
     except ValidationError as exc:
-        problems += _problems_from(exc)
+        # A key whose variable is unset has already been reported; its emptiness is no news.
+        unset = {problem.path for problem in problems}
+        problems += [p for p in _problems_from(exc) if p.path not in unset]
     if problems:
         raise ConfigError(problems, source)
     return config

@@ -18,7 +18,11 @@ ERRORS = "messaging_exporter_collect_errors_total"
 
 
 def targets(sim_url: str, sim: simulator.Simulator, **extra: Any) -> list[dict[str, Any]]:
-    return [dict(target, **extra) for target in simulator.demo_targets(sim_url, sim)]
+    return [
+        dict(target, **extra)
+        for target in simulator.demo_targets(sim_url, sim)
+        if target["provider"] == "thulium"
+    ]
 
 
 def thulium(sim: simulator.Simulator) -> ThuliumState:

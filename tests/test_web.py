@@ -1,0 +1,137 @@
+"""The HTTP endpoints: /metrics negotiation and caching, health, readiness, landing page, reload."""
+
+from __future__ import annotations
+
+import gzip
+from typing import Any
+
+import yaml
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+
+from exporter import simulator
+from exporter.config import load_config
+from exporter.web import build_app, make_exporter
+from tests.conftest import labels, parse_exposition
+
+
+def demo(sim_url: str, sim: simulator.Simulator) -> list[dict[str, Any]]:
+    """The simulator's Thulium accounts (the core's tests need one provider only)."""
+    return [t for t in simulator.demo_targets(sim_url, sim) if t["provider"] == "thulium"]
+
+
+async def test_metrics_are_rendered_once_per_change(sim, sim_url, harness, make_config):
+    h = await harness(make_config(demo(sim_url, sim)))
+    await h.collect()
+    first = await h.scrape_text()
+    renders = h.exporter.exposition.renders
+    for _ in range(5):
+        assert await h.scrape_text() == first
+    assert h.exporter.exposition.renders == renders
+    await h.collect()
+    await h.scrape_text()
+    assert h.exporter.exposition.renders == renders + 1
+
+
+async def test_scrapes_never_reach_a_provider(sim, sim_url, harness, make_config):
+    h = await harness(make_config(demo(sim_url, sim)))
+    await h.collect()
+    before = len(sim.requests)
+    for _ in range(3):
+        await h.scrape_text()
+    assert len(sim.requests) == before
+
+
+async def test_gzip_when_accepted(sim, sim_url, harness, make_config):
+    h = await harness(make_config(demo(sim_url, sim)))
+    await h.collect()
+    response = await h.client.get(
+        "/metrics", headers={"Accept-Encoding": "gzip"}, auto_decompress=False
+    )
+    assert response.headers["Content-Encoding"] == "gzip"
+    body = gzip.decompress(await response.read()).decode()
+    assert body == await h.scrape_text(**{"Accept-Encoding": "identity"})
+
+
+async def test_openmetrics_when_asked_for(sim, sim_url, harness, make_config):
+    h = await harness(make_config(demo(sim_url, sim)))
+    await h.collect()
+    response = await h.client.get(
+        "/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"}
+    )
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+    text = await response.text()
+    assert text.endswith("# EOF\n")
+    names = {family.name for family in parse_om(text)}
+    assert "thulium_outbound_campaign_records" in names
+    assert "messaging_exporter_collect_errors" in names
+    assert "_created" not in text
+
+
+async def test_text_format_by_default(sim, sim_url, harness, make_config):
+    h = await harness(make_config(demo(sim_url, sim)))
+    response = await h.client.get("/metrics")
+    assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+
+
+async def test_readyz_waits_for_every_first_attempt(sim, sim_url, harness, make_config):
+    h = await harness(make_config(demo(sim_url, sim)))
+    assert (await h.client.get("/healthz")).status == 200
+    assert (await h.client.get("/readyz")).status == 503
+    sim.set_fault("thulium", "acme", "http_500_html")  # a failed attempt counts as an attempt
+    await h.collect()
+    assert (await h.client.get("/readyz")).status == 200
+
+
+async def test_landing_page_lists_targets_escaped_and_without_secrets(
+    sim, sim_url, harness, make_config
+):
+    targets = demo(sim_url, sim)
+    targets[0]["name"] = "<b>acme</b>"
+    h = await harness(make_config(targets))
+    sim.set_fault("thulium", "acme", "http_500_html")
+    await h.collect()
+    response = await h.client.get("/")
+    page = await response.text()
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert "&lt;b&gt;acme&lt;/b&gt;" in page
+    assert "<b>acme</b>" not in page
+    assert "http_5xx" in page
+    assert 'href="/metrics"' in page
+    for target in targets:
+        assert target["password"] not in page
+
+
+async def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(
+    sim, sim_url, aiohttp_client, write_config, clock
+):
+    targets = demo(sim_url, sim)
+    path = write_config({"targets": targets})
+    exporter = make_exporter(load_config(path), clock=clock, config_path=path, autostart=False)
+    client = await aiohttp_client(build_app(exporter))
+    assert exporter.scheduler is not None
+    await exporter.scheduler.run_all_once()
+
+    write_config({"targets": targets[:1]})
+    response = await client.post("/-/reload")
+    assert response.status == 200
+    scraped = parse_exposition(await (await client.get("/metrics")).text())
+    accounts = {dict(key)["account"] for name, key in scraped if name.startswith("thulium_")}
+    assert accounts == {"thulium-acme"}  # the kept target kept its samples, the removed one left
+    assert scraped[("messaging_exporter_config_last_reload_successful", frozenset())] == 1
+
+    write_config("targets: [{name: broken}]\n")
+    response = await client.post("/-/reload")
+    assert response.status == 500
+    assert "targets[0]" in await response.text()
+    scraped = parse_exposition(await (await client.get("/metrics")).text())
+    assert scraped[("messaging_exporter_config_last_reload_successful", frozenset())] == 0
+    assert (
+        scraped[
+            (
+                "messaging_exporter_collect_success",
+                labels(provider="thulium", account="thulium-acme"),
+            )
+        ]
+        == 1
+    )
+    assert yaml.safe_load(path.read_text()) == {"targets": [{"name": "broken"}]}
