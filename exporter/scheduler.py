@@ -152,6 +152,11 @@ class Scheduler:
                     config, self._session, self._store, self._histogram, self._clock
                 )
 
+    @property
+    def running(self) -> int:
+        """How many collection tasks are running."""
+        return sum(1 for task in self._tasks.values() if not task.done())
+
     def start(self) -> None:
         for name, runner in self.runners.items():
             if name not in self._tasks:

@@ -151,3 +151,15 @@ def no_env_leak() -> Iterator[None]:
     yield
     os.environ.clear()
     os.environ.update(before)
+
+
+async def eventually(predicate: Callable[[], bool], bound: float = 10.0) -> None:
+    """Wait until ``predicate()`` holds, checking every 20 ms, failing after ``bound`` seconds."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {bound} s")
+        await asyncio.sleep(0.02)

@@ -162,7 +162,7 @@ async def test_each_fault_gives_its_reason_and_spares_the_other_account(
         defaults={"timeout": "0.4s", "max_response_bytes": 1_048_576},
     )
     h = await harness(config)
-    sim.set_fault("thulium", "acme", simulator.Fault(fault, retry_after=1))
+    sim.set_fault("thulium", "acme", simulator.Fault(fault, retry_after="1"))
     await h.collect()
     scraped = await h.scrape()
     acme = labels(provider="thulium", account="thulium-acme")

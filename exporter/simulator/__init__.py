@@ -37,7 +37,7 @@ import json
 import pkgutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import ModuleType
 from typing import Any
 
@@ -59,9 +59,12 @@ FAULTS = (
 
 @dataclass(frozen=True)
 class Fault:
+    """A fault of one account; ``times`` limits it to that many requests, then it clears."""
+
     name: str
     delay: float = 3600.0
-    retry_after: int = 1
+    retry_after: str = "1"
+    times: int | None = None
 
 
 @dataclass(frozen=True)
@@ -102,6 +105,16 @@ class Simulator:
     def fault(self, provider: str, account: str) -> Fault | None:
         return self.faults.get((provider, account))
 
+    def take_fault(self, provider: str, account: str) -> Fault | None:
+        """The fault for this request, counting it against ``times``."""
+        fault = self.faults.get((provider, account))
+        if fault is not None and fault.times is not None:
+            if fault.times <= 1:
+                del self.faults[(provider, account)]
+            else:
+                self.faults[(provider, account)] = replace(fault, times=fault.times - 1)
+        return fault
+
     def received(self, provider: str, account: str | None = None) -> list[ReceivedRequest]:
         return [
             r
@@ -122,6 +135,15 @@ def provider_modules() -> dict[str, ModuleType]:
 
 
 SIMULATOR = web.AppKey("simulator", Simulator)
+REQUEST_FAULT = "simulator_fault"
+
+
+def request_fault(request: web.Request) -> Fault | None:
+    """The fault this request was given (a ``times``-limited one is already counted)."""
+    fault: Fault | None = request.get(REQUEST_FAULT)
+    return fault
+
+
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -180,7 +202,8 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         )
     if sim.latency:
         await asyncio.sleep(sim.latency)
-    fault = sim.fault(provider, account)
+    fault = sim.take_fault(provider, account)
+    request[REQUEST_FAULT] = fault
     name = fault.name if fault else None
     if fault is None or name == "auth":
         return await handler(request)
@@ -209,7 +232,7 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.Response(
             status=429,
             text='{"error": "too many requests"}',
-            headers={"Retry-After": str(fault.retry_after)},
+            headers={"Retry-After": fault.retry_after},
             content_type="application/json",
         )
     response = await handler(request)
@@ -232,7 +255,8 @@ async def _control_faults(request: web.Request) -> web.Response:
         else Fault(
             fault,
             delay=float(payload.get("delay", 3600.0)),
-            retry_after=int(payload.get("retry_after", 1)),
+            retry_after=str(payload.get("retry_after", "1")),
+            times=payload.get("times"),
         ),
     )
     return web.json_response({"ok": True})

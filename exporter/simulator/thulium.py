@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.simulator import SIMULATOR, Simulator
+from exporter.simulator import SIMULATOR, Simulator, request_fault
 
 PROVIDER = "thulium"
 
@@ -84,7 +84,7 @@ async def outbound_stats(request: web.Request) -> web.Response:
     tenant = state.tenants.get(account)
     if tenant is None:
         return _error(404, "Not found", 404)
-    fault = sim.fault(PROVIDER, account)
+    fault = request_fault(request)
     given = _credentials(request)
     if given != (tenant.username, tenant.password) or (fault and fault.name == "auth"):
         return _error(401, "Unauthorized: invalid API user or password", 401)

@@ -1,0 +1,43 @@
+"""The collection loop: spread first runs, a fixed interval, lifecycle with the app."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from exporter import simulator
+from exporter.scheduler import FIRST_RUN_SPREAD, first_delay
+from exporter.web import build_app, make_exporter
+from tests.conftest import eventually
+
+
+@given(st.text(min_size=1), st.floats(min_value=0.001, max_value=86400))
+def test_first_runs_are_spread_within_the_window_and_stable(name: str, interval: float) -> None:
+    delay = first_delay(name, interval)
+    assert 0 <= delay < min(FIRST_RUN_SPREAD, interval)
+    assert first_delay(name, interval) == delay
+
+
+def test_first_runs_of_many_targets_do_not_bunch_up() -> None:
+    delays = sorted(first_delay(f"target-{i}", 60) for i in range(100))
+    assert delays[-1] - delays[0] > FIRST_RUN_SPREAD * 0.8
+    # No second of the window holds more than a third of the targets.
+    buckets = [sum(1 for d in delays if s <= d < s + 1) for s in range(int(FIRST_RUN_SPREAD))]
+    assert max(buckets) < 34
+
+
+async def test_the_loop_collects_every_interval_and_stops_with_the_app(
+    sim, sim_url, aiohttp_client, make_config
+):
+    targets = [t for t in simulator.demo_targets(sim_url, sim) if t["provider"] == "thulium"]
+    exporter = make_exporter(make_config(targets, defaults={"interval": "0.2s", "timeout": "0.2s"}))
+    client = await aiohttp_client(build_app(exporter))
+    await eventually(lambda: len(sim.received("thulium", "acme")) >= 3)
+    assert exporter.store.ready()
+    assert (await client.get("/readyz")).status == 200
+    await client.close()
+    seen = len(sim.requests)
+    # After cleanup no task is left to collect: the count stays where it was.
+    assert exporter.scheduler is not None
+    assert exporter.scheduler.running == 0
+    assert len(sim.requests) == seen
