@@ -32,12 +32,12 @@ class Upstream:
 @pytest.fixture
 async def upstream(
     aiohttp_server: Callable[..., Awaitable[Any]],
-) -> AsyncIterator[tuple[Upstream, str]]:
+) -> tuple[Upstream, str]:
     up = Upstream()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", up.handle)
     server = await aiohttp_server(app)
-    yield up, str(server.make_url("")).rstrip("/")
+    return up, str(server.make_url("")).rstrip("/")
 
 
 @pytest.fixture
