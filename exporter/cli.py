@@ -28,6 +28,7 @@ from exporter.http import new_session
 from exporter.logs import setup_logging
 from exporter.scheduler import Scheduler
 from exporter.web import USER_AGENT, Exporter, build_app, make_exporter
+from exporter.webconfig import WebConfigFile, load_web_config, ssl_context
 
 log = structlog.get_logger("exporter.cli")
 
@@ -59,6 +60,12 @@ def parser() -> argparse.ArgumentParser:
         help="start the built-in provider simulator and a config that points at it",
     )
     p.add_argument("--listen", metavar="ADDR", help="override web.listen_address (host:port)")
+    p.add_argument(
+        "--web.config.file",
+        dest="web_config_file",
+        metavar="PATH",
+        help="TLS and basic auth for the exporter's endpoints, in the exporter-toolkit format",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -71,8 +78,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"--listen: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+    web_config: WebConfigFile | None = None
+    if args.web_config_file:
+        try:
+            web_config = load_web_config(args.web_config_file)
+        except ConfigError as exc:
+            print(str(exc), file=sys.stderr)
+            return EXIT_CONFIG
     if args.demo:
-        return asyncio.run(_demo(args))
+        return asyncio.run(_demo(args, web_config))
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -83,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log.level, config.log.format)
     if args.once:
         return asyncio.run(_once(config))
-    return asyncio.run(_serve(config, args.listen, Path(args.config)))
+    return asyncio.run(_serve(config, args.listen, Path(args.config), web_config))
 
 
 def _check_config(config: Config, path: str) -> int:
@@ -128,7 +142,7 @@ async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
         await runner.cleanup()
 
 
-async def _demo(args: argparse.Namespace) -> int:
+async def _demo(args: argparse.Namespace, web_config: WebConfigFile | None) -> int:
     async with _demo_simulator() as (config, url):
         if args.check_config:
             return _check_config(config, "(built-in demo config)")
@@ -136,17 +150,24 @@ async def _demo(args: argparse.Namespace) -> int:
         if args.once:
             return await _once(config)
         log.info("demo: built-in provider simulator started", simulator=url)
-        return await _serve(config, args.listen, None, demo=True)
+        return await _serve(config, args.listen, None, web_config, demo=True)
 
 
-async def _serve(config: Config, listen: str | None, path: Path | None, demo: bool = False) -> int:
+async def _serve(
+    config: Config,
+    listen: str | None,
+    path: Path | None,
+    web_config: WebConfigFile | None = None,
+    demo: bool = False,
+) -> int:
     exporter = make_exporter(config, config_path=path)
     host, port = parse_listen_address(listen or config.web.listen_address)
     runner = web.AppRunner(
-        build_app(exporter), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+        build_app(exporter, web_config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
     )
     await runner.setup()
-    site = web.TCPSite(runner, host or None, port)
+    tls = web_config.tls_server_config if web_config else None
+    site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context(tls) if tls else None)
     try:
         await site.start()
     except OSError as exc:
@@ -154,17 +175,18 @@ async def _serve(config: Config, listen: str | None, path: Path | None, demo: bo
         await runner.cleanup()
         return EXIT_FAILED
     shown_host = host if host not in ("", "0.0.0.0", "::") else "localhost"  # noqa: S104
-    metrics_url = f"http://{shown_host}:{port}{config.web.telemetry_path}"
+    scheme = "https" if tls else "http"
+    metrics_url = f"{scheme}://{shown_host}:{port}{config.web.telemetry_path}"
     log.info(
         "serving",
         metrics=metrics_url,
-        landing_page=f"http://{shown_host}:{port}/",
+        landing_page=f"{scheme}://{shown_host}:{port}/",
         targets=len(config.targets),
         version=__version__,
     )
     if demo:
         print(
-            f"\n  Demo running: open {metrics_url}  (targets: http://{shown_host}:{port}/)\n"
+            f"\n  Demo running: open {metrics_url}  (targets: {scheme}://{shown_host}:{port}/)\n"
             "  Stop with Ctrl+C.\n",
             flush=True,
         )

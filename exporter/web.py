@@ -14,6 +14,7 @@ import aiohttp
 import prometheus_client
 import structlog
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Histogram
 
 from exporter import __version__
@@ -24,6 +25,7 @@ from exporter.http import new_session, request_duration_histogram
 from exporter.logs import redactor
 from exporter.scheduler import Scheduler
 from exporter.store import Store, StoreCollector
+from exporter.webconfig import BasicAuthCheck, WebConfigFile, headers_middleware
 
 log = structlog.get_logger("exporter.web")
 
@@ -207,8 +209,14 @@ text-align:left}}table{{border-collapse:collapse}}</style></head>
     return web.Response(text=body, content_type="text/html")
 
 
-def build_app(exporter: Exporter) -> web.Application:
-    app = web.Application()
+def build_app(exporter: Exporter, web_config: WebConfigFile | None = None) -> web.Application:
+    middlewares: list[Middleware] = []
+    if web_config is not None:
+        if web_config.basic_auth_users:
+            middlewares.append(BasicAuthCheck(web_config.basic_auth_users).middleware)
+        if web_config.http_server_config.headers:
+            middlewares.append(headers_middleware(web_config.http_server_config.headers))
+    app = web.Application(middlewares=middlewares)
     app[EXPORTER] = exporter
     app.cleanup_ctx.append(_collection)
     app.router.add_get(exporter.config.web.telemetry_path, metrics)
