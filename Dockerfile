@@ -1,0 +1,60 @@
+# The messaging-stats-exporter image: the installed package in a slim Python, nothing else.
+#
+#   docker build -t messaging-stats-exporter .
+#   docker run --rm -p 10057:10057 --read-only messaging-stats-exporter --demo
+#   docker run --rm -p 10057:10057 --read-only \
+#       -v "$PWD/config.yaml:/etc/messaging-stats-exporter/config.yaml:ro" messaging-stats-exporter
+#
+# PYTHON_IMAGE picks the base of both stages (any Debian-based python:3.11+ image).
+ARG PYTHON_IMAGE=python:3.12-slim
+
+# ---------------------------------------------------------------- build: a virtualenv with the package
+FROM ${PYTHON_IMAGE} AS build
+
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
+    PYTHONDONTWRITEBYTECODE=1
+
+RUN python -m venv /opt/messaging-stats-exporter
+
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY exporter ./exporter
+# A non-editable install: the virtualenv holds the package and its dependencies, compiled to .pyc
+# here (pip's default), so the read-only root filesystem of the final stage is never written to.
+# pip itself is then removed from the virtualenv: the final stage installs nothing.
+RUN /opt/messaging-stats-exporter/bin/pip install --no-cache-dir . \
+    && /opt/messaging-stats-exporter/bin/pip uninstall --yes pip \
+    && /opt/messaging-stats-exporter/bin/messaging-stats-exporter --help >/dev/null
+
+# ---------------------------------------------------------------- final: the virtualenv, a user, a config path
+FROM ${PYTHON_IMAGE}
+
+ARG EXPORTER_UID=10001
+LABEL org.opencontainers.image.title="messaging-stats-exporter" \
+      org.opencontainers.image.description="Prometheus exporter for Altcraft, Thulium, Trust.lat and Exolve statistics" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+RUN groupadd --system --gid "${EXPORTER_UID}" exporter \
+    && useradd --system --uid "${EXPORTER_UID}" --gid exporter --no-create-home \
+        --home-dir /nonexistent --shell /usr/sbin/nologin exporter \
+    && mkdir -p /etc/messaging-stats-exporter/secrets
+
+COPY --from=build /opt/messaging-stats-exporter /opt/messaging-stats-exporter
+
+ENV PATH=/opt/messaging-stats-exporter/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HEALTHCHECK_URL=http://127.0.0.1:10057/healthz
+
+USER ${EXPORTER_UID}:${EXPORTER_UID}
+EXPOSE 10057
+
+# No curl in the image: the healthcheck is the image's own Python asking /healthz.
+# Set HEALTHCHECK_URL when the exporter listens elsewhere (--listen).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4).status == 200 else 1)"]
+
+ENTRYPOINT ["messaging-stats-exporter"]
+CMD ["--config", "/etc/messaging-stats-exporter/config.yaml"]

@@ -1,0 +1,85 @@
+{{/* Chart name, truncated to the 63 characters Kubernetes names allow. */}}
+{{- define "messaging-stats-exporter.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Fully qualified app name: the release name, with the chart name appended
+unless the release name already contains it.
+*/}}
+{{- define "messaging-stats-exporter.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Namespace of the release's resources. */}}
+{{- define "messaging-stats-exporter.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Chart name and version, for the helm.sh/chart label. */}}
+{{- define "messaging-stats-exporter.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Labels every resource carries. */}}
+{{- define "messaging-stats-exporter.labels" -}}
+helm.sh/chart: {{ include "messaging-stats-exporter.chart" . }}
+{{ include "messaging-stats-exporter.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: messaging-stats-exporter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels the Service and the Deployment select the pod by. */}}
+{{- define "messaging-stats-exporter.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "messaging-stats-exporter.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/* Name of the ServiceAccount the pod runs as. */}}
+{{- define "messaging-stats-exporter.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "messaging-stats-exporter.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The image reference: registry/repository, then @digest or :tag. */}}
+{{- define "messaging-stats-exporter.image" -}}
+{{- $repository := .Values.image.repository }}
+{{- with .Values.image.registry }}
+{{- $repository = printf "%s/%s" (trimSuffix "/" .) $repository }}
+{{- end }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $repository (.Values.image.tag | default .Chart.AppVersion | toString) }}
+{{- end }}
+{{- end }}
+
+{{/* The exporter config file's contents: a string verbatim, a map as YAML. */}}
+{{- define "messaging-stats-exporter.configYaml" -}}
+{{- if kindIs "string" .Values.config }}
+{{- .Values.config }}
+{{- else }}
+{{- toYaml (.Values.config | default dict) }}
+{{- end }}
+{{- end }}
+
+{{/* Whether the chart makes a Secret of its own from .Values.secrets. */}}
+{{- define "messaging-stats-exporter.hasOwnSecret" -}}
+{{- if .Values.secrets }}true{{ end }}
+{{- end }}

@@ -1,0 +1,973 @@
+"""The Helm chart in helm/messaging-stats-exporter.
+
+`helm lint --strict`, `helm template` with the default values, the demo values and every feature on
+(ci/*.yaml), each rendered manifest validated: Kubernetes kinds with kubernetes-validate (offline
+schemas, strict), the Prometheus Operator kinds against structural schemas written here. Then the
+contracts of the features: args, probes, security context, checksum/config, secrets, ServiceMonitor,
+PrometheusRule toggles (on a temporary copy of the chart with a fixture alerts file) and the Grafana
+dashboard ConfigMap.
+
+Tools: helm (v3) from $HELM, PATH or .tools/bin (installed by .ci/install-chart-tools), the Python
+package kubernetes-validate, and promtool when present. A missing helm or kubernetes-validate skips
+these tests on a developer machine and fails them in CI (the CI variable is set).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import functools
+import importlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "helm" / "messaging-stats-exporter"
+CI_VALUES = {path.stem: path for path in sorted((CHART / "ci").glob("*.yaml"))}
+# The chart's kubeVersion floor and the newest schemas kubernetes-validate ships.
+KUBE_VERSIONS = ("1.25.0", "1.37.0")
+RELEASE = "rel"
+NAMESPACE = "monitoring"
+FULLNAME = f"{RELEASE}-messaging-stats-exporter"
+CONFIG_PATH = "/etc/messaging-stats-exporter/config.yaml"
+SECRETS_PATH = "/etc/messaging-stats-exporter/secrets"
+
+Manifest = dict[str, Any]
+
+
+def _missing(what: str) -> None:
+    message = f"{what} is not installed: run .ci/install-chart-tools"
+    if os.environ.get("CI"):
+        pytest.fail(f"{message} (CI must run the chart tests)")
+    pytest.skip(message)
+
+
+@functools.cache
+def _find_helm() -> str | None:
+    candidates = [
+        os.environ.get("HELM"),
+        shutil.which("helm"),
+        str(REPO / ".tools" / "bin" / "helm"),
+    ]
+    for candidate in candidates:
+        if candidate and os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def helm() -> str:
+    found = _find_helm()
+    if found is None:
+        _missing("helm")
+    assert found is not None
+    version = subprocess.run(
+        [found, "version", "--short"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert version.startswith("v3."), f"the chart is tested with helm v3, found {version}"
+    return found
+
+
+@pytest.fixture(scope="session")
+def kubernetes_validate() -> Any:
+    try:
+        return importlib.import_module("kubernetes_validate")
+    except ImportError:
+        _missing("kubernetes-validate")
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+
+def _run_helm(helm: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([helm, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+def _template(
+    helm: str,
+    tmp_dir: Path,
+    values: dict[str, Any] | None = None,
+    *,
+    chart: Path = CHART,
+    values_files: tuple[Path, ...] = (),
+    expect_error: bool = False,
+) -> Any:
+    """`helm template`: the rendered documents, or (with expect_error) helm's error text."""
+    args = ["template", RELEASE, str(chart), "--namespace", NAMESPACE]
+    for path in values_files:
+        args += ["--values", str(path)]
+    if values is not None:
+        values_path = tmp_dir / f"values-{len(list(tmp_dir.glob('values-*.yaml')))}.yaml"
+        values_path.write_text(yaml.safe_dump(values))
+        args += ["--values", str(values_path)]
+    result = _run_helm(helm, *args)
+    if expect_error:
+        assert result.returncode != 0, f"helm template should have failed:\n{result.stdout}"
+        return result.stderr
+    assert result.returncode == 0, f"helm template failed:\n{result.stderr}"
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def _one(docs: list[Manifest], kind: str, name: str | None = None) -> Manifest:
+    found = [
+        d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)
+    ]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[d['kind'] for d in docs]}"
+    return found[0]
+
+
+def _kinds(docs: list[Manifest]) -> list[str]:
+    return sorted(d["kind"] for d in docs)
+
+
+def _container(docs: list[Manifest]) -> dict[str, Any]:
+    (container,) = _one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return dict(container)
+
+
+def _pod_annotations(docs: list[Manifest]) -> dict[str, str]:
+    return dict(_one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"])
+
+
+# ----------------------------------- structural schemas for the Prometheus Operator's custom kinds
+# kubernetes-validate ships only Kubernetes' own schemas. These cover every field the chart can
+# render for ServiceMonitor and PrometheusRule (monitoring.coreos.com/v1), with unknown fields
+# rejected as the CRDs' structural schemas (and `kubectl --validate=strict`) do.
+
+_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
+# The Prometheus Operator's Duration pattern.
+_DURATION = {
+    "type": "string",
+    "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
+    r"(([0-9]+)ms)?)$",
+}
+_DNS_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253}
+_METADATA = {
+    "type": "object",
+    "required": ["name", "namespace"],
+    "additionalProperties": False,
+    "properties": {
+        "name": _DNS_NAME,
+        "namespace": _DNS_NAME,
+        "labels": _STRINGS,
+        "annotations": _STRINGS,
+    },
+}
+_RELABEL_ACTIONS = [
+    "replace",
+    "keep",
+    "drop",
+    "hashmod",
+    "labelmap",
+    "labeldrop",
+    "labelkeep",
+    "lowercase",
+    "uppercase",
+    "keepequal",
+    "dropequal",
+]
+_RELABEL = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "sourceLabels": {"type": "array", "items": {"type": "string"}},
+        "separator": {"type": "string"},
+        "targetLabel": {"type": "string"},
+        "regex": {"type": "string"},
+        "modulus": {"type": "integer"},
+        "replacement": {"type": "string"},
+        "action": {"enum": _RELABEL_ACTIONS + [a.capitalize() for a in _RELABEL_ACTIONS]},
+    },
+}
+_ENDPOINT = {
+    "type": "object",
+    "required": ["port"],
+    "additionalProperties": False,
+    "properties": {
+        "port": {"type": "string"},
+        "path": {"type": "string", "pattern": "^/"},
+        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
+        "interval": _DURATION,
+        "scrapeTimeout": _DURATION,
+        "honorLabels": {"type": "boolean"},
+        "tlsConfig": {"type": "object"},
+        "relabelings": {"type": "array", "items": _RELABEL},
+        "metricRelabelings": {"type": "array", "items": _RELABEL},
+    },
+}
+SERVICE_MONITOR_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "ServiceMonitor"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["selector", "endpoints"],
+            "additionalProperties": False,
+            "properties": {
+                "jobLabel": {"type": "string"},
+                "targetLabels": {"type": "array", "items": {"type": "string"}},
+                "selector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {"matchLabels": _STRINGS, "matchExpressions": {"type": "array"}},
+                },
+                "namespaceSelector": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "properties": {
+                        "any": {"type": "boolean"},
+                        "matchNames": {"type": "array", "items": {"type": "string"}},
+                    },
+                },
+                "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
+            },
+        },
+    },
+}
+_RULE = {
+    "type": "object",
+    "required": ["expr"],
+    "additionalProperties": False,
+    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
+    "properties": {
+        "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
+        "record": {"type": "string", "pattern": "^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
+        "expr": {"type": ["string", "integer"], "minLength": 1},
+        "for": _DURATION,
+        "keep_firing_for": _DURATION,
+        "labels": _STRINGS,
+        "annotations": _STRINGS,
+    },
+}
+PROMETHEUS_RULE_SCHEMA = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "additionalProperties": False,
+    "properties": {
+        "apiVersion": {"const": "monitoring.coreos.com/v1"},
+        "kind": {"const": "PrometheusRule"},
+        "metadata": _METADATA,
+        "spec": {
+            "type": "object",
+            "required": ["groups"],
+            "additionalProperties": False,
+            "properties": {
+                "groups": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name", "rules"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "name": {"type": "string", "minLength": 1},
+                            "interval": _DURATION,
+                            "query_offset": _DURATION,
+                            "limit": {"type": "integer"},
+                            "labels": _STRINGS,
+                            "rules": {"type": "array", "minItems": 1, "items": _RULE},
+                        },
+                    },
+                },
+            },
+        },
+    },
+}
+CUSTOM_SCHEMAS = {
+    "ServiceMonitor": SERVICE_MONITOR_SCHEMA,
+    "PrometheusRule": PROMETHEUS_RULE_SCHEMA,
+}
+
+
+def _validate(kubernetes_validate: Any, doc: Manifest) -> None:
+    """kubernetes-validate --strict for Kubernetes kinds, the schemas above for the custom ones."""
+    jsonschema = importlib.import_module("jsonschema")
+    if doc["kind"] in CUSTOM_SCHEMAS:
+        jsonschema.validate(doc, CUSTOM_SCHEMAS[doc["kind"]])
+        return
+    for version in KUBE_VERSIONS:
+        kubernetes_validate.validate(doc, version, strict=True)
+
+
+# ---------------------------------------------------------------------------------------- fixtures
+
+FIXTURE_ALERTS = """\
+groups:
+  - name: messaging-stats-exporter
+    rules:
+      - alert: MessagingExporterCollectFailing
+        expr: messaging_exporter_collect_success == 0
+        for: 15m
+        labels:
+          severity: warning
+        annotations:
+          summary: "{{ $labels.provider }} account {{ $labels.account }} is failing"
+      - alert: MessagingExporterTargetStale
+        expr: time() - messaging_exporter_last_success_timestamp_seconds > 3600
+        for: 5m
+        labels:
+          severity: critical
+        annotations:
+          summary: "{{ $labels.account }} has not succeeded for an hour"
+      - record: account:messaging_exporter_collect_success:min
+        expr: min by (account) (messaging_exporter_collect_success)
+  - name: messaging-providers
+    rules:
+      - alert: ThuliumCampaignStuck
+        expr: thulium_outbound_campaign_completion_ratio < 0.5
+        for: 2h
+        labels:
+          severity: info
+        annotations:
+          summary: "campaign {{ $labels.campaign_id }} is below half"
+"""
+FIXTURE_DASHBOARD = (
+    '{"title": "Messaging statistics", "uid": "messaging-stats",'
+    ' "panels": [{"title": "{{ not a helm template }}", "type": "stat"}]}'
+)
+
+
+@pytest.fixture(scope="module")
+def fixture_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the chart whose files/ holds a fixture alerts file and dashboard."""
+    chart = tmp_path_factory.mktemp("chart") / "messaging-stats-exporter"
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("files"))
+    (chart / "files").mkdir()
+    (chart / "files" / "alerts.yaml").write_text(FIXTURE_ALERTS)
+    (chart / "files" / "dashboard.json").write_text(FIXTURE_DASHBOARD)
+    return chart
+
+
+@pytest.fixture(scope="module")
+def bare_chart(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of the chart without files/: how it is before dashboards and alerts exist."""
+    chart = tmp_path_factory.mktemp("bare") / "messaging-stats-exporter"
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("files"))
+    return chart
+
+
+@pytest.fixture
+def render(helm: str, tmp_path: Path) -> Callable[..., Any]:
+    def _render(values: dict[str, Any] | None = None, **kwargs: Any) -> Any:
+        return _template(helm, tmp_path, values, **kwargs)
+
+    return _render
+
+
+# --------------------------------------------------------------------------------- lint & validate
+
+
+def test_ci_values_files_cover_demo_and_every_feature() -> None:
+    assert set(CI_VALUES) >= {"demo-values", "all-features-values"}
+    everything = yaml.safe_load(CI_VALUES["all-features-values"].read_text())
+    for feature in ("serviceMonitor", "prometheusRule", "grafanaDashboard"):
+        assert everything[feature]["enabled"] is True
+    assert everything["existingSecret"]
+    assert everything["secrets"]
+    assert yaml.safe_load(CI_VALUES["demo-values"].read_text())["demo"] is True
+
+
+@pytest.mark.parametrize("values_name", [None, *CI_VALUES])
+def test_helm_lint_strict(helm: str, values_name: str | None) -> None:
+    args = ["lint", "--strict", str(CHART), "--namespace", NAMESPACE]
+    if values_name:
+        args += ["--values", str(CI_VALUES[values_name])]
+    result = _run_helm(helm, *args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "0 chart(s) failed" in result.stdout
+
+
+SCENARIOS = {
+    "default": {},
+    **{name: {"values_files": (path,)} for name, path in CI_VALUES.items()},
+}
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_rendered_manifests_are_valid(
+    render: Callable[..., Any], kubernetes_validate: Any, scenario: str
+) -> None:
+    docs = render(**SCENARIOS[scenario])
+    assert docs
+    for doc in docs:
+        _validate(kubernetes_validate, doc)
+        assert doc["metadata"]["namespace"] == NAMESPACE
+        assert doc["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+
+
+def test_every_feature_with_files_renders_valid_manifests(
+    render: Callable[..., Any], kubernetes_validate: Any, fixture_chart: Path
+) -> None:
+    docs = render(chart=fixture_chart, values_files=(CI_VALUES["all-features-values"],))
+    assert _kinds(docs) == sorted(
+        [
+            "ServiceAccount",
+            "Secret",
+            "ConfigMap",
+            "ConfigMap",
+            "Service",
+            "Deployment",
+            "ServiceMonitor",
+            "PrometheusRule",
+            "Pod",
+        ]
+    )
+    for doc in docs:
+        _validate(kubernetes_validate, doc)
+
+
+def test_validation_is_strict(render: Callable[..., Any], kubernetes_validate: Any) -> None:
+    """Guard against a vacuous pass: a misspelt field is rejected by both kinds of validation."""
+    jsonschema = importlib.import_module("jsonschema")
+    docs = render({"serviceMonitor": {"enabled": True}})
+    deployment = copy.deepcopy(_one(docs, "Deployment"))
+    deployment["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
+    monitor = copy.deepcopy(_one(docs, "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(jsonschema.ValidationError):
+        _validate(kubernetes_validate, monitor)
+
+
+def test_kubernetes_validate_cli_passes_the_demo_render(
+    helm: str, kubernetes_validate: Any, tmp_path: Path
+) -> None:
+    """The issue's "done when" as a user runs it: helm template | kubernetes-validate --strict."""
+    result = _run_helm(helm, "template", RELEASE, str(CHART), "-f", str(CI_VALUES["demo-values"]))
+    assert result.returncode == 0, result.stderr
+    manifests = tmp_path / "demo.yaml"
+    manifests.write_text(result.stdout)
+    beside = Path(sys.executable).parent / "kubernetes-validate"
+    cli = shutil.which("kubernetes-validate") or (str(beside) if beside.is_file() else None)
+    if cli is None:
+        _missing("the kubernetes-validate command")
+    assert cli is not None
+    checked = subprocess.run(
+        [cli, "--strict", str(manifests)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "passed for resource deployment/" in checked.stdout + checked.stderr
+
+
+# ----------------------------------------------------------------------------- the workload itself
+
+
+def test_default_values_render_the_workload_only(render: Callable[..., Any]) -> None:
+    docs = render()
+    assert _kinds(docs) == ["ConfigMap", "Deployment", "Pod", "Service", "ServiceAccount"]
+    deployment = _one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    container = _container(docs)
+    assert container["args"] == ["--config", CONFIG_PATH, "--listen", "0.0.0.0:10057"]
+    assert container["ports"] == [{"name": "http", "containerPort": 10057, "protocol": "TCP"}]
+    assert container["image"] == "messaging-stats-exporter:0.1.0"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
+    assert container["resources"]["requests"]
+    assert container["resources"]["limits"]
+    mounts = {m["name"]: m for m in container["volumeMounts"]}
+    assert mounts["config"] == {
+        "name": "config",
+        "mountPath": CONFIG_PATH,
+        "subPath": "config.yaml",
+        "readOnly": True,
+    }
+    assert "secrets" not in mounts
+    service = _one(docs, "Service")
+    assert service["spec"]["ports"] == [
+        {"name": "http", "port": 10057, "targetPort": "http", "protocol": "TCP"}
+    ]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+
+
+def test_config_map_holds_values_config(render: Callable[..., Any]) -> None:
+    config = {
+        "log": {"level": "debug", "format": "console"},
+        "targets": [
+            {
+                "name": "thulium-acme",
+                "provider": "thulium",
+                "base_url": "https://acme.thulium.com/api",
+                "username": "api_user",
+                "password_file": f"{SECRETS_PATH}/thulium-password",
+            },
+            {"name": "exolve", "provider": "exolve", "base_url": "https://x", "api_key": "${KEY}"},
+        ],
+    }
+    docs = render({"config": config})
+    rendered = yaml.safe_load(_one(docs, "ConfigMap")["data"]["config.yaml"])
+    # Helm merges a map into the default one (`defaults` stays) and replaces lists (`targets`).
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+    assert rendered == {**defaults, **config}
+    # ${VAR} reaches the exporter untouched: the exporter, not Helm, resolves it.
+    assert rendered["targets"][1]["api_key"] == "${KEY}"
+
+
+def test_the_default_config_passes_the_exporters_check(
+    render: Callable[..., Any], tmp_path: Path
+) -> None:
+    """What the chart mounts by default is a config the exporter accepts (--check-config)."""
+    config = tmp_path / "config.yaml"
+    config.write_text(_one(render(), "ConfigMap")["data"]["config.yaml"])
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_config_may_be_a_string_used_verbatim(render: Callable[..., Any]) -> None:
+    text = "# managed elsewhere\ntargets: []\nlog: {level: warning}\n"
+    docs = render({"config": text})
+    assert _one(docs, "ConfigMap")["data"]["config.yaml"] == text
+
+
+def test_demo_runs_the_simulator(render: Callable[..., Any]) -> None:
+    docs = render(values_files=(CI_VALUES["demo-values"],))
+    args = _container(docs)["args"]
+    assert args[0] == "--demo"
+    assert "--config" not in args
+    assert args[args.index("--listen") + 1] == "0.0.0.0:10057"
+
+
+def test_extra_args_env_and_port(render: Callable[..., Any]) -> None:
+    env = [{"name": "ALTCRAFT_TOKEN", "valueFrom": {"secretKeyRef": {"name": "a", "key": "t"}}}]
+    docs = render({"extraArgs": ["--demo"], "containerPort": 9100, "env": env})
+    container = _container(docs)
+    assert container["args"] == ["--config", CONFIG_PATH, "--listen", "0.0.0.0:9100", "--demo"]
+    assert container["env"] == env
+    assert container["ports"][0]["containerPort"] == 9100
+
+
+def test_image_reference(render: Callable[..., Any]) -> None:
+    image = {"registry": "registry.example.com/", "repository": "team/exporter", "tag": "1.2.3"}
+    assert (
+        _container(render({"image": image}))["image"] == "registry.example.com/team/exporter:1.2.3"
+    )
+    digest = "sha256:" + "a" * 64
+    pinned = _container(render({"image": {**image, "digest": digest}}))["image"]
+    assert pinned == f"registry.example.com/team/exporter@{digest}"
+
+
+def _pod_specs(docs: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for doc in docs:
+        if doc["kind"] == "Deployment":
+            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+        elif doc["kind"] == "Pod":
+            yield doc["metadata"]["name"], doc["spec"]
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_security_context_is_strict(render: Callable[..., Any], scenario: str) -> None:
+    docs = render(**SCENARIOS[scenario])
+    pods = list(_pod_specs(docs))
+    assert len(pods) == 2  # the exporter and the `helm test` pod
+    for name, pod in pods:
+        assert pod["automountServiceAccountToken"] is False, name
+        pod_context = pod["securityContext"]
+        assert pod_context["runAsNonRoot"] is True, name
+        assert pod_context["runAsUser"] > 0, name
+        assert pod_context["runAsGroup"] > 0, name
+        assert pod_context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+        assert "hostNetwork" not in pod, name
+        assert "hostPID" not in pod, name
+        for container in pod["containers"]:
+            context = container["securityContext"]
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["privileged"] is False, name
+            assert context["runAsNonRoot"] is True, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+            assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
+            assert container["resources"]["limits"]["memory"], name
+    deployment_pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in deployment_pod["volumes"]}
+    assert volumes["tmp"]["emptyDir"]["sizeLimit"]  # the only writable path, and a bounded one
+
+
+def test_service_account_token_is_not_mounted(render: Callable[..., Any]) -> None:
+    docs = render()
+    assert _one(docs, "ServiceAccount")["automountServiceAccountToken"] is False
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == FULLNAME
+    docs = render({"serviceAccount": {"create": False}})
+    assert "ServiceAccount" not in _kinds(docs)
+    assert _one(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == "default"
+
+
+# ------------------------------------------------------------------------------ rollout on changes
+
+
+def test_checksum_config_follows_the_config_only(render: Callable[..., Any]) -> None:
+    base = _pod_annotations(render())["checksum/config"]
+    assert re.fullmatch(r"[0-9a-f]{64}", base)
+    assert _pod_annotations(render())["checksum/config"] == base  # deterministic
+    changed = _pod_annotations(render({"config": {"log": {"level": "debug"}, "targets": []}}))
+    assert changed["checksum/config"] != base
+    unrelated = _pod_annotations(render({"podLabels": {"x": "y"}, "resources": {}}))
+    assert unrelated["checksum/config"] == base
+    assert "checksum/secret" not in _pod_annotations(render())
+
+
+def test_checksum_secret_follows_the_chart_secret(render: Callable[..., Any]) -> None:
+    first = _pod_annotations(render({"secrets": {"thulium-password": "one"}}))["checksum/secret"]
+    second = _pod_annotations(render({"secrets": {"thulium-password": "two"}}))["checksum/secret"]
+    assert re.fullmatch(r"[0-9a-f]{64}", first)
+    assert first != second
+
+
+# ----------------------------------------------------------------------------------------- secrets
+
+
+def _secret_volume(docs: list[Manifest]) -> dict[str, Any]:
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in pod["volumes"] if v["name"] == "secrets"]
+    mounts = [m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "secrets"]
+    assert mounts == [{"name": "secrets", "mountPath": SECRETS_PATH, "readOnly": True}]
+    return dict(volume)
+
+
+def test_secrets_from_values_make_a_mounted_secret(render: Callable[..., Any]) -> None:
+    docs = render({"secrets": {"thulium-password": "s3cret\n", "exolve-api-key": 12345}})
+    secret = _one(docs, "Secret")
+    assert secret["metadata"]["name"] == FULLNAME
+    decoded = {k: base64.b64decode(v).decode() for k, v in secret["data"].items()}
+    assert decoded == {"thulium-password": "s3cret\n", "exolve-api-key": "12345"}
+    assert _secret_volume(docs)["projected"]["sources"] == [{"secret": {"name": FULLNAME}}]
+
+
+def test_existing_secret_is_mounted_and_no_secret_is_made(render: Callable[..., Any]) -> None:
+    docs = render({"existingSecret": "messaging-accounts"})
+    assert "Secret" not in _kinds(docs)
+    sources = _secret_volume(docs)["projected"]["sources"]
+    assert sources == [{"secret": {"name": "messaging-accounts"}}]
+    assert "checksum/secret" not in _pod_annotations(docs)
+
+
+def test_existing_secret_and_values_secrets_combine(render: Callable[..., Any]) -> None:
+    docs = render({"existingSecret": "accounts", "secrets": {"a": "b"}})
+    sources = _secret_volume(docs)["projected"]["sources"]
+    assert sources == [{"secret": {"name": "accounts"}}, {"secret": {"name": FULLNAME}}]
+
+
+def test_a_secret_key_that_cannot_be_a_file_name_fails(render: Callable[..., Any]) -> None:
+    error = render({"secrets": {"bad/key": "x"}}, expect_error=True)
+    assert "secrets.bad/key" in error
+
+
+# ---------------------------------------------------------------------------------- ServiceMonitor
+
+
+def test_service_monitor(render: Callable[..., Any]) -> None:
+    values = {
+        "serviceMonitor": {
+            "enabled": True,
+            "labels": {"release": "kube-prometheus-stack"},
+            "interval": "15s",
+            "scrapeTimeout": "5s",
+            "relabelings": [{"targetLabel": "cluster", "replacement": "prod"}],
+        }
+    }
+    docs = render(values)
+    monitor = _one(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    service = _one(docs, "Service")
+    spec = monitor["spec"]
+    assert spec["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    assert spec["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+    (endpoint,) = spec["endpoints"]
+    assert endpoint["port"] == service["spec"]["ports"][0]["name"]
+    assert endpoint["path"] == "/metrics"
+    assert (endpoint["interval"], endpoint["scrapeTimeout"]) == ("15s", "5s")
+    assert endpoint["relabelings"] == values["serviceMonitor"]["relabelings"]
+    elsewhere = _one(
+        render({"serviceMonitor": {"enabled": True, "namespace": "prom"}}), "ServiceMonitor"
+    )
+    assert elsewhere["metadata"]["namespace"] == "prom"
+    assert elsewhere["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+
+
+# ---------------------------------------------------------------------------------- PrometheusRule
+
+
+def test_without_files_the_optional_features_render_nothing(
+    render: Callable[..., Any], bare_chart: Path
+) -> None:
+    docs = render(
+        {"prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}},
+        chart=bare_chart,
+    )
+    assert "PrometheusRule" not in _kinds(docs)
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"] == [FULLNAME]
+
+
+def test_additional_rules_render_without_the_rules_file(
+    render: Callable[..., Any], bare_chart: Path
+) -> None:
+    extra = [{"alert": "Extra", "expr": "vector(1)", "labels": {"severity": "info"}}]
+    docs = render({"prometheusRule": {"enabled": True, "additionalRules": extra}}, chart=bare_chart)
+    groups = _one(docs, "PrometheusRule")["spec"]["groups"]
+    assert groups == [{"name": f"{FULLNAME}.additional", "rules": extra}]
+
+
+def _rules(docs: list[Manifest]) -> dict[str, dict[str, Any]]:
+    rule = _one(docs, "PrometheusRule")
+    return {
+        r.get("alert") or r["record"]: r for group in rule["spec"]["groups"] for r in group["rules"]
+    }
+
+
+def test_prometheus_rule_is_the_rules_file_by_default(
+    render: Callable[..., Any], fixture_chart: Path
+) -> None:
+    docs = render({"prometheusRule": {"enabled": True}}, chart=fixture_chart)
+    rule = _one(docs, "PrometheusRule")
+    assert rule["metadata"]["name"] == FULLNAME
+    assert rule["spec"]["groups"] == yaml.safe_load(FIXTURE_ALERTS)["groups"]
+    # Alert templating reaches Prometheus untouched: Helm must not evaluate {{ $labels }}.
+    summary = _rules(docs)["MessagingExporterCollectFailing"]["annotations"]["summary"]
+    assert summary == "{{ $labels.provider }} account {{ $labels.account }} is failing"
+    assert "PrometheusRule" not in _kinds(render(chart=fixture_chart))  # off by default
+
+
+def test_prometheus_rule_per_alert_toggles_and_overrides(
+    render: Callable[..., Any], fixture_chart: Path
+) -> None:
+    values = {
+        "prometheusRule": {
+            "enabled": True,
+            "labels": {"release": "kube-prometheus-stack"},
+            "additionalRuleLabels": {"team": "messaging"},
+            "additionalRuleAnnotations": {"runbook_url": "https://runbooks.example.com"},
+            "rules": {
+                "MessagingExporterTargetStale": {"enabled": False},
+                "MessagingExporterCollectFailing": {
+                    "enabled": True,
+                    "for": "1h",
+                    "severity": "critical",
+                    "labels": {"pager": "yes"},
+                    "annotations": {"summary": "overridden"},
+                },
+                "ThuliumCampaignStuck": {
+                    "expr": "thulium_outbound_campaign_completion_ratio < 0.2"
+                },
+            },
+        }
+    }
+    docs = render(values, chart=fixture_chart)
+    rule = _one(docs, "PrometheusRule")
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    rules = _rules(docs)
+    assert "MessagingExporterTargetStale" not in rules
+    failing = rules["MessagingExporterCollectFailing"]
+    assert failing["for"] == "1h"
+    assert failing["labels"] == {"severity": "critical", "team": "messaging", "pager": "yes"}
+    assert failing["annotations"] == {
+        "summary": "overridden",
+        "runbook_url": "https://runbooks.example.com",
+    }
+    assert failing["expr"] == "messaging_exporter_collect_success == 0"
+    stuck = rules["ThuliumCampaignStuck"]
+    assert stuck["expr"] == "thulium_outbound_campaign_completion_ratio < 0.2"
+    assert stuck["for"] == "2h"
+    assert stuck["labels"] == {"severity": "info", "team": "messaging"}
+    recording = rules["account:messaging_exporter_collect_success:min"]
+    assert "labels" not in recording  # rule labels are for alerts; a recording rule is untouched
+
+
+def test_a_group_whose_alerts_are_all_disabled_is_dropped(
+    render: Callable[..., Any], fixture_chart: Path
+) -> None:
+    values = {
+        "prometheusRule": {"enabled": True, "rules": {"ThuliumCampaignStuck": {"enabled": False}}}
+    }
+    groups = _one(render(values, chart=fixture_chart), "PrometheusRule")["spec"]["groups"]
+    assert [g["name"] for g in groups] == ["messaging-stats-exporter"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            {"MessagingExporterCollectFaling": {"enabled": False}},
+            "prometheusRule.rules."
+            "MessagingExporterCollectFaling: no alert of that name in files/alerts.yaml",
+        ),
+        (
+            {"ThuliumCampaignStuck": {"enable": False}},
+            "prometheusRule.rules.ThuliumCampaignStuck.enable: unknown setting",
+        ),
+    ],
+)
+def test_a_misspelt_override_fails_instead_of_being_ignored(
+    render: Callable[..., Any], fixture_chart: Path, override: dict[str, Any], message: str
+) -> None:
+    values = {"prometheusRule": {"enabled": True, "rules": override}}
+    assert message in render(values, chart=fixture_chart, expect_error=True)
+
+
+def test_rendered_rules_pass_promtool(
+    render: Callable[..., Any], fixture_chart: Path, tmp_path: Path
+) -> None:
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        pytest.skip("promtool is not installed (Debian package prometheus)")
+    values = yaml.safe_load(CI_VALUES["all-features-values"].read_text())
+    values["prometheusRule"]["rules"] = {
+        "ThuliumCampaignStuck": {"for": "3h", "severity": "warning"}
+    }
+    spec = _one(render(values, chart=fixture_chart), "PrometheusRule")["spec"]
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        [promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------- Grafana dashboard
+
+
+def test_grafana_dashboard_config_map(render: Callable[..., Any], fixture_chart: Path) -> None:
+    off = render(chart=fixture_chart)  # off by default: the exporter's ConfigMap only
+    assert [d["metadata"]["name"] for d in off if d["kind"] == "ConfigMap"] == [FULLNAME]
+    docs = render({"grafanaDashboard": {"enabled": True}}, chart=fixture_chart)
+    dashboard = _one(docs, "ConfigMap", f"{FULLNAME}-dashboards")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["metadata"]["namespace"] == NAMESPACE
+    # The JSON arrives byte for byte: Helm does not evaluate the {{ }} inside it.
+    assert dashboard["data"] == {f"{FULLNAME}-dashboard.json": FIXTURE_DASHBOARD}
+
+    custom = {
+        "enabled": True,
+        "namespace": "grafana",
+        "label": "grafana_dashboard_messaging",
+        "labelValue": "true",
+        "labels": {"extra": "x"},
+        "annotations": {"grafana_folder": "Messaging"},
+    }
+    docs = render({"grafanaDashboard": custom}, chart=fixture_chart)
+    metadata = _one(docs, "ConfigMap", f"{FULLNAME}-dashboards")["metadata"]
+    assert metadata["namespace"] == "grafana"
+    assert metadata["labels"]["grafana_dashboard_messaging"] == "true"
+    assert "grafana_dashboard" not in metadata["labels"]
+    assert metadata["labels"]["extra"] == "x"
+    assert metadata["annotations"] == {"grafana_folder": "Messaging"}
+
+
+def test_an_invalid_dashboard_fails_the_render(
+    helm: str, tmp_path: Path, fixture_chart: Path
+) -> None:
+    chart = tmp_path / "messaging-stats-exporter"
+    shutil.copytree(fixture_chart, chart)
+    (chart / "files" / "broken.json").write_text('{"title": ')
+    error = _template(
+        helm, tmp_path, {"grafanaDashboard": {"enabled": True}}, chart=chart, expect_error=True
+    )
+    assert "files/broken.json is not valid JSON" in error
+
+
+# -------------------------------------------------------------- the chart's real files, once there
+
+
+def test_the_charts_own_alerts_and_dashboards_render(
+    render: Callable[..., Any], kubernetes_validate: Any
+) -> None:
+    alerts = CHART / "files" / "alerts.yaml"
+    dashboards = sorted((CHART / "files").glob("*.json"))
+    if not alerts.is_file() and not dashboards:
+        pytest.skip("the chart has no files/alerts.yaml or files/*.json yet")
+    docs = render({"prometheusRule": {"enabled": True}, "grafanaDashboard": {"enabled": True}})
+    for doc in docs:
+        _validate(kubernetes_validate, doc)
+    if alerts.is_file():
+        names = [
+            r["alert"]
+            for g in yaml.safe_load(alerts.read_text())["groups"]
+            for r in g["rules"]
+            if "alert" in r
+        ]
+        assert sorted(a for a in _rules(docs) if a in names) == sorted(names)
+        # Every alert can be switched off by name.
+        off = {"prometheusRule": {"enabled": True, "rules": {n: {"enabled": False} for n in names}}}
+        remaining = [d for d in render(off) if d["kind"] == "PrometheusRule"]
+        assert all(
+            "alert" not in r for d in remaining for g in d["spec"]["groups"] for r in g["rules"]
+        )
+    if dashboards:
+        data = _one(docs, "ConfigMap", f"{FULLNAME}-dashboards")["data"]
+        assert sorted(data) == sorted(f"{FULLNAME}-{p.name}" for p in dashboards)
+
+
+# ----------------------------------------------------------------------------------- documentation
+
+
+def _value_keys(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
+    """Top-level keys, and the keys of the groups whose members are set one by one."""
+    grouped = {
+        "image",
+        "serviceAccount",
+        "service",
+        "serviceMonitor",
+        "prometheusRule",
+        "grafanaDashboard",
+    }
+    for key, value in values.items():
+        yield prefix + key
+        if not prefix and key in grouped:
+            yield from _value_keys(value, prefix=f"{key}.")
+
+
+def test_every_value_is_documented_in_values_yaml_and_readme() -> None:
+    text = (CHART / "values.yaml").read_text()
+    values = yaml.safe_load(text)
+    readme = (CHART / "README.md").read_text()
+    lines = text.splitlines()
+    for key in _value_keys(values):
+        assert f"`{key}`" in readme, f"README.md does not document `{key}`"
+        leaf = key.rsplit(".", 1)[-1]
+        indent = "  " * key.count(".")
+        (index,) = [
+            i
+            for i, line in enumerate(lines)
+            if line.startswith(f"{indent}{leaf}:")
+            and (not indent or _parent_of(lines, i) == key.split(".")[0])
+        ]
+        assert lines[index - 1].strip().startswith("#"), f"values.yaml: {key} has no comment"
+
+
+def _parent_of(lines: list[str], index: int) -> str:
+    for line in reversed(lines[:index]):
+        if line and not line.startswith((" ", "#")):
+            return line.split(":", 1)[0]
+    return ""
+
+
+def test_readme_shows_the_installs() -> None:
+    readme = (CHART / "README.md").read_text()
+    assert "--set demo=true" in readme
+    assert "existingSecret" in readme
+    assert "create secret generic" in readme
+    assert "kube-prometheus-stack" in readme
+    assert "serviceMonitor.labels.release" in readme
+    assert "prometheusRule.rules.<AlertName>" in readme
