@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 from prometheus_client.exposition import generate_latest
+from pydantic import ValidationError
 
 from exporter import __version__, simulator
 from exporter.config import (
@@ -27,6 +29,7 @@ from exporter.fields import format_duration
 from exporter.http import new_session
 from exporter.logs import setup_logging
 from exporter.scheduler import Scheduler
+from exporter.sharding import Sharding, ordinal_from_hostname
 from exporter.web import USER_AGENT, Exporter, build_app, make_exporter
 from exporter.webconfig import WebConfigFile, load_web_config, ssl_context
 
@@ -66,6 +69,19 @@ def parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="TLS and basic auth for the exporter's endpoints, in the exporter-toolkit format",
     )
+    p.add_argument(
+        "--shard",
+        metavar="INDEX/COUNT",
+        help="collect only the targets that rendezvous hashing assigns to shard INDEX of COUNT "
+        "(overrides sharding in the config)",
+    )
+    p.add_argument(
+        "--shard-from-hostname",
+        action="store_true",
+        help="take the shard index from the hostname's StatefulSet ordinal (name-N); the count "
+        "from --shard-count or sharding.count",
+    )
+    p.add_argument("--shard-count", type=int, metavar="COUNT", help="shards in all")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -78,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError as exc:
             print(f"--listen: {exc}", file=sys.stderr)
             return EXIT_CONFIG
+    try:
+        shard = _shard(args)
+    except ValueError as exc:
+        print(f"--shard: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     web_config: WebConfigFile | None = None
     if args.web_config_file:
         try:
@@ -86,7 +107,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(str(exc), file=sys.stderr)
             return EXIT_CONFIG
     if args.demo:
-        return asyncio.run(_demo(args, web_config))
+        return asyncio.run(_demo(args, web_config, shard))
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -96,8 +117,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(config, args.config)
     setup_logging(config.log.level, config.log.format)
     if args.once:
-        return asyncio.run(_once(config))
-    return asyncio.run(_serve(config, args.listen, Path(args.config), web_config))
+        return asyncio.run(_once(config, shard))
+    return asyncio.run(_serve(config, args.listen, Path(args.config), web_config, shard))
+
+
+def _shard(args: argparse.Namespace) -> Sharding | None:
+    """The shard the flags ask for, or None to use the config's ``sharding``."""
+    if args.shard:
+        index_text, sep, count_text = args.shard.partition("/")
+        if not sep or not index_text.isdigit() or not count_text.isdigit():
+            raise ValueError(f"{args.shard!r} is not INDEX/COUNT, e.g. 0/3")
+        index, count = int(index_text), int(count_text)
+    elif args.shard_from_hostname:
+        index, count = ordinal_from_hostname(socket.gethostname()), args.shard_count or 0
+        if not count:
+            raise ValueError("--shard-from-hostname needs --shard-count")
+    else:
+        return None
+    try:
+        return Sharding(index=index, count=count)
+    except ValidationError as exc:
+        raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 def _check_config(config: Config, path: str) -> int:
@@ -111,13 +151,13 @@ def _check_config(config: Config, path: str) -> int:
     return EXIT_OK
 
 
-async def _once(config: Config) -> int:
+async def _once(config: Config, shard: Sharding | None = None) -> int:
     """Collect every target once and print the exposition: the targets that worked, and the
     exporter's own metrics saying which did not."""
-    exporter = make_exporter(config, autostart=False)
+    exporter = make_exporter(config, autostart=False, shard=shard)
     async with new_session(USER_AGENT) as session:
         scheduler = Scheduler(exporter.store, session, exporter.histogram, exporter.clock)
-        scheduler.set_targets(config.targets)
+        scheduler.set_targets(exporter.assigned)
         snapshots = await scheduler.run_all_once()
     sys.stdout.buffer.write(generate_latest(exporter.registry))
     sys.stdout.flush()
@@ -142,15 +182,17 @@ async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
         await runner.cleanup()
 
 
-async def _demo(args: argparse.Namespace, web_config: WebConfigFile | None) -> int:
+async def _demo(
+    args: argparse.Namespace, web_config: WebConfigFile | None, shard: Sharding | None
+) -> int:
     async with _demo_simulator() as (config, url):
         if args.check_config:
             return _check_config(config, "(built-in demo config)")
         setup_logging(config.log.level, config.log.format)
         if args.once:
-            return await _once(config)
+            return await _once(config, shard)
         log.info("demo: built-in provider simulator started", simulator=url)
-        return await _serve(config, args.listen, None, web_config, demo=True)
+        return await _serve(config, args.listen, None, web_config, shard, demo=True)
 
 
 async def _serve(
@@ -158,9 +200,10 @@ async def _serve(
     listen: str | None,
     path: Path | None,
     web_config: WebConfigFile | None = None,
+    shard: Sharding | None = None,
     demo: bool = False,
 ) -> int:
-    exporter = make_exporter(config, config_path=path)
+    exporter = make_exporter(config, config_path=path, shard=shard)
     host, port = parse_listen_address(listen or config.web.listen_address)
     runner = web.AppRunner(
         build_app(exporter, web_config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT

@@ -27,6 +27,7 @@ from exporter.providers.base import (
     DEFAULT_TIMEOUT,
     TargetConfig,
 )
+from exporter.sharding import Sharding
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:10057"
 
@@ -85,6 +86,7 @@ class Config(StrictModel):
     web: WebConfig = WebConfig()
     log: LogConfig = LogConfig()
     defaults: Defaults = Defaults()
+    sharding: Sharding = Sharding()
     targets: Sequence[TargetConfig] = Field(default=())
 
     @model_validator(mode="after")

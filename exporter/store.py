@@ -76,6 +76,8 @@ class Store:
         self.generation = 0
         self._next_expiry = math.inf
         self.config_reload_successful = True
+        self.shard = (0, 1)
+        self.skipped_targets = 0
         self._specs: dict[str, dict[str, MetricSpec]] = {
             name: {spec.name: spec for spec in provider.metrics}
             for name, provider in registry().items()
@@ -206,14 +208,14 @@ class Store:
             "Always 1; which share of the targets this replica collects.",
             labels=("index", "count"),
         )
-        shard.add_metric(("0", "1"), 1.0)
+        shard.add_metric((str(self.shard[0]), str(self.shard[1])), 1.0)
         assigned = GaugeMetricFamily(
             "messaging_exporter_targets",
             "Targets this replica collects (assigned) and leaves to other shards (skipped).",
             labels=("state",),
         )
         assigned.add_metric(("assigned",), float(len(targets)))
-        assigned.add_metric(("skipped",), 0.0)
+        assigned.add_metric(("skipped",), float(self.skipped_targets))
         yield from (success, duration, last_success, errors, build, reload_ok, shard, assigned)
 
 

@@ -23,7 +23,9 @@ from exporter.config import Config, ConfigError, load_config
 from exporter.exposition import Exposition
 from exporter.http import new_session, request_duration_histogram
 from exporter.logs import redactor
+from exporter.providers.base import TargetConfig
 from exporter.scheduler import Scheduler
+from exporter.sharding import Sharding, split
 from exporter.store import Store, StoreCollector
 from exporter.webconfig import BasicAuthCheck, WebConfigFile, headers_middleware
 
@@ -45,20 +47,33 @@ class Exporter:
     config_path: Path | None = None
     environ: Mapping[str, str] | None = None
     autostart: bool = True
+    shard_override: Sharding | None = None
+    assigned: list[TargetConfig] = field(default_factory=list)
     scheduler: Scheduler | None = None
     session: aiohttp.ClientSession | None = None
     reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    @property
+    def sharding(self) -> Sharding:
+        return self.shard_override or self.config.sharding
+
     def apply(self, config: Config) -> None:
-        """Run ``config``'s targets: unchanged ones keep their state and schedule."""
+        """Run the targets of ``config`` that this shard owns: unchanged ones keep their state
+        and schedule, removed ones leave, new ones start."""
         self.config = config
         redactor.set_secrets(config.secret_values())
+        sharding = self.sharding
+        self.assigned, skipped = split(
+            config.targets, [target.name for target in config.targets], sharding
+        )
+        self.store.shard = (sharding.index, sharding.count)
+        self.store.skipped_targets = skipped
         if self.scheduler is not None:
-            self.scheduler.set_targets(config.targets)
+            self.scheduler.set_targets(self.assigned)
             if self.autostart:
                 self.scheduler.start()
         else:
-            self.store.set_targets(config.targets)
+            self.store.set_targets(self.assigned)
 
     async def reload(self) -> str | None:
         """Load the config file again; on an error keep the running config and return the error."""
@@ -88,6 +103,7 @@ def make_exporter(
     config_path: Path | None = None,
     environ: Mapping[str, str] | None = None,
     autostart: bool = True,
+    shard: Sharding | None = None,
 ) -> Exporter:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     clock = clock or SystemClock()
@@ -105,9 +121,9 @@ def make_exporter(
         config_path=config_path,
         environ=environ,
         autostart=autostart,
+        shard_override=shard,
     )
-    redactor.set_secrets(config.secret_values())
-    store.set_targets(config.targets)
+    exporter.apply(config)
     return exporter
 
 
@@ -117,9 +133,7 @@ async def _collection(app: web.Application) -> AsyncIterator[None]:
     exporter.scheduler = Scheduler(
         exporter.store, exporter.session, exporter.histogram, exporter.clock
     )
-    exporter.scheduler.set_targets(exporter.config.targets)
-    if exporter.autostart:
-        exporter.scheduler.start()
+    exporter.apply(exporter.config)
     try:
         yield
     finally:
@@ -192,6 +206,14 @@ async def landing(request: web.Request) -> web.Response:
             )
             + "</tr>"
         )
+    sharding = exporter.sharding
+    shard_note = ""
+    if sharding.count > 1:
+        shard_note = (
+            f"<p>Shard {sharding.index} of {sharding.count} (0-based): this replica collects the "
+            f"{len(exporter.assigned)} targets below and leaves {exporter.store.skipped_targets} "
+            "to the other shards.</p>"
+        )
     body = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>messaging-stats-exporter</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{border:1px solid #ccc;padding:4px 8px;
@@ -200,7 +222,7 @@ text-align:left}}table{{border-collapse:collapse}}</style></head>
 <p>Version {html.escape(__version__)}. Prometheus exporter for messaging platforms' statistics.</p>
 <ul><li><a href="{path}">Metrics</a></li><li><a href="/healthz">Health</a></li>
 <li><a href="/readyz">Readiness</a></li></ul>
-<h2>Targets</h2>
+<h2>Targets</h2>{shard_note}
 <table><tr><th>Provider</th><th>Account</th><th>State</th><th>Last success</th>
 <th>Last error</th></tr>
 {"".join(rows) or '<tr><td colspan="5">no targets configured</td></tr>'}
