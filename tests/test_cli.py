@@ -175,3 +175,58 @@ async def test_demo_serves_metrics_that_promtool_accepts_and_exits_0_on_sigterm(
     assert checked.returncode == 0, checked.stdout + checked.stderr
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 10) == 0
+
+
+async def test_serve_reloads_on_sighup_logs_json_and_exits_0_on_sigterm(sim, sim_url, write_config):
+    targets = thulium_targets(sim_url, sim)
+    path = write_config({"defaults": {"interval": "1s"}, "targets": targets})
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config",
+        str(path),
+        "--listen",
+        f"127.0.0.1:{port}",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    try:
+        await wait_ready(port)
+
+        async def accounts() -> set[str]:
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{port}/metrics") as response,
+            ):
+                scraped = parse_exposition(await response.text())
+            return {
+                dict(labels)["account"]
+                for name, labels in scraped
+                if name == "messaging_exporter_collect_success"
+            }
+
+        assert await accounts() == {"thulium-acme", "thulium-globex"}
+        write_config({"defaults": {"interval": "1s"}, "targets": targets[:1]})
+        process.send_signal(signal.SIGHUP)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while await accounts() != {"thulium-acme"}:
+            assert loop.time() < deadline, "the reload did not take effect"
+            await asyncio.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.stderr is not None
+    assert process.stdout is not None
+    output = (await process.stderr.read() + await process.stdout.read()).decode()
+    events = [json.loads(line) for line in output.splitlines() if line.strip()]
+    assert any(event["event"] == "config reloaded" for event in events)
+    assert any(event["event"] == "serving" for event in events)
+    for target in targets:
+        assert target["password"] not in output
