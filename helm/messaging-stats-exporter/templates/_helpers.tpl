@@ -83,3 +83,54 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "messaging-stats-exporter.hasOwnSecret" -}}
 {{- if .Values.secrets }}true{{ end }}
 {{- end }}
+
+{{/*
+Number of shards: sharding.replicas, 1 when unset. Fails on a count below 1,
+and on settings that contradict sharding (see the chart README, "Running at
+scale").
+*/}}
+{{- define "messaging-stats-exporter.shardCount" -}}
+{{- $sharding := .Values.sharding | default dict }}
+{{- $replicas := 1 }}
+{{- if hasKey $sharding "replicas" }}
+{{- $raw := toString $sharding.replicas }}
+{{- if or (not (regexMatch "^[0-9]+$" $raw)) (lt (int $raw) 1) }}
+{{- fail (printf "sharding.replicas: %s is not a whole number of shards, 1 or more (1 runs the unsharded Deployment)" $raw) }}
+{{- end }}
+{{- $replicas = int $raw }}
+{{- end }}
+{{- if gt $replicas 1 }}
+{{- if ne (int .Values.replicaCount) 1 }}
+{{- fail (printf "replicaCount: %v with sharding.replicas: %d; a sharded release sizes its StatefulSet with sharding.replicas, leave replicaCount at 1" .Values.replicaCount $replicas) }}
+{{- end }}
+{{- range .Values.extraArgs }}
+{{- if hasPrefix "--shard" (toString .) }}
+{{- fail (printf "extraArgs: %s with sharding.replicas: %d; the chart passes --shard-from-hostname --shard-count %d itself" (toString .) $replicas $replicas) }}
+{{- end }}
+{{- end }}
+{{- $name := include "messaging-stats-exporter.fullname" . }}
+{{- if gt (len $name) 52 }}
+{{- fail (printf "sharding: the StatefulSet name %s is %d characters; a StatefulSet name may have at most 52 (its pods carry a controller-revision-hash label of the name and a hash), so set a shorter fullnameOverride or nameOverride" $name (len $name)) }}
+{{- end }}
+{{- end }}
+{{- $replicas }}
+{{- end }}
+
+{{/* "true" when the release is sharded (sharding.replicas > 1): a StatefulSet instead of the Deployment. */}}
+{{- define "messaging-stats-exporter.sharded" -}}
+{{- if gt (int (include "messaging-stats-exporter.shardCount" .)) 1 }}true{{ end }}
+{{- end }}
+
+{{/* The headless Service that governs the StatefulSet (stable pod DNS names). */}}
+{{- define "messaging-stats-exporter.headlessServiceName" -}}
+{{- printf "%s-headless" (include "messaging-stats-exporter.fullname" .) }}
+{{- end }}
+
+{{/*
+A label only the headless Service carries, so that the ServiceMonitor, which
+selects the chart's Services by the selector labels, scrapes each pod once
+(through the regular Service) and not a second time through the headless one.
+*/}}
+{{- define "messaging-stats-exporter.headlessLabelKey" -}}
+messaging-stats-exporter/service
+{{- end }}
