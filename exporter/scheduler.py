@@ -58,7 +58,7 @@ class TargetRunner:
             max_response_bytes=config.max_response_bytes,
         )
         provider_cls: type[Provider[Any]] = registry()[config.provider]
-        self.provider = provider_cls(config, self.client)
+        self.provider = provider_cls(config, self.client, clock)
 
     async def run_once(self) -> Snapshot:
         config = self.config
@@ -142,15 +142,22 @@ class Scheduler:
     def set_targets(self, configs: Sequence[TargetConfig]) -> None:
         """Run exactly these targets. Unchanged ones keep their schedule and provider state."""
         wanted = {config.name: config for config in configs}
+        replaced: dict[str, Provider[Any]] = {}
         for name in list(self.runners):
             if name not in wanted or wanted[name] != self.runners[name].config:
+                if name in wanted:
+                    replaced[name] = self.runners[name].provider
                 self._stop(name)
         self._store.set_targets(configs)
         for name, config in wanted.items():
             if name not in self.runners:
-                self.runners[name] = TargetRunner(
+                runner = TargetRunner(
                     config, self._session, self._store, self._histogram, self._clock
                 )
+                previous = replaced.get(name)
+                if previous is not None and previous.name == runner.provider.name:
+                    runner.provider.inherit(previous)
+                self.runners[name] = runner
 
     @property
     def running(self) -> int:

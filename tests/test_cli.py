@@ -146,9 +146,12 @@ async def test_demo_serves_metrics_that_promtool_accepts_and_exits_0_on_sigterm(
 ):
     process, port = demo_process
     assert process.stdout is not None
-    banner = await asyncio.wait_for(process.stdout.readline(), 30)
+    banner = b""
     while not banner.strip():
         banner = await asyncio.wait_for(process.stdout.readline(), 30)
+        if not banner:  # end of output: the demo died
+            assert process.stderr is not None
+            raise AssertionError((await process.stderr.read()).decode()[-3000:])
     assert f"http://127.0.0.1:{port}/metrics" in banner.decode()
     await wait_ready(port)
     async with (

@@ -18,13 +18,14 @@ from __future__ import annotations
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
 from pydantic import Field
 
 from exporter.fields import BaseUrl, Duration, SecretsModel
 
 if TYPE_CHECKING:
+    from exporter.clock import Clock
     from exporter.http import ProviderClient
 
 DEFAULT_INTERVAL = 60.0
@@ -86,9 +87,15 @@ class Provider(ABC, Generic[C]):
     config_model: ClassVar[type[TargetConfig]]
     metrics: ClassVar[tuple[MetricSpec, ...]]
 
-    def __init__(self, config: C, client: ProviderClient) -> None:
+    def __init__(self, config: C, client: ProviderClient, clock: Clock | None = None) -> None:
         self.config = config
         self.client = client
+        self.clock = clock
+        """The scheduler's wall clock (injectable in tests); None when run standalone."""
+
+    def inherit(self, previous: Provider[Any]) -> None:
+        """Take over state from the instance this one replaces after a config change of the same
+        target (a task still running, a cached token). The default keeps nothing."""
 
     @abstractmethod
     async def collect(self) -> list[Sample]:

@@ -39,6 +39,7 @@ from pydantic import (
 )
 from yarl import URL
 
+from exporter.clock import Clock
 from exporter.errors import CollectError, ParseError, Reason
 from exporter.fields import NonEmptySecret, SecretFile
 from exporter.http import HttpError, ProviderClient, decode_json
@@ -343,8 +344,10 @@ class Trustlat(Provider[TrustlatTarget]):
         ),
     )
 
-    def __init__(self, config: TrustlatTarget, client: ProviderClient) -> None:
-        super().__init__(config, client)
+    def __init__(
+        self, config: TrustlatTarget, client: ProviderClient, clock: Clock | None = None
+    ) -> None:
+        super().__init__(config, client, clock)
         self._token: AccessToken | None = None
 
     def _scrub(self, text: str) -> str:
