@@ -1,0 +1,125 @@
+"""Fault injection for every provider: each fault the simulator can throw at one account gives the
+right reason, keeps that target's last good values, leaves every other target untouched, and never
+takes the exporter down; /metrics answers while a hanging target is in flight."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from exporter import simulator
+from tests.conftest import eventually, parse_exposition, series
+
+SUCCESS = "messaging_exporter_collect_success"
+ERRORS = "messaging_exporter_collect_errors_total"
+
+# fault → the reason it must give; where a provider's API makes a fault harmless, it says so here.
+FAULTS = {
+    "http_500_html": "http_5xx",
+    "http_503": "http_5xx",
+    "malformed_json": "parse",
+    "wrong_shape": "parse",
+    "strings_for_numbers": "parse",
+    "huge_body": "parse",
+    "reset": "connection",
+    "rate_limited": "rate_limited",
+    "hang": "timeout",
+    "auth": "auth",
+}
+HARMLESS = {
+    # Exolve sends its int64 counts as strings anyway (proto3 JSON): strings are its normal answer.
+    ("exolve", "strings_for_numbers"),
+}
+
+
+def sim_account(target: dict[str, Any]) -> str:
+    """The simulator account a demo target points at: /<provider>/<account>/..."""
+    path = target["base_url"].split("://", 1)[1].split("/")
+    return str(path[2])
+
+
+def providers() -> list[str]:
+    return sorted(simulator.provider_modules())
+
+
+def cases() -> list[tuple[str, str]]:
+    return [(provider, fault) for provider in providers() for fault in FAULTS]
+
+
+def provider_samples(scraped: dict, account: str) -> dict:
+    return {
+        key: value
+        for key, value in scraped.items()
+        if not key[0].startswith("messaging_exporter_") and ("account", account) in key[1]
+    }
+
+
+@pytest.mark.parametrize(("provider", "fault"), cases())
+async def test_fault(sim, sim_url, harness, make_config, clock, provider, fault):
+    targets = simulator.demo_targets(sim_url, sim)
+    victim = next(t for t in targets if t["provider"] == provider)
+    config = make_config(targets, defaults={"timeout": "1.5s", "max_response_bytes": 1_048_576})
+    h = await harness(config)
+    await h.collect()
+    before = await h.scrape()
+    assert all(value == 1 for value in series(before, SUCCESS).values()), series(before, SUCCESS)
+    victim_before = provider_samples(before, victim["name"])
+    assert victim_before, "the victim had samples before the fault"
+
+    sim.set_fault(provider, sim_account(victim), simulator.Fault(fault, retry_after="30"))
+    clock.advance(60)
+    await h.collect()
+    after = await h.scrape()
+
+    key = (SUCCESS, frozenset({("provider", provider), ("account", victim["name"])}))
+    if (provider, fault) in HARMLESS:
+        assert after[key] == 1
+        return
+    assert after[key] == 0
+    errors = {
+        dict(labels)["reason"]: value
+        for labels, value in series(after, ERRORS).items()
+        if ("account", victim["name"]) in labels
+    }
+    assert errors[FAULTS[fault]] == 1, errors
+    assert sum(errors.values()) == 1, errors
+    # The victim's last good values stay (stale_after is 5 minutes), and nothing else changed.
+    assert provider_samples(after, victim["name"]) == victim_before
+    for target in targets:
+        if target["name"] != victim["name"]:
+            other = (
+                SUCCESS,
+                frozenset({("provider", target["provider"]), ("account", target["name"])}),
+            )
+            assert after[other] == 1
+
+
+async def test_metrics_answer_while_a_target_hangs(sim, sim_url, aiohttp_client, make_config):
+    from exporter.web import build_app, make_exporter
+
+    targets = simulator.demo_targets(sim_url, sim)
+    victim = targets[0]
+    sim.set_fault(victim["provider"], sim_account(victim), "hang")
+    exporter = make_exporter(make_config(targets, defaults={"interval": "5s", "timeout": "4s"}))
+    client = await aiohttp_client(build_app(exporter))
+    others = {t["name"] for t in targets[1:]}
+    await eventually(
+        lambda: all(
+            s.latest is not None for s in exporter.store.targets if s.config.name in others
+        ),
+        bound=15,
+    )
+    hanging = next(s for s in exporter.store.targets if s.config.name == victim["name"])
+    assert hanging.latest is None  # still in flight
+    loop = asyncio.get_running_loop()
+    for _ in range(5):
+        started = loop.time()
+        response = await client.get("/metrics")
+        assert response.status == 200
+        text = await response.text()
+        assert loop.time() - started < 0.1
+    assert hanging.latest is None
+    scraped = parse_exposition(text)
+    assert all(value == 1 for value in series(scraped, SUCCESS).values())
