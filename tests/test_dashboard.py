@@ -1,0 +1,486 @@
+"""The Grafana dashboard, helm/messaging-stats-exporter/files/dashboard.json.
+
+Static checks (schema, variables, rows, data source and account filters on every query, every
+metric of the spec on some panel), then promtool: every query, with Grafana's variables
+substituted, must parse (`promtool check rules`) and must return data on series shaped like the
+spec's, for every provider (`promtool test rules`). tests/test_prometheus_e2e.py runs the same
+queries against a real Prometheus scraping the demo.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.conftest import promtool
+
+REPO = Path(__file__).resolve().parent.parent
+DASHBOARD = REPO / "helm" / "messaging-stats-exporter" / "files" / "dashboard.json"
+
+# The metrics contract (shared/spec/metrics.md): every metric, its labels, and the provider it
+# belongs to ("exporter" for the exporter's own). A histogram is listed under its base name.
+METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "altcraft_resource_subscriptions": (
+        "altcraft",
+        ("account", "resource_id", "list_id", "channel", "status"),
+    ),
+    "altcraft_resource_sendable_subscriptions": (
+        "altcraft",
+        ("account", "resource_id", "list_id", "channel", "status"),
+    ),
+    "altcraft_resource_profiles": ("altcraft", ("account", "resource_id", "list_id", "channel")),
+    "altcraft_resource_counters_updated_timestamp_seconds": (
+        "altcraft",
+        ("account", "resource_id", "list_id"),
+    ),
+    "altcraft_resource_count_duration_seconds": ("altcraft", ("account", "resource_id", "list_id")),
+    "altcraft_segment_sendable_subscriptions": (
+        "altcraft",
+        ("account", "segment_id", "resource_id", "list_id", "channel", "status"),
+    ),
+    "altcraft_segment_counters_updated_timestamp_seconds": (
+        "altcraft",
+        ("account", "segment_id", "resource_id", "list_id"),
+    ),
+    "thulium_outbound_campaign_records": ("thulium", ("account", "campaign_id")),
+    "thulium_outbound_campaign_completion_ratio": ("thulium", ("account", "campaign_id")),
+    "thulium_outbound_active_campaigns": ("thulium", ("account",)),
+    "trustlat_notifications": ("trustlat", ("account", "company_id", "state")),
+    "trustlat_notifications_scheduled": ("trustlat", ("account", "company_id")),
+    "trustlat_notification_actions": ("trustlat", ("account", "company_id", "action")),
+    "trustlat_campaigns": ("trustlat", ("account", "company_id")),
+    "trustlat_access_token_expiry_timestamp_seconds": ("trustlat", ("account",)),
+    "exolve_sms_messages": ("exolve", ("account", "direction", "status")),
+    "exolve_sms_messages_by_delivery_status": (
+        "exolve",
+        ("account", "direction", "delivery_status"),
+    ),
+    "exolve_sms_messages_by_billing_status": ("exolve", ("account", "direction", "billing_status")),
+    "messaging_exporter_collect_success": ("exporter", ("provider", "account")),
+    "messaging_exporter_collect_duration_seconds": ("exporter", ("provider", "account")),
+    "messaging_exporter_last_success_timestamp_seconds": ("exporter", ("provider", "account")),
+    "messaging_exporter_collect_errors_total": ("exporter", ("provider", "account", "reason")),
+    "messaging_exporter_provider_request_duration_seconds": (
+        "exporter",
+        ("provider", "endpoint", "code"),
+    ),
+    "messaging_exporter_build_info": ("exporter", ("version", "python_version")),
+    "messaging_exporter_config_last_reload_successful": ("exporter", ()),
+    "messaging_exporter_shard_info": ("exporter", ("index", "count")),
+    "messaging_exporter_targets": ("exporter", ("state",)),
+}
+HISTOGRAMS = {"messaging_exporter_provider_request_duration_seconds"}
+PROVIDERS = ("altcraft", "thulium", "trustlat", "exolve")
+ROWS = {"Overview": "exporter", "Altcraft": "altcraft", "Thulium": "thulium"}
+ROWS |= {"Trust.lat": "trustlat", "Exolve": "exolve"}
+
+# Grafana's variables, as substituted for Prometheus. `$account`/`$provider` set to "All" become
+# the variables' allValue (`.*`).
+ALL = ".*"
+
+
+def substitute(expr: str, rate_interval: str = "5m", **values: str) -> str:
+    """An expression as Grafana sends it to Prometheus, with its variables filled in."""
+    replacements = {
+        "__rate_interval": rate_interval,
+        "__interval": "1m",
+        "__range": "1h",
+        "account": values.get("account", ALL),
+        "provider": values.get("provider", ALL),
+    }
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1) or match.group(2)
+        assert name in replacements, f"unknown dashboard variable ${name} in {expr!r}"
+        return replacements[name]
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", replace, expr)
+
+
+@dataclass(frozen=True)
+class Query:
+    row: str
+    panel: str
+    ref_id: str
+    expr: str
+
+    @property
+    def name(self) -> str:
+        return f"{self.row} / {self.panel} / {self.ref_id}"
+
+    @property
+    def metrics(self) -> set[str]:
+        return metrics_in(self.expr)
+
+    @property
+    def providers(self) -> set[str]:
+        return {METRICS[metric][0] for metric in self.metrics}
+
+
+_METRIC_RE = re.compile(
+    r"\b(" + "|".join(sorted(METRICS, key=len, reverse=True)) + r")(_bucket|_sum|_count)?\b"
+)
+
+
+def metrics_in(expr: str) -> set[str]:
+    return {match.group(1) for match in _METRIC_RE.finditer(expr)}
+
+
+def load_dashboard() -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    return data
+
+
+def panels_by_row(dashboard: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every panel that is not a row, with the title of the row it sits in (collapsed rows hold
+    their panels inside)."""
+    found: list[tuple[str, dict[str, Any]]] = []
+    row = ""
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            row = panel["title"]
+            found.extend((row, inner) for inner in panel.get("panels", []))
+        else:
+            found.append((row, panel))
+    return found
+
+
+def dashboard_queries() -> list[Query]:
+    return [
+        Query(row, panel["title"], target["refId"], target["expr"])
+        for row, panel in panels_by_row(load_dashboard())
+        for target in panel.get("targets", [])
+    ]
+
+
+# ------------------------------------------------------------------------------- static checks
+
+
+def test_schema_and_identity() -> None:
+    dashboard = load_dashboard()
+    assert dashboard["schemaVersion"] >= 39
+    assert dashboard["uid"] == "messaging-stats-exporter"
+    assert dashboard["title"]
+    assert dashboard["id"] is None  # importable anywhere
+    assert "__inputs" not in dashboard  # no import-time ${DS_...}: the sidecar does not fill it in
+    assert "${DS_" not in DASHBOARD.read_text(encoding="utf-8")
+
+
+def test_template_variables() -> None:
+    variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
+    assert list(variables) == ["datasource", "provider", "account"]
+    datasource = variables["datasource"]
+    assert datasource["type"] == "datasource"
+    assert datasource["query"] == "prometheus"
+    for name, query in {
+        "provider": "label_values(messaging_exporter_collect_success, provider)",
+        "account": 'label_values(messaging_exporter_collect_success{provider=~"$provider"}, '
+        "account)",
+    }.items():
+        variable = variables[name]
+        assert variable["type"] == "query"
+        assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert variable["definition"] == query
+        assert variable["query"]["query"] == query
+        assert variable["multi"] is True
+        assert variable["includeAll"] is True
+        assert variable["allValue"] == ALL
+
+
+def test_rows_overview_first_then_one_per_provider() -> None:
+    rows = [p["title"] for p in load_dashboard()["panels"] if p["type"] == "row"]
+    assert rows == list(ROWS)
+
+
+def test_every_panel_has_a_title_description_and_the_datasource_variable() -> None:
+    panels = panels_by_row(load_dashboard())
+    assert len(panels) >= 25
+    for row, panel in panels:
+        where = f"{row} / {panel.get('title')}"
+        assert panel["title"], where
+        assert len(panel.get("description", "")) > 20, f"{where}: no description"
+        assert panel["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+        assert panel["targets"], where
+        ref_ids = [t["refId"] for t in panel["targets"]]
+        assert len(ref_ids) == len(set(ref_ids)), where
+        for target in panel["targets"]:
+            assert target["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, where
+            assert target["expr"].strip(), where
+
+
+def test_layout_has_unique_ids_and_no_overlaps() -> None:
+    dashboard = load_dashboard()
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+    cells: dict[tuple[int, int], str] = {}
+    for panel in dashboard["panels"]:
+        pos = panel["gridPos"]
+        assert pos["x"] + pos["w"] <= 24, panel["title"]
+        for x in range(pos["x"], pos["x"] + pos["w"]):
+            for y in range(pos["y"], pos["y"] + pos["h"]):
+                assert (x, y) not in cells, f"{panel['title']} overlaps {cells[(x, y)]}"
+                cells[(x, y)] = panel["title"]
+
+
+def test_every_spec_metric_is_on_a_panel() -> None:
+    used = set().union(*(query.metrics for query in dashboard_queries()))
+    assert set(METRICS) - used == set()
+
+
+def test_provider_rows_show_their_provider_only() -> None:
+    for query in dashboard_queries():
+        assert query.providers, f"{query.name}: no spec metric in {query.expr!r}"
+        assert query.providers == {ROWS[query.row]}, query.name
+
+
+def test_queries_filter_by_account_and_provider_where_the_metric_has_them() -> None:
+    for query in dashboard_queries():
+        for match in _METRIC_RE.finditer(query.expr):
+            metric = match.group(1)
+            labels = METRICS[metric][1]
+            rest = query.expr[match.end() :]
+            selector = rest[1 : rest.index("}")] if rest.startswith("{") else ""
+            if "account" in labels:
+                assert 'account=~"$account"' in selector, f"{query.name}: {metric}"
+            if "provider" in labels:
+                assert 'provider=~"$provider"' in selector, f"{query.name}: {metric}"
+
+
+def test_substitution_fills_every_variable() -> None:
+    for query in dashboard_queries():
+        assert "$" not in substitute(query.expr), query.name
+    assert substitute('x{account=~"$account"}[$__rate_interval]', "1m", account="a|b") == (
+        'x{account=~"a|b"}[1m]'
+    )
+
+
+# ---------------------------------------------------------------------------------- promtool
+
+
+def _rule_name(index: int) -> str:
+    return f"dashboard:query_{index:03d}"
+
+
+def test_every_query_parses(tmp_path: Path) -> None:
+    """promtool parses each substituted query (as a recording rule's expression)."""
+    queries = dashboard_queries()
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [
+                    {"record": _rule_name(i), "expr": substitute(q.expr)}
+                    for i, q in enumerate(queries)
+                ],
+            }
+        ]
+    }
+    path = tmp_path / "dashboard_rules.yaml"
+    path.write_text(yaml.safe_dump(rules), encoding="utf-8")
+    result = subprocess.run(
+        [promtool(), "check", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"SUCCESS: {len(queries)} rules found" in result.stdout
+
+
+# Series shaped like the spec's: every label of every metric, the label values the spec lists.
+_JOB = 'job="messaging-stats-exporter", instance="exporter:10057"'
+_ALTCRAFT = 'account="altcraft-prod", resource_id="24", list_id="1"'
+_CHANNELS = ("email", "push")
+SYNTHETIC: list[tuple[str, str, str]] = [
+    *(
+        (
+            "altcraft_resource_subscriptions",
+            f'{_ALTCRAFT}, channel="{c}", status="{s}"',
+            f"{n}x20",
+        )
+        for c in _CHANNELS
+        for s, n in (
+            ("subscribed", 900),
+            ("unconfirmed", 30),
+            ("unsubscribed", 40),
+            ("hardbounced", 20),
+            ("complained", 3),
+            ("invalid", 5),
+            ("suspended", 2),
+        )
+    ),
+    *(
+        ("altcraft_resource_sendable_subscriptions", f'{_ALTCRAFT}, channel="{c}", status="{s}"', v)
+        for c in _CHANNELS
+        for s, v in (("subscribed", "850x20"), ("unconfirmed", "10x20"))
+    ),
+    *(("altcraft_resource_profiles", f'{_ALTCRAFT}, channel="{c}"', "1000x20") for c in _CHANNELS),
+    ("altcraft_resource_counters_updated_timestamp_seconds", _ALTCRAFT, "0+60x20"),
+    ("altcraft_resource_count_duration_seconds", _ALTCRAFT, "0.231x20"),
+    *(
+        (
+            "altcraft_segment_sendable_subscriptions",
+            f'account="altcraft-prod", segment_id="7", resource_id="24", list_id="1", '
+            f'channel="email", status="{s}"',
+            "100x20",
+        )
+        for s in ("subscribed", "unconfirmed")
+    ),
+    (
+        "altcraft_segment_counters_updated_timestamp_seconds",
+        'account="altcraft-prod", segment_id="7", resource_id="24", list_id="1"',
+        "0+60x20",
+    ),
+    ("thulium_outbound_campaign_records", 'account="thulium-acme", campaign_id="00001"', "1324x20"),
+    (
+        "thulium_outbound_campaign_completion_ratio",
+        'account="thulium-acme", campaign_id="00001"',
+        "0.1+0.01x20",
+    ),
+    ("thulium_outbound_active_campaigns", 'account="thulium-acme"', "1x20"),
+    *(
+        ("trustlat_notifications", f'account="trust", company_id="1", state="{s}"', f"{n}x20")
+        for s, n in (("sent", 90), ("pending", 5), ("failed", 5))
+    ),
+    ("trustlat_notifications_scheduled", 'account="trust", company_id="1"', "100x20"),
+    *(
+        ("trustlat_notification_actions", f'account="trust", company_id="1", action="{a}"', "7x20")
+        for a in ("received", "press_action", "closed", "unknown")
+    ),
+    ("trustlat_campaigns", 'account="trust", company_id="1"', "3x20"),
+    ("trustlat_access_token_expiry_timestamp_seconds", 'account="trust"', "7200x20"),
+    *(
+        ("exolve_sms_messages", f'account="exolve-sms", direction="{d}", status="{s}"', "10x20")
+        for d in ("incoming", "outgoing")
+        for s in ("queued", "transmitted", "delivered", "failed", "underfunded", "prohibited")
+    ),
+    (
+        "exolve_sms_messages_by_delivery_status",
+        'account="exolve-sms", direction="outgoing", delivery_status="delivered"',
+        "10x20",
+    ),
+    (
+        "exolve_sms_messages_by_billing_status",
+        'account="exolve-sms", direction="outgoing", billing_status="billed"',
+        "10x20",
+    ),
+    *(
+        (name, f'provider="{p}", account="{a}"', values)
+        for p, a in (
+            ("altcraft", "altcraft-prod"),
+            ("thulium", "thulium-acme"),
+            ("trustlat", "trust"),
+            ("exolve", "exolve-sms"),
+        )
+        for name, values in (
+            ("messaging_exporter_collect_success", "1x20"),
+            ("messaging_exporter_collect_duration_seconds", "0.2x20"),
+            ("messaging_exporter_last_success_timestamp_seconds", "0+60x20"),
+        )
+    ),
+    *(
+        (
+            "messaging_exporter_collect_errors_total",
+            f'provider="thulium", account="thulium-acme", reason="{r}"',
+            "0x20",
+        )
+        for r in (
+            "timeout",
+            "connection",
+            "http_4xx",
+            "http_5xx",
+            "auth",
+            "rate_limited",
+            "provider_error",
+            "parse",
+        )
+    ),
+    *(
+        (
+            "messaging_exporter_provider_request_duration_seconds_bucket",
+            f'provider="thulium", endpoint="outbounds/stats", code="200", le="{le}"',
+            f"0+{n}x20",
+        )
+        for le, n in (("0.1", 1), ("1", 2), ("+Inf", 2))
+    ),
+    (
+        "messaging_exporter_provider_request_duration_seconds_sum",
+        'provider="thulium", endpoint="outbounds/stats", code="200"',
+        "0+0.5x20",
+    ),
+    (
+        "messaging_exporter_provider_request_duration_seconds_count",
+        'provider="thulium", endpoint="outbounds/stats", code="200"',
+        "0+2x20",
+    ),
+    ("messaging_exporter_build_info", 'version="0.1.0", python_version="3.11.7"', "1x20"),
+    ("messaging_exporter_config_last_reload_successful", "", "1x20"),
+    ("messaging_exporter_shard_info", 'index="0", count="1"', "1x20"),
+    *(("messaging_exporter_targets", f'state="{s}"', v) for s, v in (("assigned", "4x20"),)),
+    ("messaging_exporter_targets", 'state="skipped"', "0x20"),
+]
+
+
+def test_synthetic_series_cover_every_metric_with_its_labels() -> None:
+    for metric, (_, labels) in METRICS.items():
+        names = {f"{metric}_bucket", f"{metric}_sum", f"{metric}_count"}
+        if metric not in HISTOGRAMS:
+            names = {metric}
+        for name in names:
+            rows = [series_labels for n, series_labels, _ in SYNTHETIC if n == name]
+            assert rows, name
+            for series_labels in rows:
+                assert {part.split("=")[0] for part in series_labels.split(", ") if part} >= set(
+                    labels
+                ), name
+
+
+def test_every_query_returns_data_on_spec_shaped_series(tmp_path: Path) -> None:
+    """promtool evaluates each substituted query over series of every provider: each must return
+    at least one sample (so a typo in a metric or label name cannot leave a panel empty)."""
+    queries = dashboard_queries()
+    unit_test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f"{name}{{{_JOB}{', ' if labels else ''}{labels}}}", "values": v}
+                    for name, labels, v in SYNTHETIC
+                ],
+                "promql_expr_test": [
+                    {
+                        # One sample (value 1) exactly when the query returns something.
+                        "expr": f"count({substitute(q.expr)}) > bool 0",
+                        "eval_time": "15m",
+                        "exp_samples": [{"labels": "{}", "value": 1}],
+                    }
+                    for q in queries
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "dashboard_test.yaml"
+    path.write_text(yaml.safe_dump(unit_test, width=1000), encoding="utf-8")
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_each_provider_row_has_panels(provider: str) -> None:
+    assert any(q.providers == {provider} for q in dashboard_queries())
