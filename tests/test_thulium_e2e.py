@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
-
 from exporter import simulator
 from exporter.simulator.thulium import Campaign, ThuliumState
 from tests.conftest import labels, series
@@ -137,45 +135,6 @@ async def test_no_campaigns_is_a_valid_answer(sim, sim_url, harness, make_config
     scraped = await h.scrape()
     assert scraped[(ACTIVE, labels(account="thulium-acme"))] == 0
     assert scraped[(SUCCESS, labels(provider="thulium", account="thulium-acme"))] == 1
-
-
-@pytest.mark.parametrize(
-    ("fault", "reason"),
-    [
-        ("auth", "auth"),
-        ("http_500_html", "http_5xx"),
-        ("malformed_json", "parse"),
-        ("wrong_shape", "parse"),
-        ("strings_for_numbers", "parse"),
-        ("huge_body", "parse"),
-        ("reset", "connection"),
-        ("rate_limited", "rate_limited"),
-        ("hang", "timeout"),
-    ],
-)
-async def test_each_fault_gives_its_reason_and_spares_the_other_account(
-    sim, sim_url, harness, make_config, fault, reason
-):
-    config = make_config(
-        targets(sim_url, sim),
-        # A short deadline keeps the hang and retry cases quick; Retry-After (1 s) passes it.
-        defaults={"timeout": "0.4s", "max_response_bytes": 1_048_576},
-    )
-    h = await harness(config)
-    sim.set_fault("thulium", "acme", simulator.Fault(fault, retry_after="1"))
-    await h.collect()
-    scraped = await h.scrape()
-    acme = labels(provider="thulium", account="thulium-acme")
-    assert scraped[(SUCCESS, acme)] == 0
-    errors = {
-        dict(key)["reason"]: value
-        for key, value in series(scraped, ERRORS).items()
-        if ("account", "thulium-acme") in key
-    }
-    assert errors[reason] == 1
-    assert sum(errors.values()) == 1
-    assert scraped[(SUCCESS, labels(provider="thulium", account="thulium-globex"))] == 1
-    assert scraped[(RECORDS, labels(account="thulium-globex", campaign_id="00003"))] == 250
 
 
 async def test_a_wrong_password_is_reason_auth(sim, sim_url, harness, make_config):
