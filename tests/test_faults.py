@@ -5,11 +5,18 @@ takes the exporter down; /metrics answers while a hanging target is in flight.""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
+import logging
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import structlog
 
 from exporter import simulator
+from exporter.config import Config
+from exporter.logs import setup_logging
 from tests.conftest import eventually, parse_exposition, series
 
 SUCCESS = "messaging_exporter_collect_success"
@@ -56,8 +63,26 @@ def provider_samples(scraped: dict, account: str) -> dict:
     }
 
 
+@pytest.fixture
+def captured_logs() -> Iterator[io.StringIO]:
+    """Everything the exporter logs, at debug level, as JSON lines."""
+    buffer = io.StringIO()
+    setup_logging("debug", "json", stream=buffer)
+    yield buffer
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()
+
+
+def secrets_of(config: Config, sim: simulator.Simulator) -> list[str]:
+    """Every secret in play: the config's, and the access tokens the simulator issued."""
+    found = list(config.secret_values())
+    for state in sim.state.values():
+        found.extend(getattr(state, "tokens", {}))
+    return [secret for secret in found if len(secret) >= 4]
+
+
 @pytest.mark.parametrize(("provider", "fault"), cases())
-async def test_fault(sim, sim_url, harness, make_config, clock, provider, fault):
+async def test_fault(sim, sim_url, harness, make_config, clock, captured_logs, provider, fault):
     targets = simulator.demo_targets(sim_url, sim)
     victim = next(t for t in targets if t["provider"] == provider)
     config = make_config(targets, defaults={"timeout": "1.5s", "max_response_bytes": 1_048_576})
@@ -73,6 +98,15 @@ async def test_fault(sim, sim_url, harness, make_config, clock, provider, fault)
     await h.collect()
     after = await h.scrape()
 
+    # No secret in anything the exporter wrote or served, whatever the fault.
+    served = await h.scrape_text() + await (await h.client.get("/")).text()
+    secrets = secrets_of(config, sim)
+    assert secrets
+    for secret in secrets:
+        assert secret not in served
+        assert secret not in captured_logs.getvalue()
+    events = [json.loads(line) for line in captured_logs.getvalue().splitlines()]
+
     key = (SUCCESS, frozenset({("provider", provider), ("account", victim["name"])}))
     if (provider, fault) in HARMLESS:
         assert after[key] == 1
@@ -85,6 +119,13 @@ async def test_fault(sim, sim_url, harness, make_config, clock, provider, fault)
     }
     assert errors[FAULTS[fault]] == 1, errors
     assert sum(errors.values()) == 1, errors
+    logged = [
+        e for e in events if e.get("event") == "collection" and e["account"] == victim["name"]
+    ]
+    assert logged[-1]["outcome"] == "failure"
+    assert logged[-1]["reason"] == FAULTS[fault]
+    assert logged[-1]["provider"] == provider
+    assert logged[-1]["level"] == "warning"
     # The victim's last good values stay (stale_after is 5 minutes), and nothing else changed.
     assert provider_samples(after, victim["name"]) == victim_before
     for target in targets:
