@@ -233,3 +233,34 @@ async def test_serve_reloads_on_sighup_logs_json_and_exits_0_on_sigterm(sim, sim
     assert any(event["event"] == "serving" for event in events)
     for target in targets:
         assert target["password"] not in output
+
+
+async def test_sigterm_cancels_a_hanging_collection_and_exits_0(sim, sim_url, write_config):
+    from tests.conftest import eventually
+
+    targets = thulium_targets(sim_url, sim)
+    sim.set_fault("thulium", "acme", "hang")
+    path = write_config({"defaults": {"interval": "60s", "timeout": "50s"}, "targets": targets})
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config",
+        str(path),
+        "--listen",
+        f"127.0.0.1:{free_port()}",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        cwd=ROOT,
+    )
+    try:
+        await eventually(lambda: bool(sim.received("thulium", "acme")), bound=20)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 10) == 0
+        assert loop.time() - started < 6
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
