@@ -29,6 +29,8 @@ EXPECTED_ALERTS = {
     "MessagingExporterCollectFailing",  # target down: collect_success == 0 for a while
     "MessagingExporterDataStale",  # last success older than a few intervals
     "MessagingExporterConfigReloadFailed",
+    # sharding (issue 10): targets of a shard collected by nobody, whose series simply vanish
+    "MessagingExporterShardTargetsUncovered",
     "AltcraftCountersStale",  # altcraft_*_counters_updated_timestamp_seconds old
     "AltcraftHardBounceRatioHigh",
     "ThuliumCampaignStalled",  # completion flat while records remain
@@ -133,6 +135,30 @@ def test_alert_follows_the_conventions(name: str) -> None:
     words = set(re.findall(r"\b[a-z]+_[a-z0-9_]+\b", rule["expr"]))
     labels = {label for _, (_, names) in METRICS.items() for label in names}
     assert words - set(METRICS) - labels == set()
+
+
+# Where the scrape gives a `pod` label (a ServiceMonitor's), an alert names the exporter by it
+# rather than by `instance` (the pod's IP and port); a plain static config has `instance` only.
+POD_OR_INSTANCE = "{{ with $labels.pod }}{{ . }}{{ else }}{{ $labels.instance }}{{ end }}"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ALERTS))
+def test_alerts_name_the_exporter_by_pod_when_there_is_one(name: str) -> None:
+    for key, text in alerts()[name]["annotations"].items():
+        bare = text.replace(POD_OR_INSTANCE, "")
+        assert "$labels.instance" not in bare, f"{name} {key}: {{{{ $labels.instance }}}} alone"
+
+
+def test_the_shard_alert_groups_by_namespace_and_job_only() -> None:
+    """Its expression keeps `namespace` where the scrape has it (a ServiceMonitor's) and works
+    without it (a static config): the promtool unit tests cover both; here, that no per-pod label
+    (pod, instance) is kept, which would compare each shard with the whole config."""
+    expr = alerts()["MessagingExporterShardTargetsUncovered"]["expr"]
+    groupings = re.findall(r"\b(?:sum|max) by \(([^)]*)\)", expr)
+    assert groupings, expr
+    for grouping in groupings:
+        assert {label.strip() for label in grouping.split(",")} == {"namespace", "job"}, expr
+    assert 'state="assigned"' in expr
 
 
 def test_runbook_has_a_section_per_alert_with_meaning_causes_and_checks() -> None:

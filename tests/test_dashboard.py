@@ -484,3 +484,142 @@ def test_every_query_returns_data_on_spec_shaped_series(tmp_path: Path) -> None:
 @pytest.mark.parametrize("provider", PROVIDERS)
 def test_each_provider_row_has_panels(provider: str) -> None:
     assert any(q.providers == {provider} for q in dashboard_queries())
+
+
+# ------------------------------------------------------------------------------ sharded installs
+# With `sharding.replicas: N` every shard exports messaging_exporter_targets{state} (its assigned
+# and skipped targets: together, the whole config) and the series of its own accounts only, with
+# its own `pod` and `instance`. While a resize grows the shards an account is briefly collected by
+# two of them. The overview must count configured targets once (not once per shard) and accounts,
+# not series.
+
+
+def _overview_query(panel: str, ref_id: str) -> str:
+    (query,) = [q for q in dashboard_queries() if q.panel == panel and q.ref_id == ref_id]
+    return substitute(query.expr)
+
+
+def _shard(
+    pod: str, namespace: str = "monitoring", job: str = "rel-messaging-stats-exporter"
+) -> str:
+    return (
+        f'namespace="{namespace}", job="{job}", service="{job}", endpoint="http", '
+        f'pod="{pod}", instance="{pod}.ip:10057"'
+    )
+
+
+def _shard_series(
+    pod: str, assigned: int, skipped: int, accounts: dict[tuple[str, str], int], **where: str
+) -> list[dict[str, str]]:
+    labels = _shard(pod, **where)
+    series = [
+        {"series": f'messaging_exporter_targets{{{labels}, state="{state}"}}', "values": f"{n}x20"}
+        for state, n in (("assigned", assigned), ("skipped", skipped))
+    ]
+    for (provider, account), success in accounts.items():
+        target = f'{labels}, provider="{provider}", account="{account}"'
+        series += [
+            {
+                "series": f"messaging_exporter_collect_success{{{target}}}",
+                "values": f"{success}x20",
+            },
+            {
+                "series": f"messaging_exporter_last_success_timestamp_seconds{{{target}}}",
+                "values": "0+60x20",
+            },
+        ]
+    return series
+
+
+# Five targets in the config. Growing from 3 to 4 shards: pod 3 (count 4) already collects
+# exolve-sms, which pod 0 (count 3, not replaced yet) still collects too; thulium-globex fails.
+_GROWING = [
+    *_shard_series("rel-0", 2, 3, {("thulium", "thulium-acme"): 1, ("exolve", "exolve-sms"): 1}),
+    *_shard_series("rel-1", 1, 4, {("trustlat", "trust"): 1}),
+    *_shard_series(
+        "rel-2", 2, 3, {("altcraft", "altcraft-prod"): 1, ("thulium", "thulium-globex"): 0}
+    ),
+    *_shard_series("rel-3", 1, 4, {("exolve", "exolve-sms"): 1}),
+]
+# The same five targets, pod 2 Pending (not scraped: its two accounts have no series at all), and
+# another install in another namespace, unsharded, with two targets of its own.
+_SHARD_DOWN = [
+    *_shard_series("rel-0", 2, 3, {("thulium", "thulium-acme"): 1, ("exolve", "exolve-sms"): 1}),
+    *_shard_series("rel-1", 1, 4, {("trustlat", "trust"): 1}),
+    *_shard_series(
+        "staging-6d9f7c-x2x7k",
+        2,
+        0,
+        {("thulium", "staging-thulium"): 1, ("trustlat", "staging-trust"): 1},
+        namespace="staging",
+    ),
+]
+# (panel, refId) -> value, per scenario; every overview query of these panels answers one number
+# (the per-account panels are counted).
+_SHARDED_EXPECTED: dict[str, tuple[list[dict[str, str]], dict[tuple[str, str], int]]] = {
+    "growing": (
+        _GROWING,
+        {
+            ("Targets up", "A"): 4,
+            ("Targets up", "B"): 5,
+            ("Targets failing", "A"): 1,
+            ("Targets by state", "A"): 5,  # configured: once, not once per shard (20)
+            ("Targets by state", "B"): 6,  # collected: exolve-sms twice, for the moment
+            ("Targets by state", "C"): 0,  # uncovered
+            ("Collection status", "A"): 5,  # boxes: one per account
+            ("Last success age", "A"): 5,  # lines: one per account
+        },
+    ),
+    "shard down": (
+        _SHARD_DOWN,
+        {
+            ("Targets up", "A"): 5,
+            ("Targets up", "B"): 5,
+            ("Targets failing", "A"): 0,
+            ("Targets by state", "A"): 7,  # 5 + 2, over both installs
+            ("Targets by state", "B"): 5,
+            ("Targets by state", "C"): 2,  # the Pending shard's two accounts
+            ("Collection status", "A"): 5,
+            ("Last success age", "A"): 5,
+        },
+    ),
+}
+_COUNTED = {"Collection status", "Last success age"}
+
+
+@pytest.mark.parametrize("scenario", sorted(_SHARDED_EXPECTED))
+def test_overview_counts_targets_and_accounts_across_shards(tmp_path: Path, scenario: str) -> None:
+    series, expected = _SHARDED_EXPECTED[scenario]
+    tests = []
+    for (panel, ref_id), value in expected.items():
+        expr = _overview_query(panel, ref_id)
+        tests.append(
+            {
+                "expr": f"count({expr})" if panel in _COUNTED else expr,
+                "eval_time": "15m",
+                "exp_samples": [{"labels": "{}", "value": value}],
+            }
+        )
+    unit_test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
+    }
+    path = tmp_path / "sharded_dashboard_test.yaml"
+    path.write_text(yaml.safe_dump(unit_test, width=1000), encoding="utf-8")
+    result = subprocess.run(
+        [promtool(), "test", "rules", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_overview_covers_every_panel_that_counts() -> None:
+    """Every query of the overview's count panels is in the sharded scenarios above."""
+    covered = {key for _, expected in _SHARDED_EXPECTED.values() for key in expected}
+    for query in dashboard_queries():
+        if query.panel in {"Targets up", "Targets failing", "Targets by state"} | _COUNTED:
+            assert (query.panel, query.ref_id) in covered, query.name

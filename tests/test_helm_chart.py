@@ -569,12 +569,25 @@ def test_image_reference(render: Callable[..., Any]) -> None:
     assert pinned == f"registry.example.com/team/exporter@{digest}"
 
 
+# The exporter's workload: a Deployment, or with `sharding.replicas` above 1 a StatefulSet.
+WORKLOAD_KINDS = ("Deployment", "StatefulSet")
+
+
+def _workload(docs: list[Manifest]) -> Manifest:
+    """The exporter's Deployment or StatefulSet: exactly one of them is rendered."""
+    found = [d for d in docs if d["kind"] in WORKLOAD_KINDS]
+    assert len(found) == 1, f"expected one Deployment or StatefulSet, got {_kinds(docs)}"
+    return found[0]
+
+
 def _pod_specs(docs: list[Manifest]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Every pod spec the chart renders: the workload's pod template (Deployment or StatefulSet)
+    and bare Pods (the `helm test` pod)."""
     for doc in docs:
-        if doc["kind"] == "Deployment":
-            yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
+        if doc["kind"] in WORKLOAD_KINDS:
+            yield f"{doc['kind']}/{doc['metadata']['name']}", doc["spec"]["template"]["spec"]
         elif doc["kind"] == "Pod":
-            yield doc["metadata"]["name"], doc["spec"]
+            yield f"Pod/{doc['metadata']['name']}", doc["spec"]
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
@@ -600,8 +613,8 @@ def test_security_context_is_strict(render: Callable[..., Any], scenario: str) -
             assert context["capabilities"] == {"drop": ["ALL"]}, name
             assert context["seccompProfile"] == {"type": "RuntimeDefault"}, name
             assert container["resources"]["limits"]["memory"], name
-    deployment_pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
-    volumes = {v["name"]: v for v in deployment_pod["volumes"]}
+    exporter_pod = _workload(docs)["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in exporter_pod["volumes"]}
     assert volumes["tmp"]["emptyDir"]["sizeLimit"]  # the only writable path, and a bounded one
 
 

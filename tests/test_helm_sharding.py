@@ -47,9 +47,10 @@ __all__ = ["helm", "kubernetes_validate", "render"]
 SHARDS = 3
 HEADLESS = f"{FULLNAME}-headless"
 SHARDED = {"sharding": {"replicas": SHARDS}}
-# A sharded install as a kube-prometheus-stack user with many accounts would set it. (Not a
-# ci/*.yaml file: tests/test_helm_chart.py runs every ci/*.yaml through checks that expect a
-# Deployment.)
+# A sharded install as a kube-prometheus-stack user with many accounts would set it. The chart's
+# ci/sharded-values.yaml is another: tests/test_helm_chart.py runs every ci/*.yaml through lint,
+# validation and the security-context checks (which find the pods of a Deployment or a
+# StatefulSet); test_the_ci_sharded_values_run_three_shards below checks that it does shard.
 SHARDED_INSTALL = {
     "image": {"repository": "registry.example.com/monitoring/messaging-stats-exporter"},
     "sharding": {"replicas": SHARDS, "podDisruptionBudget": {"maxUnavailable": 1}},
@@ -265,6 +266,29 @@ def test_each_pod_name_gives_the_exporter_its_shard(
     monkeypatch.setattr(socket, "gethostname", lambda: f"{name}-{SHARDS}")
     with pytest.raises(ValueError, match="index must be below count"):
         cli._shard(args)
+
+
+def test_the_ci_sharded_values_run_three_shards(render: Callable[..., Any]) -> None:
+    """ci/sharded-values.yaml (run through every ci/*.yaml check of tests/test_helm_chart.py) is
+    the sharded mode with the features that matter to it: the shards, the ServiceMonitor that
+    scrapes each once, and the rules with the alert for targets no shard collects."""
+    assert "sharded-values" in CI_VALUES
+    docs = render(values_files=(CI_VALUES["sharded-values"],))
+    assert "Deployment" not in _kinds(docs)
+    statefulset = _one(docs, "StatefulSet")
+    assert statefulset["spec"]["replicas"] == SHARDS
+    assert _args(docs)[-3:] == ["--shard-from-hostname", "--shard-count", str(SHARDS)]
+    assert _one(docs, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert HEADLESS in _services(docs)
+    selector = _one(docs, "ServiceMonitor")["spec"]["selector"]
+    scraped = [n for n, s in _services(docs).items() if _selects(selector, s["metadata"]["labels"])]
+    assert scraped == [FULLNAME]
+    alerts = {
+        rule.get("alert")
+        for group in _one(docs, "PrometheusRule")["spec"]["groups"]
+        for rule in group["rules"]
+    }
+    assert "MessagingExporterShardTargetsUncovered" in alerts
 
 
 # ------------------------------------------------------------------------- scraping every shard
