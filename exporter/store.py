@@ -1,7 +1,13 @@
 """Snapshots of collections, what each target currently shows, and the metrics built from them.
 
-Only the scheduler writes here (``record``); only the exposition reads (``collect``). A scrape never
-reaches a provider: it renders what the store holds.
+Only the scheduler writes here (``record``); only the exposition reads. A scrape never reaches a
+provider: it serves what the store holds.
+
+Two views of the same metrics: :class:`StoreCollector` gives prometheus_client fresh families on
+every collect (``--once`` and the reference the tests compare with); for ``/metrics`` each target
+keeps its samples rendered per family (:attr:`TargetState.blocks`), re-rendered when a collection of
+that target ends or when its failing samples go stale, so a new snapshot of one target re-renders
+that target only (see ``exporter/exposition.py``).
 """
 
 from __future__ import annotations
@@ -20,10 +26,38 @@ from exporter.clock import Clock
 from exporter.errors import Reason
 from exporter.providers import registry
 from exporter.providers.base import MetricSpec, Sample, TargetConfig
+from exporter.render import FamilyFormat, format_value
 
 log = structlog.get_logger("exporter.store")
 
 SeriesKey = tuple[str, tuple[str, ...]]
+
+SUCCESS = FamilyFormat(
+    "messaging_exporter_collect_success",
+    "gauge",
+    "1 if the last collection of this target succeeded, else 0.",
+    ("provider", "account"),
+)
+DURATION = FamilyFormat(
+    "messaging_exporter_collect_duration_seconds",
+    "gauge",
+    "Wall time of the last collection of this target.",
+    ("provider", "account"),
+)
+LAST_SUCCESS = FamilyFormat(
+    "messaging_exporter_last_success_timestamp_seconds",
+    "gauge",
+    "When this target last succeeded (Unix seconds); absent until its first success.",
+    ("provider", "account"),
+)
+ERRORS = FamilyFormat(
+    "messaging_exporter_collect_errors",
+    "counter",
+    "Failed collections of this target, by reason.",
+    ("provider", "account", "reason"),
+)
+TARGET_SELF_FAMILIES = (SUCCESS, DURATION, LAST_SUCCESS, ERRORS)
+"""The exporter's own families with a series per target, after the provider families."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +83,14 @@ class TargetState:
     # Each series with its value and when a collection last delivered it.
     series: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
     errors: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(Reason, 0))
+    # The rendered samples of this target, one block per family of ``Store.families``.
+    blocks: tuple[bytes, ...] = ()
+    # When the visible series next change by time alone (a failing target's samples go stale).
+    expires: float = math.inf
+    # Each visible series' family slot and line prefix, kept while the series lives.
+    prefixes: dict[SeriesKey, tuple[int, str]] = field(default_factory=dict)
+    # The line prefixes of its success, duration, last success and (per reason) errors series.
+    self_prefixes: tuple[str, ...] = ()
 
     def visible(self, now: float) -> Iterator[tuple[SeriesKey, float]]:
         """The series to serve: all of them after a success; after a failure, those delivered
@@ -62,11 +104,16 @@ class TargetState:
             if seen_at > horizon:
                 yield key, value
 
-    def expiry(self) -> float:
-        """When the next served series goes stale (``inf`` if none will)."""
-        if self.latest is None or self.latest.ok or not self.series:
+    def expiry(self, now: float) -> float:
+        """When the next served series goes stale, after ``now`` (``inf`` if none will)."""
+        if self.latest is None or self.latest.ok:
             return math.inf
-        return min(seen for _, seen in self.series.values()) + self.config.stale_after
+        stale_after = self.config.stale_after
+        horizon = now - stale_after
+        return min(
+            (seen + stale_after for _, seen in self.series.values() if seen > horizon),
+            default=math.inf,
+        )
 
 
 class Store:
@@ -74,7 +121,6 @@ class Store:
         self._clock = clock
         self._targets: dict[str, TargetState] = {}
         self.generation = 0
-        self._next_expiry = math.inf
         self.config_reload_successful = True
         self.shard = (0, 1)
         self.skipped_targets = 0
@@ -82,16 +128,39 @@ class Store:
             name: {spec.name: spec for spec in provider.metrics}
             for name, provider in registry().items()
         }
+        provider_families: dict[str, FamilyFormat] = {}
+        for specs in self._specs.values():
+            for spec in specs.values():
+                provider_families[spec.name] = FamilyFormat(
+                    spec.name, "gauge", spec.help, ("account", *spec.labels)
+                )
+        self.families: tuple[FamilyFormat, ...] = (
+            *provider_families.values(),
+            *TARGET_SELF_FAMILIES,
+        )
+        """The families rendered per target: the providers' (in their declared order; served
+        only when some target has samples in them), then the exporter's own."""
+        self.provider_family_count = len(provider_families)
+        self._slots = {family.name: slot for slot, family in enumerate(self.families)}
+        self.layout = 0
+        """Counts changes of the set or order of the targets."""
+        self._dirty: set[str] = set()
+        self._expiring: dict[str, float] = {}
 
     def set_targets(self, configs: Sequence[TargetConfig]) -> None:
         """Track exactly these targets; kept ones keep their state unless their config changed."""
         fresh: dict[str, TargetState] = {}
+        now = self._clock.time()
         for config in configs:
             state = self._targets.get(config.name)
-            fresh[config.name] = (
-                state if state is not None and state.config == config else TargetState(config)
-            )
+            if state is None or state.config != config:
+                state = TargetState(config)
+                self._render(state, now)
+            fresh[config.name] = state
         self._targets = fresh
+        self._expiring = {name: t for name, t in self._expiring.items() if name in fresh}
+        self._dirty.clear()
+        self.layout += 1
         self._changed()
 
     @property
@@ -128,18 +197,94 @@ class Store:
             if snapshot.reason is not None:
                 state.errors[snapshot.reason] += 1
         state.latest = snapshot
+        self._render(state, self._clock.time())
+        self._dirty.add(snapshot.target)
         self._changed()
 
     def _changed(self) -> None:
         self.generation += 1
-        self._next_expiry = min(
-            (state.expiry() for state in self._targets.values()), default=math.inf
-        )
 
     def expire(self) -> None:
         """Count a generation when a failing target's samples have gone stale since the last one."""
-        if self._clock.time() >= self._next_expiry:
-            self._changed()
+        if not self._expiring:
+            return
+        now = self._clock.time()
+        due = [name for name, expires in self._expiring.items() if expires <= now]
+        if not due:
+            return
+        for name in due:
+            self._render(self._targets[name], now)
+            self._dirty.add(name)
+        self._changed()
+
+    def take_dirty(self) -> set[str]:
+        """The targets re-rendered since the last call (after a ``layout`` change: all of them)."""
+        dirty, self._dirty = self._dirty, set()
+        return dirty
+
+    # -- rendering -----------------------------------------------------------------------------
+
+    def _render(self, state: TargetState, now: float) -> None:
+        """Render the target's blocks (what :meth:`provider_families` and the per-target part of
+        :meth:`self_families` would show of it at ``now``)."""
+        families = self.families
+        lines: list[list[str]] = [[] for _ in families]
+        slots = self._slots
+        account = state.config.name
+        old = state.prefixes
+        kept: dict[SeriesKey, tuple[int, str]] = {}
+        expires = math.inf
+        latest = state.latest
+        if latest is None or latest.ok:
+            visible: Iterable[tuple[SeriesKey, float]] = (
+                (key, value) for key, (value, _) in state.series.items()
+            )
+        else:
+            stale_after = state.config.stale_after
+            horizon = now - stale_after
+            fresh: list[tuple[SeriesKey, float]] = []
+            for key, (value, seen_at) in state.series.items():
+                if seen_at > horizon:
+                    fresh.append((key, value))
+                    expires = min(expires, seen_at + stale_after)
+            visible = fresh
+            # Never "due" already: a boundary rounding the other way must not re-render forever.
+            expires = max(expires, math.nextafter(now, math.inf))
+        for key, value in visible:
+            entry = old.get(key)
+            if entry is None:
+                metric, labels = key
+                slot = slots[metric]
+                entry = (slot, families[slot].prefix((account, *labels)))
+            kept[key] = entry
+            lines[entry[0]].append(entry[1] + format_value(value))
+        state.prefixes = kept
+        base = self.provider_family_count
+        if not state.self_prefixes:
+            pair = (state.config.provider, account)
+            state.self_prefixes = (
+                SUCCESS.prefix(pair),
+                DURATION.prefix(pair),
+                LAST_SUCCESS.prefix(pair),
+                *(ERRORS.prefix((*pair, str(reason))) for reason in Reason),
+            )
+        success, duration, last_success, *errors = state.self_prefixes
+        if latest is not None:
+            lines[base].append(success + ("1.0" if latest.ok else "0.0"))
+            lines[base + 1].append(duration + format_value(latest.duration))
+        if state.last_success is not None:
+            lines[base + 2].append(last_success + format_value(state.last_success))
+        error_lines = lines[base + 3]
+        for prefix, count in zip(errors, state.errors.values(), strict=True):
+            error_lines.append(prefix + format_value(count))
+        state.blocks = tuple(
+            ("\n".join(block) + "\n").encode() if block else b"" for block in lines
+        )
+        state.expires = expires
+        if expires == math.inf:
+            self._expiring.pop(account, None)
+        else:
+            self._expiring[account] = expires
 
     # -- metrics -------------------------------------------------------------------------------
 
@@ -163,26 +308,11 @@ class Store:
 
     def self_families(self) -> Iterator[Metric]:
         targets = list(self._targets.values())
-        success = GaugeMetricFamily(
-            "messaging_exporter_collect_success",
-            "1 if the last collection of this target succeeded, else 0.",
-            labels=("provider", "account"),
+        success, duration, last_success = (
+            GaugeMetricFamily(family.name, family.help, labels=family.labels)
+            for family in (SUCCESS, DURATION, LAST_SUCCESS)
         )
-        duration = GaugeMetricFamily(
-            "messaging_exporter_collect_duration_seconds",
-            "Wall time of the last collection of this target.",
-            labels=("provider", "account"),
-        )
-        last_success = GaugeMetricFamily(
-            "messaging_exporter_last_success_timestamp_seconds",
-            "When this target last succeeded (Unix seconds); absent until its first success.",
-            labels=("provider", "account"),
-        )
-        errors = CounterMetricFamily(
-            "messaging_exporter_collect_errors",
-            "Failed collections of this target, by reason.",
-            labels=("provider", "account", "reason"),
-        )
+        errors = CounterMetricFamily(ERRORS.name, ERRORS.help, labels=ERRORS.labels)
         for state in targets:
             key = (state.config.provider, state.config.name)
             if state.latest is not None:
@@ -192,6 +322,12 @@ class Store:
                 last_success.add_metric(key, state.last_success)
             for reason, count in state.errors.items():
                 errors.add_metric((*key, str(reason)), float(count))
+        yield from (success, duration, last_success, errors)
+        yield from self.global_families()
+
+    def global_families(self) -> Iterator[Metric]:
+        """The exporter's own families that have no series per target (small: rendered by
+        prometheus_client at every change)."""
         build = GaugeMetricFamily(
             "messaging_exporter_build_info",
             "Always 1; the exporter's version and Python version.",
@@ -214,9 +350,9 @@ class Store:
             "Targets this replica collects (assigned) and leaves to other shards (skipped).",
             labels=("state",),
         )
-        assigned.add_metric(("assigned",), float(len(targets)))
+        assigned.add_metric(("assigned",), float(len(self._targets)))
         assigned.add_metric(("skipped",), float(self.skipped_targets))
-        yield from (success, duration, last_success, errors, build, reload_ok, shard, assigned)
+        yield from (build, reload_ok, shard, assigned)
 
 
 class StoreCollector(Collector):

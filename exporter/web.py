@@ -143,15 +143,11 @@ async def _collection(app: web.Application) -> AsyncIterator[None]:
 
 async def metrics(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER]
-    rendered = exporter.exposition.get(
-        request.headers.get("Accept", ""), request.headers.get("Accept-Encoding", "")
+    headers = request.headers
+    rendered = await exporter.exposition.get_async(
+        headers.get("Accept", ""), headers.get("Accept-Encoding", "")
     )
-    response = web.Response(body=rendered.body)
-    response.headers["Content-Type"] = rendered.content_type
-    response.headers["Vary"] = "Accept, Accept-Encoding"
-    if rendered.gzipped:
-        response.headers["Content-Encoding"] = "gzip"
-    return response
+    return web.Response(body=rendered.body, headers=rendered.headers)
 
 
 async def healthz(request: web.Request) -> web.Response:

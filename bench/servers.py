@@ -1,0 +1,337 @@
+"""The three processes the bench drives, each started as ``python -m bench.servers <role> ...``.
+
+* ``sim``: the provider simulator with ``--targets`` Thulium tenants (4 or 5 campaigns each) and
+  ``POST /_bench/latency?seconds=`` to change its injected latency between phases.
+* ``exporter``: the real exporter app (``make_exporter`` + ``build_app``, JSON logs at info to a
+  file, no background loop) pointed at the simulator, plus bench-only routes to run a collection
+  cycle and report its duration, the process's CPU time and RSS and the event loop's lag.
+* ``reference``: a plain aiohttp server answering pre-rendered bytes (fetched from the exporter's
+  ``/metrics`` once) under ``/identity``, ``/gzip``, ``/om`` and ``/om-gzip``.
+
+Each prints ``READY <port>`` on stdout when it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import gc
+import math
+import os
+import random
+import resource
+import sys
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+TENANT_USER, TENANT_PASSWORD = "bench", "bench-password"
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+
+
+def tenant(index: int) -> str:
+    return f"t{index:04d}"
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def serve(app: web.Application) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=0.1)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
+    await site.start()
+    print(f"READY {runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+# -- simulator ------------------------------------------------------------------------------------
+
+
+def sim_app(targets: int) -> web.Application:
+    from bench.synthetic import campaigns
+    from exporter import simulator
+    from exporter.simulator.thulium import Campaign, Tenant
+
+    sim = simulator.Simulator(record_requests=False)
+    rng = random.Random(7)
+    sim.state["thulium"].tenants = {
+        tenant(i): Tenant(
+            TENANT_USER,
+            TENANT_PASSWORD,
+            [
+                Campaign(f"{c + 1:05d}", rng.randint(0, 100_000), rng.randint(0, 100))
+                for c in range(campaigns(i))
+            ],
+        )
+        for i in range(targets)
+    }
+    sim.state["thulium"].dynamic = True  # values move at every call: every cycle changes them
+    app = simulator.build_app(sim)
+
+    async def latency(request: web.Request) -> web.Response:
+        sim.latency = float(request.query["seconds"])
+        return web.json_response({"latency": sim.latency})
+
+    app.router.add_post("/_bench/latency", latency)
+    return app
+
+
+# -- exporter -------------------------------------------------------------------------------------
+
+
+class LagMonitor:
+    """How late a 5 ms timer fires: the longest stall of the event loop in a window; and the
+    longest pause of the garbage collector in it, to tell the two apart."""
+
+    PERIOD = 0.005
+
+    def __init__(self) -> None:
+        self.max_lag = 0.0
+        self.max_busy = 0.0
+        self.lags: list[float] = []
+        self.max_gc = 0.0
+        self.gc_runs = 0
+        self._gc_started = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        else:
+            self.max_gc = max(self.max_gc, time.perf_counter() - self._gc_started)
+            self.gc_runs += info["generation"] == 2
+
+    def reset(self) -> None:
+        self.max_busy = 0.0
+        self.max_lag = 0.0
+        self.lags = []
+        self.max_gc = 0.0
+        self.gc_runs = 0
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            before, cpu_before = loop.time(), time.thread_time()
+            await asyncio.sleep(self.PERIOD)
+            lag = loop.time() - before - self.PERIOD
+            self.lags.append(lag)
+            self.max_lag = max(self.max_lag, lag)
+            # The loop's own CPU time in the interval: a stall our code caused, as opposed to
+            # the process waiting for a core (two cores shared with wrk and the simulator).
+            if lag > 0.002:
+                self.max_busy = max(self.max_busy, time.thread_time() - cpu_before - self.PERIOD)
+
+
+def exporter_app(sim_url: str, targets: int) -> web.Application:
+    from bench import synthetic
+    from exporter.config import validate_config
+    from exporter.logs import setup_logging
+    from exporter.scheduler import FIRST_RUN_SPREAD
+    from exporter.store import Snapshot
+    from exporter.web import EXPORTER, build_app, make_exporter
+
+    setup_logging("info", "json", stream=sys.stderr)
+    config = validate_config(
+        {
+            "defaults": {"interval": "10m", "timeout": "30s"},
+            "targets": [
+                {
+                    "name": f"thulium-{tenant(i)}",
+                    "provider": "thulium",
+                    "base_url": f"{sim_url}/thulium/{tenant(i)}/api",
+                    "username": TENANT_USER,
+                    "password": TENANT_PASSWORD,
+                }
+                for i in range(targets)
+            ],
+        }
+    )
+    exporter = make_exporter(config, autostart=False)
+    app = build_app(exporter)
+    monitor = LagMonitor()
+    background: set[asyncio.Task[Any]] = set()
+
+    async def start_monitor(app: web.Application) -> None:
+        task = asyncio.create_task(monitor.run())
+        background.add(task)
+
+    app.on_startup.append(start_monitor)
+
+    def report(started: float, cpu: float, requests: int) -> dict[str, Any]:
+        lags = sorted(monitor.lags) or [0.0]
+        return {
+            "duration": time.perf_counter() - started,
+            "cpu": cpu_seconds() - cpu,
+            "requests": requests,
+            "max_lag": monitor.max_lag,
+            "max_busy": max(0.0, monitor.max_busy),
+            "max_gc_pause": monitor.max_gc,
+            "full_gcs": monitor.gc_runs,
+            "p99_lag": lags[min(len(lags) - 1, math.ceil(0.99 * len(lags)) - 1)],
+            "rss": rss_bytes(),
+            "series": sum(len(state.series) for state in exporter.store.targets),
+            "failed": sum(
+                1 for s in exporter.store.targets if s.latest is not None and not s.latest.ok
+            ),
+        }
+
+    async def cycle(request: web.Request) -> web.Response:
+        """One collection of every target: ``mode=burst`` all at once (``run_all_once``, the
+        connector's limit bounds the concurrency), ``mode=scheduled`` as ``serve`` runs them (the
+        scheduler's tasks, first runs spread over the first seconds)."""
+        scheduler = exporter.scheduler
+        assert scheduler is not None
+        mode = request.query.get("mode", "burst")
+        concurrency = int(request.query.get("concurrency", "0"))
+        monitor.reset()
+        cpu, started = cpu_seconds(), time.perf_counter()
+        if mode == "burst" and not concurrency:
+            await scheduler.run_all_once()
+        elif mode == "burst":
+            # What a global limit on concurrent collections in the scheduler would do: that
+            # many workers, each collecting the next target when done with one.
+            queue = list(scheduler.runners.values())
+            queue.reverse()
+
+            async def worker() -> None:
+                while queue:
+                    await queue.pop().run_once()
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        else:
+            begun = exporter.clock.time()
+            scheduler.start()
+            while any(  # noqa: ASYNC110  (polling keeps the exporter's code untouched)
+                s.latest is None or s.latest.started_at < begun for s in exporter.store.targets
+            ):
+                await asyncio.sleep(0.01)
+            await scheduler.stop()
+        result = report(started, cpu, len(exporter.store.targets))
+        connector = exporter.session.connector if exporter.session else None
+        result["connector_limit"] = connector.limit if connector else 0
+        result["spread"] = FIRST_RUN_SPREAD
+        return web.json_response(result)
+
+    async def synthetic_cycles(request: web.Request) -> web.Response:
+        """Cycles without a network: every target records a new snapshot (new values, one series
+        in ten replaced by a new one), then a gzip scrape; RSS after the cycles in ``at``."""
+        count = int(request.query["cycles"])
+        marks = {int(mark) for mark in request.query.get("at", "").split(",") if mark}
+        rng = random.Random(11)
+        store = exporter.store
+        rss: dict[int, int] = {}
+        started = time.perf_counter()
+        for number in range(1, count + 1):
+            now = exporter.clock.time()
+            for index, state in enumerate(store.targets):
+                snap = synthetic.snapshot(state.config.name, index, rng, now)
+                if number % 10 == index % 10:  # churn: a campaign ends, another starts
+                    snap = Snapshot(
+                        **{
+                            **{f: getattr(snap, f) for f in Snapshot.__slots__},
+                            "samples": tuple(
+                                s
+                                if s.labels != ("00001",)
+                                else type(s)(s.metric, (f"9{number:04d}",), s.value)
+                                for s in snap.samples
+                            ),
+                        }
+                    )
+                store.record(snap)
+            await exporter.exposition.get_async("", "gzip")
+            await asyncio.sleep(0)
+            if number in marks:
+                gc.collect()
+                rss[number] = rss_bytes()
+        return web.json_response(
+            {"rss": rss, "duration": time.perf_counter() - started, "cycles": count}
+        )
+
+    async def freeze(request: web.Request) -> web.Response:
+        """``gc.freeze()``: what ``serve`` could do once started (objects of the imports and the
+        config are not scanned by every full collection)."""
+        gc.collect()
+        gc.freeze()
+        return web.json_response({"frozen": gc.get_freeze_count()})
+
+    async def stats(request: web.Request) -> web.Response:
+        gc.collect()
+        return web.json_response({"rss": rss_bytes(), "cpu": cpu_seconds()})
+
+    app.router.add_post("/_bench/cycle", cycle)
+    app.router.add_post("/_bench/synthetic", synthetic_cycles)
+    app.router.add_get("/_bench/stats", stats)
+    app.router.add_post("/_bench/freeze", freeze)
+    app[EXPORTER]
+    return app
+
+
+# -- reference ------------------------------------------------------------------------------------
+
+
+async def reference_app(exporter_url: str) -> web.Application:
+    bodies: dict[str, tuple[bytes, dict[str, str]]] = {}
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        for route, accept, encoding in (
+            ("identity", "", "identity"),
+            ("gzip", "", "gzip"),
+            ("om", OPENMETRICS, "identity"),
+            ("om-gzip", OPENMETRICS, "gzip"),
+        ):
+            async with session.get(
+                f"{exporter_url}/metrics",
+                headers={"Accept": accept, "Accept-Encoding": encoding},
+            ) as response:
+                body = await response.read()
+                headers = {"Content-Type": response.headers["Content-Type"]}
+                if "Content-Encoding" in response.headers:
+                    headers["Content-Encoding"] = response.headers["Content-Encoding"]
+                bodies[route] = (body, headers)
+
+    def answer(route: str) -> Any:
+        body, headers = bodies[route]
+
+        async def handler(request: web.Request) -> web.Response:
+            return web.Response(body=body, headers=headers)
+
+        return handler
+
+    app = web.Application()
+    for route in bodies:
+        app.router.add_get(f"/{route}", answer(route))
+    return app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("role", choices=("sim", "exporter", "reference"))
+    parser.add_argument("--targets", type=int, default=1000)
+    parser.add_argument("--url", default="")
+    args = parser.parse_args()
+
+    async def run() -> None:
+        if args.role == "sim":
+            app = sim_app(args.targets)
+        elif args.role == "exporter":
+            app = exporter_app(args.url, args.targets)
+        else:
+            app = await reference_app(args.url)
+        await serve(app)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""A renderer of the Prometheus text format (and of OpenMetrics' identical sample lines) for the
+store's gauges and counters, byte for byte what prometheus_client writes for the same families.
+
+prometheus_client spends ~14 µs on every sample of every scrape. Here a series' line prefix
+(``name{labels}``, labels sorted by name and escaped) is made once and kept while the series lives;
+a sample costs a float formatting and a concatenation, and only when its target's snapshot changes.
+
+``tests/test_render.py`` proves the equality: a property test compares both renderings of arbitrary
+families and samples, and promtool checks a large exposition.
+
+The gzip side: :func:`deflate_piece` compresses a piece of the exposition on its own, ending on a
+byte boundary without closing the stream, so pieces compressed at different times concatenate into
+one valid deflate stream; :func:`gzip_member` wraps such a stream as one gzip member.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+GZIP_LEVEL = 6
+
+_LEGACY_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LEGACY_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_INF = math.inf
+
+
+def format_value(value: float) -> str:
+    """prometheus_client's ``floatToGoString``, the same characters for every float."""
+    d = float(value)
+    if d == _INF:
+        return "+Inf"
+    if d == -_INF:
+        return "-Inf"
+    if d != d:  # NaN
+        return "NaN"
+    s = repr(d)
+    dot = s.find(".")
+    # Go switches to exponents sooner than Python (prometheus_client's rule, kept as it is).
+    if d > 0 and dot > 6:
+        mantissa = f"{s[0]}.{s[1:dot]}{s[dot + 1 :]}".rstrip("0.")
+        return f"{mantissa}e+{dot - 1:02d}"
+    return s
+
+
+def escape_label_value(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def is_legacy_metric_name(name: str) -> bool:
+    return _LEGACY_METRIC_NAME.match(name) is not None
+
+
+def is_legacy_label_name(name: str) -> bool:
+    return _LEGACY_LABEL_NAME.match(name) is not None and not name.startswith("__")
+
+
+@dataclass(frozen=True)
+class FamilyFormat:
+    """A family's fixed parts: its name, type, HELP, label names, and the header lines in both
+    formats. ``name`` is the family's name as prometheus_client's ``Metric`` holds it (a counter's
+    without ``_total``)."""
+
+    name: str
+    type: str  # "gauge" or "counter"
+    help: str
+    labels: tuple[str, ...]
+    sample_name: str = field(init=False)
+    order: tuple[int, ...] = field(init=False)
+    text_header: bytes = field(init=False)
+    openmetrics_header: bytes = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.type not in ("gauge", "counter"):
+            raise ValueError(f"unsupported metric type {self.type!r}")
+        if not is_legacy_metric_name(self.name) or not all(
+            is_legacy_label_name(label) for label in self.labels
+        ):
+            raise ValueError(f"{self.name}: only legacy metric and label names are rendered here")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"{self.name}: duplicate label names")
+        sample_name = self.name + "_total" if self.type == "counter" else self.name
+        set_ = object.__setattr__
+        set_(self, "sample_name", sample_name)
+        # prometheus_client sorts a sample's labels by name.
+        set_(self, "order", tuple(sorted(range(len(self.labels)), key=lambda i: self.labels[i])))
+        text_help = self.help.replace("\\", r"\\").replace("\n", r"\n")
+        set_(
+            self,
+            "text_header",
+            f"# HELP {sample_name} {text_help}\n# TYPE {sample_name} {self.type}\n".encode(),
+        )
+        om_help = escape_label_value(self.help)
+        set_(
+            self,
+            "openmetrics_header",
+            f"# HELP {self.name} {om_help}\n# TYPE {self.name} {self.type}\n".encode(),
+        )
+
+    def prefix(self, values: Sequence[str]) -> str:
+        """``sample_name{label="value",...} `` for these label values (in ``labels`` order)."""
+        if not self.labels:
+            return self.sample_name + " "
+        names = self.labels
+        inner = ",".join(f'{names[i]}="{escape_label_value(values[i])}"' for i in self.order)
+        return f"{self.sample_name}{{{inner}}} "
+
+    def header(self, openmetrics: bool) -> bytes:
+        return self.openmetrics_header if openmetrics else self.text_header
+
+
+GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+"""A gzip member's header: deflate, no flags, no mtime, unknown OS (as ``gzip.compress(mtime=0)``
+writes it, but for the OS byte)."""
+DEFLATE_END = b"\x03\x00"
+"""A final, empty, fixed-Huffman deflate block: what ends a stream of :func:`deflate_piece`s."""
+
+
+def deflate_piece(data: bytes, level: int = GZIP_LEVEL) -> bytes:
+    """``data`` as raw deflate blocks with no final block, ending byte-aligned (a sync flush), and
+    referring to nothing before it: pieces concatenate into one stream in any order."""
+    if not data:
+        return b""
+    packer = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
+
+
+def gzip_member(pieces: Sequence[bytes], crc: int, size: int) -> bytes:
+    """One gzip member from deflated pieces of a body whose CRC-32 and length are given."""
+    trailer = struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
+    return b"".join((GZIP_HEADER, *pieces, DEFLATE_END, trailer))

@@ -1,0 +1,229 @@
+"""The incremental exposition against prometheus_client rendering the whole registry: the same
+bytes after any sequence of collections, failures, staleness, reloads; gzip and OpenMetrics; a
+scrape after a change reflects it, even while a build is in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+
+from exporter import exposition as exposition_module
+from exporter.config import validate_config
+from exporter.errors import Reason
+from exporter.providers.base import Sample
+from exporter.store import Snapshot
+from exporter.web import Exporter, make_exporter
+from tests.conftest import FakeClock
+
+OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+RECORDS = "thulium_outbound_campaign_records"
+COMPLETION = "thulium_outbound_campaign_completion_ratio"
+ACTIVE = "thulium_outbound_active_campaigns"
+
+account_names = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")) | st.sampled_from('\\"'),
+    min_size=1,
+    max_size=12,
+)
+label_values = st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from('\\"\n'),
+    max_size=8,
+)
+values = st.floats(allow_nan=True, allow_infinity=True) | st.integers(0, 10**9).map(float)
+
+
+def target(name: str, stale_after: float = 300) -> dict[str, Any]:
+    return {
+        "name": name,
+        "provider": "thulium",
+        "base_url": "http://127.0.0.1:9/thulium/api",
+        "username": "u",
+        "password": "p",
+        "stale_after": stale_after,
+    }
+
+
+def new_exporter(clock: FakeClock, names: list[str]) -> Exporter:
+    config = validate_config({"targets": [target(name) for name in names]})
+    return make_exporter(config, clock=clock, autostart=False)
+
+
+def expected(exporter: Exporter, accept: str = "") -> bytes:
+    if accept.startswith("application/openmetrics-text"):
+        return bytes(generate_openmetrics(exporter.registry))
+    return bytes(generate_latest(exporter.registry))
+
+
+def body(rendered: Any) -> bytes:
+    return gzip.decompress(rendered.body) if rendered.gzipped else bytes(rendered.body)
+
+
+def check_all(exporter: Exporter) -> None:
+    for accept in ("", OPENMETRICS):
+        want = expected(exporter, accept)
+        for encoding in ("gzip", "identity"):
+            got = exporter.exposition.get(accept, encoding)
+            assert got.gzipped == (encoding == "gzip")
+            assert body(got) == want
+
+
+samples = st.lists(
+    st.one_of(
+        st.tuples(st.sampled_from([RECORDS, COMPLETION]), st.tuples(label_values), values),
+        st.tuples(st.just(ACTIVE), st.just(()), values),
+    ),
+    max_size=6,
+)
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("record"), st.integers(0, 40), st.booleans(), samples),
+        st.tuples(st.just("advance"), st.sampled_from([1.0, 100.0, 299.0, 301.0])),
+        st.tuples(st.just("reload"), st.booleans()),
+        st.tuples(st.just("retarget"), st.integers(0, 40)),
+        st.tuples(st.just("observe"), st.sampled_from(["200", "500"])),
+    ),
+    max_size=25,
+)
+
+
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    names=st.lists(account_names, min_size=1, max_size=40, unique=True),
+    ops=operations,
+)
+def test_any_history_renders_as_prometheus_client_does(names, ops, monkeypatch):
+    monkeypatch.setattr(exposition_module, "GROUP_SIZE", 3)  # many pages, few targets
+    clock = FakeClock()
+    exporter = new_exporter(clock, names)
+    store = exporter.store
+    check_all(exporter)
+    for op in ops:
+        if op[0] == "record":
+            _, index, ok, drawn = op
+            name = store.targets[index % len(store.targets)].config.name
+            store.record(
+                Snapshot(
+                    target=name,
+                    provider="thulium",
+                    ok=ok,
+                    samples=tuple(Sample(m, labels, v) for m, labels, v in drawn),
+                    started_at=clock.time(),
+                    duration=0.25,
+                    reason=None if ok else Reason.HTTP_5XX,
+                    error=None if ok else "HTTP 500",
+                )
+            )
+        elif op[0] == "advance":
+            clock.advance(op[1])
+        elif op[0] == "reload":
+            store.config_reload_successful = op[1]
+            store.generation += 1  # as Exporter.reload does
+        elif op[0] == "retarget":
+            kept = [t.config for t in store.targets][: op[1] % (len(store.targets) + 1)]
+            store.set_targets(
+                [*reversed(kept), validate_config({"targets": [target(f"new-{op[1]}")]}).targets[0]]
+            )
+        else:
+            # Requests are observed during a collection; its end is the store's change that
+            # shows them (the exposition is as of the latest store change, histogram included).
+            exporter.histogram.labels("thulium", "outbounds/stats", op[1]).observe(0.1)
+            name = store.targets[0].config.name
+            store.record(Snapshot(name, "thulium", True, (), clock.time(), 0.1))
+        check_all(exporter)
+
+
+def fill(exporter: Exporter, clock: FakeClock, round_: int) -> None:
+    for index, state in enumerate(exporter.store.targets):
+        exporter.store.record(
+            Snapshot(
+                target=state.config.name,
+                provider="thulium",
+                ok=True,
+                samples=(
+                    Sample(RECORDS, ("00001",), float(index * round_)),
+                    Sample(ACTIVE, (), 1.0),
+                ),
+                started_at=clock.time(),
+                duration=0.1,
+            )
+        )
+
+
+async def test_a_scrape_after_a_change_reflects_it_even_with_a_build_in_flight(monkeypatch):
+    monkeypatch.setattr(exposition_module, "THREAD_THRESHOLD", 0)  # every gzip build in a thread
+    clock = FakeClock()
+    exporter = new_exporter(clock, [f"t{i}" for i in range(200)])
+    fill(exporter, clock, 1)
+    for round_ in range(2, 12):
+        in_flight = asyncio.ensure_future(exporter.exposition.get_async("", "gzip"))
+        await asyncio.sleep(0)  # the build has started, its deflating is in a thread
+        before = expected(exporter)
+        fill(exporter, clock, round_)  # the store changes meanwhile
+        after = expected(exporter)
+        scrapes = await asyncio.gather(
+            *(exporter.exposition.get_async("", "gzip") for _ in range(3)),
+            exporter.exposition.get_async(OPENMETRICS, "gzip"),
+            exporter.exposition.get_async("", "identity"),
+        )
+        assert body(await in_flight) == before
+        assert [body(s) for s in scrapes[:3]] == [after] * 3
+        assert body(scrapes[3]) == expected(exporter, OPENMETRICS)
+        assert body(scrapes[4]) == after
+
+
+async def test_concurrent_scrapes_of_one_generation_share_one_build(monkeypatch):
+    monkeypatch.setattr(exposition_module, "THREAD_THRESHOLD", 0)
+    clock = FakeClock()
+    exporter = new_exporter(clock, [f"t{i}" for i in range(50)])
+    fill(exporter, clock, 1)
+    renders = exporter.exposition.renders
+    scrapes = await asyncio.gather(*(exporter.exposition.get_async("", "gzip") for _ in range(10)))
+    assert len({id(s.body) for s in scrapes}) == 1
+    assert exporter.exposition.renders == renders + 1
+
+
+@pytest.mark.parametrize("escaping", ["dots", "values", "allow-utf-8", "underscores"])
+async def test_every_escaping_scheme_matches_prometheus_client(escaping):
+    from prometheus_client.exposition import choose_encoder
+
+    clock = FakeClock()
+    exporter = new_exporter(clock, ['we "ird" \\ ünï'])
+    fill(exporter, clock, 1)
+    for accept in (
+        f"application/openmetrics-text; version=1.0.0; escaping={escaping}",
+        f"text/plain; version=1.0.0; escaping={escaping}",
+    ):
+        encoder, content_type = choose_encoder(accept)
+        for encoding in ("gzip", "identity"):
+            got = await exporter.exposition.get_async(accept, encoding)
+            assert got.content_type == content_type
+            assert body(got) == encoder(exporter.registry)
+
+
+async def test_stale_samples_leave_once_and_the_generation_counts_it_once():
+    clock = FakeClock()
+    exporter = new_exporter(clock, ["a", "b"])
+    fill(exporter, clock, 1)
+    store = exporter.store
+    store.record(Snapshot("a", "thulium", False, (), clock.time(), 0.1, Reason.TIMEOUT, "timeout"))
+    clock.advance(299)
+    check_all(exporter)
+    generation = store.generation
+    clock.advance(2)
+    check_all(exporter)
+    assert RECORDS.encode() + b'{account="a"' not in body(exporter.exposition.get("", ""))
+    assert store.generation == generation + 1
+    clock.advance(1000)
+    check_all(exporter)
+    assert store.generation == generation + 1  # nothing more went stale: nothing re-rendered
