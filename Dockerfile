@@ -43,9 +43,13 @@ RUN groupadd --system --gid "${EXPORTER_UID}" exporter \
 
 COPY --from=build /opt/messaging-stats-exporter /opt/messaging-stats-exporter
 
+# Fewer glibc malloc arenas and an earlier mmap threshold keep the RSS of an asyncio process with
+# a thread pool (gzip, bcrypt) close to what it uses (docs/performance.md).
 ENV PATH=/opt/messaging-stats-exporter/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    MALLOC_ARENA_MAX=2 \
+    MALLOC_MMAP_THRESHOLD_=131072 \
     HEALTHCHECK_URL=http://127.0.0.1:10057/healthz
 
 USER ${EXPORTER_UID}:${EXPORTER_UID}

@@ -87,6 +87,7 @@ class Config(StrictModel):
     log: LogConfig = LogConfig()
     defaults: Defaults = Defaults()
     sharding: Sharding = Sharding()
+    max_concurrent_collections: int = Field(default=64, ge=1, le=10_000)
     targets: Sequence[TargetConfig] = Field(default=())
 
     @model_validator(mode="after")

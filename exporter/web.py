@@ -131,7 +131,11 @@ async def _collection(app: web.Application) -> AsyncIterator[None]:
     exporter = app[EXPORTER]
     exporter.session = new_session(USER_AGENT)
     exporter.scheduler = Scheduler(
-        exporter.store, exporter.session, exporter.histogram, exporter.clock
+        exporter.store,
+        exporter.session,
+        exporter.histogram,
+        exporter.clock,
+        exporter.config.max_concurrent_collections,
     )
     exporter.apply(exporter.config)
     try:

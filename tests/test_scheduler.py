@@ -41,3 +41,36 @@ async def test_the_loop_collects_every_interval_and_stops_with_the_app(
     assert exporter.scheduler is not None
     assert exporter.scheduler.running == 0
     assert len(sim.requests) == seen
+
+
+async def test_collections_in_flight_are_bounded_exporter_wide(
+    aiohttp_server, harness, make_config
+):
+    import asyncio
+
+    from aiohttp import web
+
+    in_flight = 0
+    most = 0
+
+    async def stats(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.02)  # the provider taking its time
+        in_flight -= 1
+        return web.json_response([])
+
+    app = web.Application()
+    app.router.add_get("/api/outbounds/stats", stats)
+    server = await aiohttp_server(app)
+    base = str(server.make_url("/api"))
+    targets = [
+        {"name": f"t{i}", "provider": "thulium", "base_url": base, "username": "u", "password": "p"}
+        for i in range(12)
+    ]
+    h = await harness(make_config(targets, max_concurrent_collections=3))
+    await h.collect()
+    assert most == 3
+    scraped = await h.scrape()
+    assert sum(1 for name, _ in scraped if name == "thulium_outbound_active_campaigns") == 12
