@@ -56,7 +56,13 @@ ERRORS = FamilyFormat(
     "Failed collections of this target, by reason.",
     ("provider", "account", "reason"),
 )
-TARGET_SELF_FAMILIES = (SUCCESS, DURATION, LAST_SUCCESS, ERRORS)
+INTERVAL = FamilyFormat(
+    "messaging_exporter_collect_interval_seconds",
+    "gauge",
+    "How often this target is collected (its configured interval), for alerts on stale data.",
+    ("provider", "account"),
+)
+TARGET_SELF_FAMILIES = (SUCCESS, DURATION, LAST_SUCCESS, INTERVAL, ERRORS)
 """The exporter's own families with a series per target, after the provider families."""
 
 
@@ -266,15 +272,17 @@ class Store:
                 SUCCESS.prefix(pair),
                 DURATION.prefix(pair),
                 LAST_SUCCESS.prefix(pair),
+                INTERVAL.prefix(pair),
                 *(ERRORS.prefix((*pair, str(reason))) for reason in Reason),
             )
-        success, duration, last_success, *errors = state.self_prefixes
+        success, duration, last_success, interval, *errors = state.self_prefixes
         if latest is not None:
             lines[base].append(success + ("1.0" if latest.ok else "0.0"))
             lines[base + 1].append(duration + format_value(latest.duration))
         if state.last_success is not None:
             lines[base + 2].append(last_success + format_value(state.last_success))
-        error_lines = lines[base + 3]
+        lines[base + 3].append(interval + format_value(state.config.interval))
+        error_lines = lines[base + 4]
         for prefix, count in zip(errors, state.errors.values(), strict=True):
             error_lines.append(prefix + format_value(count))
         state.blocks = tuple(
@@ -308,9 +316,9 @@ class Store:
 
     def self_families(self) -> Iterator[Metric]:
         targets = list(self._targets.values())
-        success, duration, last_success = (
+        success, duration, last_success, interval = (
             GaugeMetricFamily(family.name, family.help, labels=family.labels)
-            for family in (SUCCESS, DURATION, LAST_SUCCESS)
+            for family in (SUCCESS, DURATION, LAST_SUCCESS, INTERVAL)
         )
         errors = CounterMetricFamily(ERRORS.name, ERRORS.help, labels=ERRORS.labels)
         for state in targets:
@@ -320,9 +328,10 @@ class Store:
                 duration.add_metric(key, state.latest.duration)
             if state.last_success is not None:
                 last_success.add_metric(key, state.last_success)
+            interval.add_metric(key, state.config.interval)
             for reason, count in state.errors.items():
                 errors.add_metric((*key, str(reason)), float(count))
-        yield from (success, duration, last_success, errors)
+        yield from (success, duration, last_success, interval, errors)
         yield from self.global_families()
 
     def global_families(self) -> Iterator[Metric]:

@@ -76,6 +76,12 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "messaging_exporter_shard_info": ("exporter", ("index", "count")),
     "messaging_exporter_targets": ("exporter", ("state",)),
 }
+
+# Metrics the exporter adds beyond the contract (metrics.md allows adding); alerts may use them,
+# the dashboard need not show them.
+EXTRA_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "messaging_exporter_collect_interval_seconds": ("exporter", ("provider", "account")),
+}
 HISTOGRAMS = {"messaging_exporter_provider_request_duration_seconds"}
 PROVIDERS = ("altcraft", "thulium", "trustlat", "exolve")
 ROWS = {"Overview": "exporter", "Altcraft": "altcraft", "Thulium": "thulium"}
