@@ -187,8 +187,9 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
         }
 
     async def cycle(request: web.Request) -> web.Response:
-        """One collection of every target: ``mode=burst`` all at once (``run_all_once``, the
-        connector's limit bounds the concurrency), ``mode=scheduled`` as ``serve`` runs them (the
+        """One collection of every target: ``mode=burst`` all at once (``run_all_once``, bounded
+        by the scheduler's ``max_concurrent_collections`` and the connector's limit),
+        ``mode=scheduled`` as ``serve`` runs them (the
         scheduler's tasks, first runs spread over the first seconds)."""
         scheduler = exporter.scheduler
         assert scheduler is not None
@@ -220,6 +221,7 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
         result = report(started, cpu, len(exporter.store.targets))
         connector = exporter.session.connector if exporter.session else None
         result["connector_limit"] = connector.limit if connector else 0
+        result["collection_limit"] = exporter.config.max_concurrent_collections
         result["spread"] = FIRST_RUN_SPREAD
         return web.json_response(result)
 

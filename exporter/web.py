@@ -81,7 +81,8 @@ class Exporter:
             return "this exporter was started without a config file"
         async with self.reload_lock:
             try:
-                config = load_config(self.config_path, self.environ)
+                # Off the loop: the file and its *_file secrets are read from disk.
+                config = await asyncio.to_thread(load_config, self.config_path, self.environ)
             except ConfigError as exc:
                 self.store.config_reload_successful = False
                 self.store.generation += 1
