@@ -4,6 +4,7 @@ logs as JSON lines without secrets, SIGTERM exits 0. Every process talks over lo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -102,18 +103,19 @@ def test_the_redactor_scrubs_secrets_from_messages_and_tracebacks(capsys) -> Non
     redactor.set_secrets([])
 
 
-@pytest.fixture
-async def demo_process() -> Any:
+@contextlib.asynccontextmanager
+async def exporter_process(*args: str, output: int = asyncio.subprocess.PIPE) -> Any:
+    """``python -m exporter ARGS`` served on a free loopback port; killed if still running."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "exporter",
-        "--demo",
+        *args,
         "--listen",
         f"127.0.0.1:{port}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        stdout=output,
+        stderr=output,
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
@@ -123,6 +125,12 @@ async def demo_process() -> Any:
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+@pytest.fixture
+async def demo_process() -> Any:
+    async with exporter_process("--demo") as (process, port):
+        yield process, port
 
 
 async def wait_ready(port: int, bound: float = 30.0) -> None:
@@ -183,20 +191,7 @@ async def test_demo_serves_metrics_that_promtool_accepts_and_exits_0_on_sigterm(
 async def test_serve_reloads_on_sighup_logs_json_and_exits_0_on_sigterm(sim, sim_url, write_config):
     targets = thulium_targets(sim_url, sim)
     path = write_config({"defaults": {"interval": "1s"}, "targets": targets})
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        "--config",
-        str(path),
-        "--listen",
-        f"127.0.0.1:{port}",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    try:
+    async with exporter_process("--config", str(path)) as (process, port):
         await wait_ready(port)
 
         async def accounts() -> set[str]:
@@ -221,10 +216,6 @@ async def test_serve_reloads_on_sighup_logs_json_and_exits_0_on_sigterm(sim, sim
             await asyncio.sleep(0.1)
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
     assert process.stderr is not None
     assert process.stdout is not None
     output = (await process.stderr.read() + await process.stdout.read()).decode()
@@ -241,26 +232,11 @@ async def test_sigterm_cancels_a_hanging_collection_and_exits_0(sim, sim_url, wr
     targets = thulium_targets(sim_url, sim)
     sim.set_fault("thulium", "acme", "hang")
     path = write_config({"defaults": {"interval": "60s", "timeout": "50s"}, "targets": targets})
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        "--config",
-        str(path),
-        "--listen",
-        f"127.0.0.1:{free_port()}",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-        cwd=ROOT,
-    )
-    try:
+    output = asyncio.subprocess.DEVNULL
+    async with exporter_process("--config", str(path), output=output) as (process, _):
         await eventually(lambda: bool(sim.received("thulium", "acme")), bound=20)
         loop = asyncio.get_running_loop()
         started = loop.time()
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0
         assert loop.time() - started < 6
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
