@@ -251,38 +251,6 @@ async def test_one_failed_combination_fails_the_run_but_keeps_the_fresh_counts(
     assert scraped[(SUCCESS, ALERTS)] == 1
 
 
-@pytest.mark.parametrize(
-    ("fault", "reason"),
-    [
-        ("auth", "auth"),
-        ("http_500_html", "http_5xx"),
-        ("malformed_json", "parse"),
-        ("wrong_shape", "parse"),
-        ("huge_body", "parse"),
-        ("reset", "connection"),
-        ("rate_limited", "rate_limited"),
-        ("hang", "timeout"),
-    ],
-)
-async def test_each_fault_gives_its_reason_and_spares_the_other_account(
-    sim, sim_url, harness, make_config, fault, reason
-):
-    config = make_config(
-        exolve_targets(sim_url, sim),
-        defaults={"timeout": "0.4s", "max_response_bytes": 1_048_576},
-    )
-    h = await harness(config)
-    sim.set_fault("exolve", "alerts", simulator.Fault(fault, retry_after="1"))
-    await h.collect()
-    scraped = await h.scrape()
-    assert scraped[(SUCCESS, ALERTS)] == 0
-    assert errors_of(scraped, "exolve-alerts") == {reason: 1}
-    assert scraped[(SUCCESS, SHOP)] == 1
-    assert {
-        k: v for k, v in exolve_samples(scraped).items() if ("account", "exolve-shop") in k[1]
-    } == SHOP_SAMPLES
-
-
 async def test_strings_for_numbers_is_what_exolve_sends_anyway(sim, sim_url, harness, make_config):
     sim.set_fault("exolve", "alerts", "strings_for_numbers")
     h = await harness(make_config(exolve_targets(sim_url, sim)))
