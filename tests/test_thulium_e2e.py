@@ -52,6 +52,8 @@ async def test_scrape_has_exactly_the_simulated_samples(sim, sim_url, harness, m
         labels(provider="thulium", account="thulium-globex"): 1,
     }
     assert not any(name.endswith("_created") for name, _ in scraped)
+    # Each target's configured interval, for the data-stale alert (60 s is the default).
+    assert set(series(scraped, "messaging_exporter_collect_interval_seconds").values()) == {60}
     # Every reason is there from the start, at 0, so rate() and increase() work at once.
     assert len(series(scraped, ERRORS)) == 16
     assert set(series(scraped, ERRORS).values()) == {0}
