@@ -13,24 +13,35 @@ pages of that target's group and re-renders the tail, so one new snapshot costs 
 10,000 samples. Each page is deflated on its own (a sync-flushed piece of deflate stream, see
 :func:`exporter.render.deflate_piece`) and kept until the page changes: the gzip body is a gzip
 header, the kept deflated pieces, the new ones, a final block and the CRC of the identity body.
-When much is to be deflated at once (the first scrape, a reload, a whole cycle's changes) it is done
-in a thread (zlib releases the GIL), never on the event loop.
+A gzip build runs on the event loop in slices (:data:`SLICE_WEIGHT`): between two slices the loop
+serves other scrapes, so no build ever stalls it for long.
 
-A scrape is served bytes of the store's current generation: built at most once per generation and
-content type, or awaited while being built; a generation that moves on during a build makes a new
-build for the scrapes that came after it. OpenMetrics escaping schemes that rewrite metric names
-(``dots``, ``values``) are rare and take the slow road: prometheus_client renders the registry.
+Which bytes a gzip scrape gets (per content type, see :class:`_Builder`):
+
+* bytes of the store's current generation when they are built already;
+* when no build is in flight or scheduled, a build of the current generation, awaited: a lone
+  scraper (Prometheus, a test, a human with curl) sees every change made before it asked;
+* while a build is in flight or scheduled, the newest complete build, at once. A build that ends
+  while the store has moved on schedules the next one, at most every :data:`REBUILD_INTERVAL`: under
+  constant change (a collection cycle of many targets) scrapes never wait for a build, the bytes are
+  at most one interval and one build old, and builds cost at most a few per second.
+
+Identity bodies are joined from the pages in place, per generation. OpenMetrics escaping schemes
+that rewrite metric names (``dots``, ``values``) are rare and take the slow road: prometheus_client
+renders the registry, and the whole body is compressed in a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import gzip
+import math
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+import structlog
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.metrics_core import Metric
@@ -42,11 +53,18 @@ from exporter.store import Store, StoreCollector, TargetState
 
 GROUP_SIZE = 32
 """Targets per page: a page of a family is a few KB to a few tens of KB, about a deflate window."""
-THREAD_THRESHOLD = 64 * 1024
-"""Bytes to deflate beyond which a gzip build leaves the event loop (the first scrape, a reload,
-a scrape after many targets changed); less (a few pages, ~1 ms) is done in place."""
+REBUILD_INTERVAL = 0.1
+"""Seconds between the starts of two gzip builds of one content type while the store keeps
+changing and scrapes keep coming: the staleness a scrape can see then (Prometheus scrapes every
+15 s or so)."""
+SLICE_WEIGHT = 16 * 1024
+"""Work a build does between two yields to the event loop: bytes deflated (~0.15 ms for 16 KB at
+level 6), with a CRC counting 1/:data:`CRC_DISCOUNT` of its bytes (zlib's CRC-32 is that much
+faster)."""
+CRC_DISCOUNT = 32
 
 Encoder = Callable[[Collector], bytes]
+log = structlog.get_logger("exporter.exposition")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,11 +85,26 @@ _deflater: ThreadPoolExecutor | None = None
 
 
 def _deflate_thread() -> ThreadPoolExecutor:
-    """One thread for deflating: one build at a time needs no more, and one malloc arena."""
+    """One thread for the slow road's whole-body compression (zlib releases the GIL)."""
     global _deflater
     if _deflater is None:
         _deflater = ThreadPoolExecutor(max_workers=1, thread_name_prefix="exposition-deflate")
     return _deflater
+
+
+class _Builder:
+    """The gzip builds of one content type: the newest complete one (of the current layout), the
+    one in flight, the next one scheduled, and whether a scrape asked since the last one began."""
+
+    __slots__ = ("encoder", "latest", "running", "started", "timer", "wanted")
+
+    def __init__(self, encoder: Encoder) -> None:
+        self.encoder = encoder
+        self.latest: Rendered | None = None
+        self.running: asyncio.Future[None] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.started = -math.inf
+        self.wanted = False
 
 
 class _Group:
@@ -122,7 +155,9 @@ class Exposition:
         self._group_of: dict[str, _Group] = {}
         self._cache: dict[tuple[str, bool], Rendered] = {}
         self._tails: dict[str, bytes] = {}
-        self._builds: dict[str, asyncio.Future[None]] = {}
+        self._builders: dict[str, _Builder] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.rebuild_interval = REBUILD_INTERVAL
         self._rendered: set[str] = set()
         self._negotiated: dict[tuple[str, str], tuple[Encoder, str, bool]] = {}
         families = store.families
@@ -159,8 +194,8 @@ class Exposition:
         return negotiated
 
     async def get_async(self, accept: str, accept_encoding: str) -> Rendered:
-        """As :meth:`get`, but big deflating runs in a thread, and concurrent scrapes of one
-        generation share one build."""
+        """As :meth:`get`, for the event loop: gzip builds run in slices and are shared, and
+        scrapes during one get the newest complete build (see the module's docstring)."""
         encoder, content_type, want_gzip = self._negotiate(accept, accept_encoding)
         while True:
             self._refresh()
@@ -169,29 +204,71 @@ class Exposition:
                 return cached
             if not want_gzip:
                 return self._plain(encoder, content_type)
-            build = self._builds.get(content_type)
-            if build is None:
-                return await self._build_gzip(encoder, content_type)
-            # One is in flight: when it is done, its result is cached if it is still current;
-            # if the store moved on meanwhile (or it failed), the loop builds anew.
-            await asyncio.wait([build])
-
-    async def _build_gzip(self, encoder: Encoder, content_type: str) -> Rendered:
-        loop = asyncio.get_running_loop()
-        generation = self._generation
-        done: asyncio.Future[None] = loop.create_future()
-        self._builds[content_type] = done
-        try:
-            job = self._gzip_job(encoder, content_type)
-            if job.weight > THREAD_THRESHOLD:
+            if _openmetrics_fast(content_type) is None:
+                generation = self._generation
+                job = _GzipJob([], [], [], whole=self._plain(encoder, content_type).body)
+                loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(_deflate_thread(), job.run)
-            else:
-                result = job.run()
-            return self._finish_gzip(content_type, job, result, generation)
+                return self._finish_gzip(content_type, job, result, generation)
+            builder = self._builders.get(content_type)
+            if builder is None:
+                builder = self._builders[content_type] = _Builder(encoder)
+            builder.wanted = True
+            if builder.latest is not None and (builder.running or builder.timer):
+                return builder.latest
+            if builder.running is None:
+                self._start_build(content_type, builder)
+            assert builder.running is not None
+            # The first build (at start, after a reload), or this scrape's own: awaited.
+            await asyncio.wait([builder.running])
+
+    async def aclose(self) -> None:
+        """Cancel the scheduled and running background builds (the app's shutdown)."""
+        for builder in self._builders.values():
+            if builder.timer is not None:
+                builder.timer.cancel()
+                builder.timer = None
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+
+    def _start_build(self, content_type: str, builder: _Builder) -> None:
+        loop = asyncio.get_running_loop()
+        done = builder.running = loop.create_future()
+        builder.started = loop.time()
+        builder.wanted = False
+        task = loop.create_task(self._build(content_type, builder, done))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _build(
+        self, content_type: str, builder: _Builder, done: asyncio.Future[None]
+    ) -> None:
+        generation, layout = self._generation, self._layout
+        try:
+            job = self._gzip_job(builder.encoder, content_type)
+            result = await job.run_sliced()
+            packed = self._finish_gzip(content_type, job, result, generation)
+            if layout == self._layout:
+                builder.latest = packed
+        except Exception:  # logged; the scrapes waiting on it start another build
+            log.exception("exposition build failed", content_type=content_type)
         finally:
+            builder.running = None
             done.set_result(None)
-            if self._builds.get(content_type) is done:
-                del self._builds[content_type]
+        if self._store.generation != generation or self._layout != layout:
+            # The store moved on during the build: the next one, no sooner than the interval.
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, builder.started + self.rebuild_interval - loop.time())
+            builder.timer = loop.call_later(delay, self._rebuild, content_type, builder)
+
+    def _rebuild(self, content_type: str, builder: _Builder) -> None:
+        builder.timer = None
+        if builder.wanted and builder.running is None:
+            self._refresh()
+            if (content_type, True) not in self._cache:
+                self._start_build(content_type, builder)
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -207,6 +284,8 @@ class Exposition:
         self._rendered.clear()
         if store.layout != self._layout:
             self._layout = store.layout
+            for builder in self._builders.values():
+                builder.latest = None  # another target list: no scrape gets the old one's bytes
             store.take_dirty()
             targets = store.targets
             width = len(store.families)
@@ -320,22 +399,44 @@ class _GzipJob:
         self.parts = parts
         self.todo = todo
         self.whole = whole
-        size = len(whole) if whole is not None else sum(len(piece) for piece in pieces)
-        # Deflating runs at some 100 MB/s here, a CRC at 4 GB/s: what a build weighs is what it
-        # deflates (a thread hop costs more than a CRC, and delays the scrapes waiting on it).
-        self.weight = size if whole is not None else sum(len(p) for _, p, _, _ in todo)
+        self._crc, self._size = 0, 0
 
     def run(self) -> bytes:
         if self.whole is not None:
             return gzip.compress(self.whole, compresslevel=GZIP_LEVEL, mtime=0)
+        for _ in self._steps():
+            pass
+        return self._member()
+
+    async def run_sliced(self) -> bytes:
+        """:meth:`run` on the event loop, yielding to it after every :data:`SLICE_WEIGHT` of
+        work."""
+        for _ in self._steps():
+            await asyncio.sleep(0)
+        return self._member()
+
+    def _steps(self) -> Iterator[None]:
+        """Deflates the new pieces and sums the CRC, pausing (yielding) after each slice."""
+        weight = 0
         parts = self.parts
         for index, piece, _, _ in self.todo:
             parts[index] = deflate_piece(piece)
+            weight += len(piece)
+            if weight >= SLICE_WEIGHT:
+                weight = 0
+                yield
         crc, size = 0, 0
         for piece in self.pieces:
             crc = zlib.crc32(piece, crc)
             size += len(piece)
-        return gzip_member([part for part in parts if part], crc, size)
+            weight += len(piece) // CRC_DISCOUNT
+            if weight >= SLICE_WEIGHT:
+                weight = 0
+                yield
+        self._crc, self._size = crc, size
+
+    def _member(self) -> bytes:
+        return gzip_member([part for part in self.parts if part], self._crc, self._size)
 
 
 def _openmetrics_fast(content_type: str) -> bool | None:

@@ -143,6 +143,7 @@ async def _collection(app: web.Application) -> AsyncIterator[None]:
         yield
     finally:
         await exporter.scheduler.stop()
+        await exporter.exposition.aclose()
         await exporter.session.close()
 
 

@@ -1,6 +1,6 @@
 """The incremental exposition against prometheus_client rendering the whole registry: the same
-bytes after any sequence of collections, failures, staleness, reloads; gzip and OpenMetrics; a
-scrape after a change reflects it, even while a build is in flight."""
+bytes after any sequence of collections, failures, staleness, reloads; gzip and OpenMetrics; which
+build a scrape gets: its own when it is alone, the newest complete one while a build runs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import gzip
 from typing import Any
 
 import pytest
+import structlog.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
@@ -160,30 +161,102 @@ def fill(exporter: Exporter, clock: FakeClock, round_: int) -> None:
         )
 
 
-async def test_a_scrape_after_a_change_reflects_it_even_with_a_build_in_flight(monkeypatch):
-    monkeypatch.setattr(exposition_module, "THREAD_THRESHOLD", 0)  # every gzip build in a thread
+async def test_a_lone_scraper_sees_every_change_made_before_it_asked():
+    clock = FakeClock()
+    exporter = new_exporter(clock, [f"t{i}" for i in range(100)])
+    for round_ in range(1, 6):
+        fill(exporter, clock, round_)
+        for accept, encoding in (("", "gzip"), (OPENMETRICS, "gzip"), ("", "identity")):
+            got = await exporter.exposition.get_async(accept, encoding)
+            assert body(got) == expected(exporter, accept)
+
+
+async def test_scrapes_during_a_build_get_the_newest_complete_one_at_once(monkeypatch):
+    monkeypatch.setattr(exposition_module, "SLICE_WEIGHT", 1)  # a build takes many loop turns
     clock = FakeClock()
     exporter = new_exporter(clock, [f"t{i}" for i in range(200)])
+    exposition = exporter.exposition
+    exposition.rebuild_interval = 0.0
     fill(exporter, clock, 1)
-    for round_ in range(2, 12):
-        in_flight = asyncio.ensure_future(exporter.exposition.get_async("", "gzip"))
-        await asyncio.sleep(0)  # the build has started, its deflating is in a thread
-        before = expected(exporter)
-        fill(exporter, clock, round_)  # the store changes meanwhile
-        after = expected(exporter)
-        scrapes = await asyncio.gather(
-            *(exporter.exposition.get_async("", "gzip") for _ in range(3)),
-            exporter.exposition.get_async(OPENMETRICS, "gzip"),
-            exporter.exposition.get_async("", "identity"),
-        )
-        assert body(await in_flight) == before
-        assert [body(s) for s in scrapes[:3]] == [after] * 3
-        assert body(scrapes[3]) == expected(exporter, OPENMETRICS)
-        assert body(scrapes[4]) == after
+    assert body(await exposition.get_async("", "gzip")) == (first := expected(exporter))
+    fill(exporter, clock, 2)
+    second = expected(exporter)
+    in_flight = asyncio.ensure_future(exposition.get_async("", "gzip"))
+    await asyncio.sleep(0)  # the build of round 2 has begun
+    fill(exporter, clock, 3)  # and the store changes meanwhile
+    third = expected(exporter)
+    meanwhile = await asyncio.gather(*(exposition.get_async("", "gzip") for _ in range(3)))
+    assert not in_flight.done()  # they did not wait for it
+    assert [body(s) for s in meanwhile] == [first] * 3
+    assert body(await in_flight) == second  # its own scrape waited for its own build
+    # The build that ended behind the store scheduled the next one; scrapes get round 3 then.
+    for _ in range(10_000):
+        latest = await exposition.get_async("", "gzip")
+        if body(latest) != second:
+            break
+        await asyncio.sleep(0)
+    assert body(latest) == third
+    await exposition.aclose()
 
 
-async def test_concurrent_scrapes_of_one_generation_share_one_build(monkeypatch):
-    monkeypatch.setattr(exposition_module, "THREAD_THRESHOLD", 0)
+async def test_no_scrape_gets_the_old_target_list_after_a_reload(monkeypatch):
+    monkeypatch.setattr(exposition_module, "SLICE_WEIGHT", 1)
+    clock = FakeClock()
+    exporter = new_exporter(clock, [f"t{i}" for i in range(50)])
+    exposition = exporter.exposition
+    fill(exporter, clock, 1)
+    await exposition.get_async("", "gzip")
+    fill(exporter, clock, 2)
+    in_flight = asyncio.ensure_future(exposition.get_async("", "gzip"))
+    await asyncio.sleep(0)
+    kept = [state.config for state in exporter.store.targets][:10]
+    exporter.store.set_targets(kept)
+    after = await exposition.get_async("", "gzip")
+    assert body(after) == expected(exporter)
+    await in_flight
+    await exposition.aclose()
+
+
+async def test_a_failed_build_is_logged_and_the_next_scrape_builds_again(monkeypatch):
+    clock = FakeClock()
+    exporter = new_exporter(clock, ["a", "b"])
+    fill(exporter, clock, 1)
+    original = exposition_module._GzipJob.run_sliced
+    calls = 0
+
+    async def broken(self: Any) -> bytes:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("disk on fire")
+        return await original(self)
+
+    monkeypatch.setattr(exposition_module._GzipJob, "run_sliced", broken)
+    with structlog.testing.capture_logs() as logs:
+        got = await exporter.exposition.get_async("", "gzip")
+    assert body(got) == expected(exporter)
+    assert calls == 2
+    assert [e["event"] for e in logs] == ["exposition build failed"]
+
+
+async def test_closing_cancels_the_scheduled_build(monkeypatch):
+    monkeypatch.setattr(exposition_module, "SLICE_WEIGHT", 1)
+    clock = FakeClock()
+    exporter = new_exporter(clock, [f"t{i}" for i in range(50)])
+    exposition = exporter.exposition
+    fill(exporter, clock, 1)
+    in_flight = asyncio.ensure_future(exposition.get_async("", "gzip"))
+    await asyncio.sleep(0)
+    fill(exporter, clock, 2)
+    await in_flight  # ended behind the store: the next build is scheduled
+    builder = exposition._builders["text/plain; version=0.0.4; charset=utf-8"]
+    assert builder.timer is not None
+    await exposition.aclose()
+    assert builder.timer is None
+    assert not exposition._tasks
+
+
+async def test_concurrent_scrapes_of_one_generation_share_one_build():
     clock = FakeClock()
     exporter = new_exporter(clock, [f"t{i}" for i in range(50)])
     fill(exporter, clock, 1)
