@@ -96,6 +96,7 @@ def setup_logging(level: str = "info", fmt: str = "json", stream: Any = None) ->
         final = [structlog.processors.format_exc_info, redactor, renderer]
     structlog.configure(
         processors=[
+            structlog.stdlib.filter_by_level,  # below the level: dropped before any work
             *shared,
             structlog.stdlib.PositionalArgumentsFormatter(),
             structlog.processors.StackInfoRenderer(),

@@ -51,6 +51,7 @@ class TargetRunner:
         self._store = store
         self._clock = clock
         self._limit = limit
+        self._failing = False
         self.client = ProviderClient(
             session,
             provider=config.provider,
@@ -114,10 +115,16 @@ class TargetRunner:
             "duration_seconds": round(duration, 4),
             "samples": len(samples),
         }
-        if snapshot.ok:
-            log.info("collection", **fields)
-        else:
+        # A failure is a warning; a success is news (info) only when it ends a run of failures,
+        # else debug: a line per target per interval is noise at 1,000 targets, and costs the
+        # event loop ~0.1 ms each.
+        if not snapshot.ok:
             log.warning("collection", reason=str(reason), error=error, **fields)
+        elif self._failing:
+            log.info("collection", recovered=True, **fields)
+        else:
+            log.debug("collection", **fields)
+        self._failing = not snapshot.ok
         return snapshot
 
     async def run_forever(self) -> None:

@@ -74,3 +74,29 @@ async def test_collections_in_flight_are_bounded_exporter_wide(
     assert most == 3
     scraped = await h.scrape()
     assert sum(1 for name, _ in scraped if name == "thulium_outbound_active_campaigns") == 12
+
+
+async def test_failures_warn_a_recovery_is_info_and_routine_successes_are_debug(
+    sim, sim_url, harness, make_config
+):
+    import structlog.testing
+
+    targets = [t for t in simulator.demo_targets(sim_url, sim) if t["provider"] == "thulium"][:1]
+    account = targets[0]["base_url"].rstrip("/").split("/")[-2]
+    h = await harness(make_config(targets))
+    sim.set_fault("thulium", account, "http_503")
+    with structlog.testing.capture_logs() as logs:
+        await h.collect()
+        sim.set_fault("thulium", account, None)
+        await h.collect()
+        await h.collect()
+    lines = [
+        (e["log_level"], e["outcome"], e.get("recovered"))
+        for e in logs
+        if e["event"] == "collection"
+    ]
+    assert lines == [
+        ("warning", "failure", None),
+        ("info", "success", True),
+        ("debug", "success", None),
+    ]
