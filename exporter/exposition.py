@@ -48,6 +48,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
+from exporter.histogram import RequestHistogram
 from exporter.render import GZIP_LEVEL, deflate_piece, gzip_member
 from exporter.store import Store, StoreCollector, TargetState
 
@@ -126,22 +127,71 @@ class _Group:
                 self.deflated[slot] = None if page else b""
 
 
-class _Tail(Collector):
-    """What follows the per-target families: the store's global families, then every collector of
-    the registry but the store's (the request histogram), in registration order."""
+class _One(Collector):
+    """One collector as a registry for an encoder."""
 
-    def __init__(self, registry: CollectorRegistry, store: Store) -> None:
-        self._registry = registry
+    def __init__(self, collector: Collector) -> None:
+        self._collector = collector
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._collector.collect()
+
+
+class _Globals(Collector):
+    def __init__(self, store: Store) -> None:
         self._store = store
 
     def collect(self) -> Iterator[Metric]:
         yield from self._store.global_families()
+
+
+class _Tail:
+    """What follows the per-target families: the store's global families, then every collector of
+    the registry but the store's, in registration order. The request histogram renders itself
+    (:meth:`RequestHistogram.render`, only its changed series); the global families are rendered
+    by prometheus_client when their values change; any other collector at every call."""
+
+    def __init__(self, registry: CollectorRegistry, store: Store) -> None:
+        self._registry = registry
+        self._store = store
+        self._globals: dict[tuple[object, ...], bytes] = {}
+
+    def render(self, encoder: Encoder, openmetrics_: bool) -> bytes:
+        store = self._store
+        key = (
+            openmetrics_,
+            encoder,
+            store.config_reload_successful,
+            store.shard,
+            len(store.targets),
+            store.skipped_targets,
+        )
+        globals_ = self._globals.get(key)
+        if globals_ is None:
+            if len(self._globals) > 16:
+                self._globals.clear()
+            globals_ = self._globals[key] = _strip_eof(encoder(_Globals(store)), openmetrics_)
+        parts = [globals_]
         registry = self._registry
         with registry._lock:
             collectors = list(registry._collector_to_names)
         for collector in collectors:
-            if not isinstance(collector, StoreCollector):
-                yield from collector.collect()
+            if isinstance(collector, RequestHistogram):
+                parts.append(collector.render(openmetrics_))
+            elif not isinstance(collector, StoreCollector):
+                parts.append(_strip_eof(encoder(_One(collector)), openmetrics_))
+        if openmetrics_:
+            parts.append(_EOF)
+        return b"".join(parts)
+
+
+_EOF = b"# EOF\n"
+
+
+def _strip_eof(rendered: bytes, openmetrics_: bool) -> bytes:
+    if openmetrics_ and rendered.endswith(_EOF):
+        return rendered[: -len(_EOF)]
+    return rendered
 
 
 class Exposition:
@@ -303,10 +353,10 @@ class Exposition:
         for group in dirty.values():
             group.refresh()
 
-    def _tail_bytes(self, encoder: Encoder, content_type: str) -> bytes:
+    def _tail_bytes(self, encoder: Encoder, content_type: str, openmetrics_: bool) -> bytes:
         tail = self._tails.get(content_type)
         if tail is None:
-            tail = self._tails[content_type] = encoder(self._tail)
+            tail = self._tails[content_type] = self._tail.render(encoder, openmetrics_)
         return tail
 
     def _pieces(self, openmetrics_: bool) -> list[tuple[bytes, _Group | None, int]]:
@@ -333,7 +383,8 @@ class Exposition:
         else:
             pieces = self._pieces(openmetrics_)
             body = b"".join(
-                [piece for piece, _, _ in pieces] + [self._tail_bytes(encoder, content_type)]
+                [piece for piece, _, _ in pieces]
+                + [self._tail_bytes(encoder, content_type, openmetrics_)]
             )
         self._count_render(content_type)
         plain = self._cache[(content_type, False)] = Rendered(content_type, body, gzipped=False)
@@ -357,7 +408,7 @@ class Exposition:
             if known is None:
                 todo.append((len(parts), piece, group, slot))
             parts.append(known)
-        tail = self._tail_bytes(encoder, content_type)
+        tail = self._tail_bytes(encoder, content_type, openmetrics_)
         pieces.append(tail)
         todo.append((len(parts), tail, _NO_GROUP, -1))
         parts.append(None)

@@ -19,10 +19,10 @@ from typing import Any
 
 import aiohttp
 import structlog
-from prometheus_client import Histogram
 from yarl import URL
 
 from exporter.errors import CollectError, Reason, reason_for_status
+from exporter.histogram import RequestHistogram
 
 log = structlog.get_logger("exporter.http")
 
@@ -47,8 +47,8 @@ def new_session(user_agent: str) -> aiohttp.ClientSession:
     )
 
 
-def request_duration_histogram(registry: Any) -> Histogram:
-    return Histogram(
+def request_duration_histogram(registry: Any) -> RequestHistogram:
+    return RequestHistogram(
         "messaging_exporter_provider_request_duration_seconds",
         "Duration of every HTTP request made to a provider, token requests included; code is the "
         "HTTP status, or connection/timeout when no answer came.",
@@ -129,7 +129,7 @@ class ProviderClient:
         *,
         provider: str,
         account: str,
-        histogram: Histogram,
+        histogram: RequestHistogram,
         max_concurrency: int,
         max_response_bytes: int,
     ) -> None:

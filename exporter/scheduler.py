@@ -12,10 +12,10 @@ from typing import Any
 
 import aiohttp
 import structlog
-from prometheus_client import Histogram
 
 from exporter.clock import Clock
 from exporter.errors import CollectError, ParseError, Reason
+from exporter.histogram import RequestHistogram
 from exporter.http import ProviderClient
 from exporter.providers import registry
 from exporter.providers.base import Provider, TargetConfig
@@ -43,7 +43,7 @@ class TargetRunner:
         config: TargetConfig,
         session: aiohttp.ClientSession,
         store: Store,
-        histogram: Histogram,
+        histogram: RequestHistogram,
         clock: Clock,
         limit: asyncio.Semaphore | None = None,
     ) -> None:
@@ -146,7 +146,7 @@ class Scheduler:
         self,
         store: Store,
         session: aiohttp.ClientSession,
-        histogram: Histogram,
+        histogram: RequestHistogram,
         clock: Clock,
         max_concurrent_collections: int | None = None,
     ) -> None:

@@ -336,7 +336,8 @@ class Store:
 
     def global_families(self) -> Iterator[Metric]:
         """The exporter's own families that have no series per target (small: rendered by
-        prometheus_client at every change)."""
+        prometheus_client). The exposition caches their rendering by every value read here
+        (``exporter.exposition._Tail``): a new one must join that key."""
         build = GaugeMetricFamily(
             "messaging_exporter_build_info",
             "Always 1; the exporter's version and Python version.",

@@ -15,12 +15,13 @@ import prometheus_client
 import structlog
 from aiohttp import web
 from aiohttp.typedefs import Middleware
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry
 
 from exporter import __version__
 from exporter.clock import Clock, SystemClock
 from exporter.config import Config, ConfigError, load_config
 from exporter.exposition import Exposition
+from exporter.histogram import RequestHistogram
 from exporter.http import new_session, request_duration_histogram
 from exporter.logs import redactor
 from exporter.providers.base import TargetConfig
@@ -42,7 +43,7 @@ class Exporter:
     clock: Clock
     store: Store
     registry: CollectorRegistry
-    histogram: Histogram
+    histogram: RequestHistogram
     exposition: Exposition
     config_path: Path | None = None
     environ: Mapping[str, str] | None = None
