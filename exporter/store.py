@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -85,16 +85,21 @@ class Snapshot:
 class TargetState:
     config: TargetConfig
     latest: Snapshot | None = None
+    """The last collection's outcome, without its samples (they live on in ``series``)."""
     last_success: float | None = None
-    # Each series with its value and when a collection last delivered it.
-    series: dict[SeriesKey, tuple[float, float]] = field(default_factory=dict)
+    # Each series' value, and when a collection last delivered it. Floats and keys that live as
+    # long as the series (see ``prefixes``): a collection adds no object for the garbage
+    # collector to scan again and again.
+    series: dict[SeriesKey, float] = field(default_factory=dict)
+    seen: dict[SeriesKey, float] = field(default_factory=dict)
     errors: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(Reason, 0))
     # The rendered samples of this target, one block per family of ``Store.families``.
     blocks: tuple[bytes, ...] = ()
     # When the visible series next change by time alone (a failing target's samples go stale).
     expires: float = math.inf
-    # Each visible series' family slot and line prefix, kept while the series lives.
-    prefixes: dict[SeriesKey, tuple[int, str]] = field(default_factory=dict)
+    # Each visible series' family slot, line prefix and key (the one key object kept while the
+    # series lives).
+    prefixes: dict[SeriesKey, tuple[int, str, SeriesKey]] = field(default_factory=dict)
     # The line prefixes of its success, duration, last success and (per reason) errors series.
     self_prefixes: tuple[str, ...] = ()
 
@@ -102,12 +107,12 @@ class TargetState:
         """The series to serve: all of them after a success; after a failure, those delivered
         less than ``stale_after`` ago."""
         if self.latest is None or self.latest.ok:
-            for key, (value, _) in self.series.items():
-                yield key, value
+            yield from self.series.items()
             return
         horizon = now - self.config.stale_after
-        for key, (value, seen_at) in self.series.items():
-            if seen_at > horizon:
+        seen = self.seen
+        for key, value in self.series.items():
+            if seen[key] > horizon:
                 yield key, value
 
     def expiry(self, now: float) -> float:
@@ -117,7 +122,7 @@ class TargetState:
         stale_after = self.config.stale_after
         horizon = now - stale_after
         return min(
-            (seen + stale_after for _, seen in self.series.values() if seen > horizon),
+            (seen + stale_after for seen in self.seen.values() if seen > horizon),
             default=math.inf,
         )
 
@@ -183,7 +188,8 @@ class Store:
             return
         specs = self._specs.get(snapshot.provider, {})
         finished = snapshot.started_at + snapshot.duration
-        delivered: dict[SeriesKey, tuple[float, float]] = {}
+        delivered: dict[SeriesKey, float] = {}
+        known = state.prefixes
         for sample in snapshot.samples:
             spec = specs.get(sample.metric)
             if spec is None or len(spec.labels) != len(sample.labels):
@@ -194,15 +200,19 @@ class Store:
                     metric=sample.metric,
                 )
                 continue
-            delivered[(sample.metric, sample.labels)] = (sample.value, finished)
+            key = (sample.metric, sample.labels)
+            entry = known.get(key)
+            delivered[entry[2] if entry is not None else key] = sample.value
         if snapshot.ok:
             state.series = delivered
+            state.seen = dict.fromkeys(delivered, finished)
             state.last_success = finished
         else:
             state.series = {**state.series, **delivered}
+            state.seen = {**state.seen, **dict.fromkeys(delivered, finished)}
             if snapshot.reason is not None:
                 state.errors[snapshot.reason] += 1
-        state.latest = snapshot
+        state.latest = replace(snapshot, samples=()) if snapshot.samples else snapshot
         self._render(state, self._clock.time())
         self._dirty.add(snapshot.target)
         self._changed()
@@ -238,18 +248,18 @@ class Store:
         slots = self._slots
         account = state.config.name
         old = state.prefixes
-        kept: dict[SeriesKey, tuple[int, str]] = {}
+        kept: dict[SeriesKey, tuple[int, str, SeriesKey]] = {}
         expires = math.inf
         latest = state.latest
         if latest is None or latest.ok:
-            visible: Iterable[tuple[SeriesKey, float]] = (
-                (key, value) for key, (value, _) in state.series.items()
-            )
+            visible: Iterable[tuple[SeriesKey, float]] = state.series.items()
         else:
             stale_after = state.config.stale_after
             horizon = now - stale_after
             fresh: list[tuple[SeriesKey, float]] = []
-            for key, (value, seen_at) in state.series.items():
+            seen = state.seen
+            for key, value in state.series.items():
+                seen_at = seen[key]
                 if seen_at > horizon:
                     fresh.append((key, value))
                     expires = min(expires, seen_at + stale_after)
@@ -261,7 +271,7 @@ class Store:
             if entry is None:
                 metric, labels = key
                 slot = slots[metric]
-                entry = (slot, families[slot].prefix((account, *labels)))
+                entry = (slot, families[slot].prefix((account, *labels)), key)
             kept[key] = entry
             lines[entry[0]].append(entry[1] + format_value(value))
         state.prefixes = kept
