@@ -23,6 +23,7 @@ from yarl import URL
 
 from exporter.errors import CollectError, Reason, reason_for_status
 from exporter.histogram import RequestHistogram
+from exporter.turns import turnstile
 
 log = structlog.get_logger("exporter.http")
 
@@ -252,6 +253,9 @@ class ProviderClient:
                 self._histogram.labels(self.provider, endpoint, code).observe(
                     time.perf_counter() - started
                 )
+        # What follows (decoding, parsing, recording, rendering) waits for its own loop turn when
+        # many answers arrived together: the loop polls its sockets between two collections.
+        await turnstile.turn()
         reason = reason_for_status(status)
         if reason is None:
             return HttpResponse(status, response_headers, body)
