@@ -42,6 +42,9 @@ def new_session(user_agent: str) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT, sock_read=60.0),
         connector=aiohttp.TCPConnector(limit=256, limit_per_host=0, ttl_dns_cache=300),
+        # One session serves every account: a cookie one account's answer sets must never ride
+        # along with another account's requests to the same host. No provider uses cookies.
+        cookie_jar=aiohttp.DummyCookieJar(),
         headers={"User-Agent": user_agent},
         raise_for_status=False,
         trust_env=False,

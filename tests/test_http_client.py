@@ -212,3 +212,37 @@ async def test_error_texts_never_carry_the_query_or_credentials(upstream, client
     with pytest.raises(CollectError) as caught:
         await http.get_json(f"{url}/x?token=s3cr3t", endpoint="ep")
     assert "s3cr3t" not in str(caught.value)
+
+
+async def test_a_cookie_one_account_receives_is_never_sent_for_another(aiohttp_server):
+    sent: list[str | None] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        sent.append(request.headers.get("Cookie"))
+        response = web.json_response({})
+        response.set_cookie("session", "account-a-session", path="/")
+        return response
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    server = await aiohttp_server(app)
+    registry = CollectorRegistry()
+    histogram = request_duration_histogram(registry)
+    async with new_session("test") as session:
+        clients = [
+            ProviderClient(
+                session,
+                provider="test",
+                account=account,
+                histogram=histogram,
+                max_concurrency=1,
+                max_response_bytes=4096,
+            )
+            for account in ("a", "b")
+        ]
+        for http in clients:
+            http.deadline = asyncio.get_running_loop().time() + 5
+            # A host name: aiohttp's default jar would keep a cookie for it (never for an IP).
+            url = str(server.make_url("/api")).replace("127.0.0.1", "localhost")
+            await http.get_json(url, endpoint="ep")
+    assert sent == [None, None]
