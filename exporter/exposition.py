@@ -102,7 +102,8 @@ class _Builder:
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
         self.latest: Rendered | None = None
-        self.running: asyncio.Future[None] | None = None
+        self.running: asyncio.Future[bool] | None = None
+        """The build in flight; its result says whether it worked."""
         self.timer: asyncio.TimerHandle | None = None
         self.started = -math.inf
         self.wanted = False
@@ -268,9 +269,13 @@ class Exposition:
                 return builder.latest
             if builder.running is None:
                 self._start_build(content_type, builder)
-            assert builder.running is not None
-            # The first build (at start, after a reload), or this scrape's own: awaited.
-            await asyncio.wait([builder.running])
+            running = builder.running
+            assert running is not None
+            # The first build (at start, after a reload), or this scrape's own: awaited. A failed
+            # one fails the scrapes that waited for it (logged once); the next scrape tries again.
+            await asyncio.wait([running])
+            if not running.result():
+                raise RuntimeError("building the exposition failed; see the log")
 
     async def aclose(self) -> None:
         """Cancel the scheduled and running background builds (the app's shutdown)."""
@@ -293,20 +298,22 @@ class Exposition:
         task.add_done_callback(self._tasks.discard)
 
     async def _build(
-        self, content_type: str, builder: _Builder, done: asyncio.Future[None]
+        self, content_type: str, builder: _Builder, done: asyncio.Future[bool]
     ) -> None:
         generation, layout = self._generation, self._layout
+        ok = False
         try:
             job = self._gzip_job(builder.encoder, content_type)
             result = await job.run_sliced()
             packed = self._finish_gzip(content_type, job, result, generation)
             if layout == self._layout:
                 builder.latest = packed
-        except Exception:  # logged; the scrapes waiting on it start another build
+            ok = True
+        except Exception:
             log.exception("exposition build failed", content_type=content_type)
         finally:
             builder.running = None
-            done.set_result(None)
+            done.set_result(ok)
         if self._store.generation != generation or self._layout != layout:
             # The store moved on during the build: the next one, no sooner than the interval.
             loop = asyncio.get_running_loop()

@@ -217,7 +217,7 @@ async def test_no_scrape_gets_the_old_target_list_after_a_reload(monkeypatch):
     await exposition.aclose()
 
 
-async def test_a_failed_build_is_logged_and_the_next_scrape_builds_again(monkeypatch):
+async def test_a_failed_build_fails_its_scrapes_once_and_the_next_scrape_builds_again(monkeypatch):
     clock = FakeClock()
     exporter = new_exporter(clock, ["a", "b"])
     fill(exporter, clock, 1)
@@ -233,7 +233,11 @@ async def test_a_failed_build_is_logged_and_the_next_scrape_builds_again(monkeyp
 
     monkeypatch.setattr(exposition_module._GzipJob, "run_sliced", broken)
     with structlog.testing.capture_logs() as logs:
+        failed = await asyncio.gather(
+            *(exporter.exposition.get_async("", "gzip") for _ in range(3)), return_exceptions=True
+        )
         got = await exporter.exposition.get_async("", "gzip")
+    assert [type(f) for f in failed] == [RuntimeError] * 3  # no endless retries
     assert body(got) == expected(exporter)
     assert calls == 2
     assert [e["event"] for e in logs] == ["exposition build failed"]
