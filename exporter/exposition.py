@@ -4,13 +4,13 @@ changed in the store.
 The body is assembled from pieces: for each family (the providers' in their declared order, then
 the exporter's per-target ones) its HELP/TYPE header and one *page* per group of
 :data:`GROUP_SIZE` consecutive targets (the concatenation of those targets' rendered blocks for
-the family, see :meth:`Store._render <exporter.store.Store._render>`), then a small *tail*: the
-exporter's global families and every other collector of the registry (the request-duration
-histogram), rendered by prometheus_client, and ``# EOF`` for OpenMetrics.
+the family, see :meth:`Store._render <exporter.store.Store._render>`), then a small *tail* (see
+:class:`_Tail`): the exporter's global families, every other collector of the registry (the
+request-duration histogram, which renders itself) and ``# EOF`` for OpenMetrics.
 
-A collection that ends re-renders its target's blocks (in the store); the next scrape re-joins the
-pages of that target's group and re-renders the tail, so one new snapshot costs a few pages, not
-10,000 samples. Each page is deflated on its own (a sync-flushed piece of deflate stream, see
+A collection that ends re-renders its target's blocks (in the store); the next build re-joins the
+pages of that target's group and the tail, so one new snapshot costs a few pages, not 10,000
+samples. Each page is deflated on its own (a sync-flushed piece of deflate stream, see
 :func:`exporter.render.deflate_piece`) and kept until the page changes: the gzip body is a gzip
 header, the kept deflated pieces, the new ones, a final block and the CRC of the identity body.
 A gzip build runs on the event loop in slices (:data:`SLICE_WEIGHT`): between two slices the loop
