@@ -20,14 +20,11 @@ from prometheus_client.parser import text_string_to_metric_families as parse_tex
 
 from exporter.render import FamilyFormat, deflate_piece, format_value, gzip_member
 from tests.conftest import promtool
+from tests.strategies import legacy_names, texts
 
-names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,20}", fullmatch=True)
-metric_names = names.filter(lambda n: not n.endswith(("_total", "_created", "_bucket")))
-label_names = names.filter(lambda n: not n.startswith("__"))
-texts = st.text(
-    st.characters(codec="utf-8", exclude_categories=("Cs",)) | st.sampled_from('\\"\n{}=,# '),
-    max_size=30,
-)
+metric_names = legacy_names.filter(lambda n: not n.endswith(("_total", "_created", "_bucket")))
+label_names = legacy_names.filter(lambda n: not n.startswith("__"))
+strings = texts(30)
 values = (
     st.floats(allow_nan=True, allow_infinity=True)
     | st.sampled_from(
@@ -41,11 +38,11 @@ values = (
 def families(draw: Any) -> tuple[FamilyFormat, list[tuple[tuple[str, ...], float]]]:
     labels = tuple(draw(st.lists(label_names, max_size=4, unique=True)))
     family = FamilyFormat(
-        draw(metric_names), draw(st.sampled_from(["gauge", "counter"])), draw(texts), labels
+        draw(metric_names), draw(st.sampled_from(["gauge", "counter"])), draw(strings), labels
     )
     samples = draw(
         st.lists(
-            st.tuples(st.tuples(*(texts for _ in labels)), values),
+            st.tuples(st.tuples(*(strings for _ in labels)), values),
             max_size=6,
             unique_by=lambda sample: sample[0],
         )
