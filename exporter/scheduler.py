@@ -20,6 +20,7 @@ from exporter.http import ProviderClient
 from exporter.providers import registry
 from exporter.providers.base import Provider, TargetConfig
 from exporter.store import Snapshot, Store
+from exporter.turns import turnstile
 
 log = structlog.get_logger("exporter.scheduler")
 
@@ -72,6 +73,9 @@ class TargetRunner:
             return await self._run()
 
     async def _run(self) -> Snapshot:
+        # Starting a collection (building and sending its first request) takes its own loop turn
+        # too: many starting together (a cycle's beginning, --once) do not stall the loop.
+        await turnstile.turn()
         config = self.config
         loop = asyncio.get_running_loop()
         started_at = self._clock.time()
@@ -156,6 +160,7 @@ class Scheduler:
         self._clock = clock
         # Bounds how many collections finish in the same loop iteration (the follow-up work of
         # hundreds at once stalls the loop; see docs/performance.md). Fixed for the process.
+        self._max_concurrent = max_concurrent_collections or None
         self._limit = (
             asyncio.Semaphore(max_concurrent_collections) if max_concurrent_collections else None
         )
@@ -208,5 +213,18 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run_all_once(self) -> list[Snapshot]:
-        """Collect every target once, concurrently (``--once`` and tests)."""
-        return list(await asyncio.gather(*(r.run_once() for r in self.runners.values())))
+        """Collect every target once, concurrently (``--once`` and tests), in config order. With
+        the exporter-wide limit, that many workers each take the next target: not a task per
+        target queued on the limit (a thousand tasks starting in one loop iteration stall it)."""
+        runners = list(self.runners.values())
+        if self._max_concurrent is None:
+            return list(await asyncio.gather(*(r.run_once() for r in runners)))
+        results: list[Snapshot | None] = [None] * len(runners)
+        todo = iter(enumerate(runners))
+
+        async def worker() -> None:
+            for index, runner in todo:
+                results[index] = await runner.run_once()
+
+        await asyncio.gather(*(worker() for _ in range(min(self._max_concurrent, len(runners)))))
+        return [snapshot for snapshot in results if snapshot is not None]

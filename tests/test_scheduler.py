@@ -52,11 +52,13 @@ async def test_collections_in_flight_are_bounded_exporter_wide(
 
     in_flight = 0
     most = 0
+    most_tasks = 0
 
     async def stats(request: web.Request) -> web.Response:
-        nonlocal in_flight, most
+        nonlocal in_flight, most, most_tasks
         in_flight += 1
         most = max(most, in_flight)
+        most_tasks = max(most_tasks, len(asyncio.all_tasks()))
         await asyncio.sleep(0.02)  # the provider taking its time
         in_flight -= 1
         return web.json_response([])
@@ -70,8 +72,13 @@ async def test_collections_in_flight_are_bounded_exporter_wide(
         for i in range(12)
     ]
     h = await harness(make_config(targets, max_concurrent_collections=3))
-    await h.collect()
+    assert h.exporter.scheduler is not None
+    snapshots = await h.exporter.scheduler.run_all_once()
     assert most == 3
+    assert [s.target for s in snapshots] == [t["name"] for t in targets]  # in config order
+    # Three workers take the next target, not twelve tasks queued on the limit (the server's
+    # three handlers and the test's own task besides).
+    assert most_tasks < 12
     scraped = await h.scrape()
     assert sum(1 for name, _ in scraped if name == "thulium_outbound_active_campaigns") == 12
 
