@@ -13,6 +13,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from exporter.errors import CollectError, Reason
+from exporter.histogram import RequestHistogram
 from exporter.http import ProviderClient, new_session, request_duration_histogram
 
 
@@ -40,20 +41,27 @@ async def upstream(
     return up, str(server.make_url("")).rstrip("/")
 
 
+def provider_client(
+    session: Any, histogram: RequestHistogram, account: str = "acct"
+) -> ProviderClient:
+    """A client of provider "test" with 5 s to its deadline."""
+    made = ProviderClient(
+        session,
+        provider="test",
+        account=account,
+        histogram=histogram,
+        max_concurrency=2,
+        max_response_bytes=4096,
+    )
+    made.deadline = asyncio.get_running_loop().time() + 5
+    return made
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[tuple[ProviderClient, CollectorRegistry]]:
     registry = CollectorRegistry()
     async with new_session("test") as session:
-        provider_client = ProviderClient(
-            session,
-            provider="test",
-            account="acct",
-            histogram=request_duration_histogram(registry),
-            max_concurrency=2,
-            max_response_bytes=4096,
-        )
-        provider_client.deadline = asyncio.get_running_loop().time() + 5
-        yield provider_client, registry
+        yield provider_client(session, request_duration_histogram(registry)), registry
 
 
 def count(registry: CollectorRegistry, code: str) -> float:
@@ -226,22 +234,10 @@ async def test_a_cookie_one_account_receives_is_never_sent_for_another(aiohttp_s
     app = web.Application()
     app.router.add_get("/{tail:.*}", handle)
     server = await aiohttp_server(app)
-    registry = CollectorRegistry()
-    histogram = request_duration_histogram(registry)
+    histogram = request_duration_histogram(CollectorRegistry())
     async with new_session("test") as session:
-        clients = [
-            ProviderClient(
-                session,
-                provider="test",
-                account=account,
-                histogram=histogram,
-                max_concurrency=1,
-                max_response_bytes=4096,
-            )
-            for account in ("a", "b")
-        ]
-        for http in clients:
-            http.deadline = asyncio.get_running_loop().time() + 5
+        for account in ("a", "b"):
+            http = provider_client(session, histogram, account)
             # A host name: aiohttp's default jar would keep a cookie for it (never for an IP).
             url = str(server.make_url("/api")).replace("127.0.0.1", "localhost")
             await http.get_json(url, endpoint="ep")
