@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,19 @@ def promtool() -> str:
             pytest.fail("promtool is required in CI (apt-get install prometheus)")
         pytest.skip("promtool is not installed (apt-get install prometheus)")
     return path
+
+
+def run_promtool(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """promtool with these arguments (text in and out), run from the repository's root."""
+    return subprocess.run(
+        [promtool(), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
 
 
 def free_port() -> int:

@@ -6,14 +6,13 @@ description, a runbook section). tests/test_prometheus_e2e.py loads them into a 
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.conftest import promtool
+from tests.conftest import run_promtool
 from tests.test_dashboard import EXTRA_METRICS, METRICS, metrics_in
 
 REPO = Path(__file__).resolve().parent.parent
@@ -65,12 +64,6 @@ def github_anchor(heading: str) -> str:
 def runbook_anchors() -> set[str]:
     text = RUNBOOK.read_text(encoding="utf-8")
     return {github_anchor(m.group(1)) for m in re.finditer(r"^#+ (.+)$", text, re.MULTILINE)}
-
-
-def run_promtool(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [promtool(), *args], capture_output=True, text=True, timeout=120, check=False, cwd=REPO
-    )
 
 
 # ---------------------------------------------------------------------------------- promtool

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import aiohttp
 import pytest
 
 from exporter import simulator
-from tests.conftest import free_port, labels, parse_exposition, promtool
+from tests.conftest import free_port, labels, parse_exposition, run_promtool
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -176,13 +175,7 @@ async def test_demo_serves_metrics_that_promtool_accepts_and_exits_0_on_sigterm(
     )
     exposition = tmp_path / "demo.prom"
     exposition.write_text(text)
-    checked = subprocess.run(
-        [promtool(), "check", "metrics"],
-        input=text,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    checked = run_promtool("check", "metrics", stdin=text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(process.wait(), 10) == 0

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.conftest import promtool
+from tests.conftest import run_promtool
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "helm" / "messaging-stats-exporter" / "files" / "dashboard.json"
@@ -290,13 +289,7 @@ def test_every_query_parses(tmp_path: Path) -> None:
     }
     path = tmp_path / "dashboard_rules.yaml"
     path.write_text(yaml.safe_dump(rules), encoding="utf-8")
-    result = subprocess.run(
-        [promtool(), "check", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_promtool("check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(queries)} rules found" in result.stdout
 
@@ -477,13 +470,7 @@ def test_every_query_returns_data_on_spec_shaped_series(tmp_path: Path) -> None:
     }
     path = tmp_path / "dashboard_test.yaml"
     path.write_text(yaml.safe_dump(unit_test, width=1000), encoding="utf-8")
-    result = subprocess.run(
-        [promtool(), "test", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -613,13 +600,7 @@ def test_overview_counts_targets_and_accounts_across_shards(tmp_path: Path, scen
     }
     path = tmp_path / "sharded_dashboard_test.yaml"
     path.write_text(yaml.safe_dump(unit_test, width=1000), encoding="utf-8")
-    result = subprocess.run(
-        [promtool(), "test", "rules", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
