@@ -292,8 +292,10 @@ async def main() -> int:
                 label: [
                     {
                         "cycle": r.cycle,
-                        **{k: vars(getattr(r, k)) for k in ("idle", "idle_control", "during")},
-                        "control": vars(r.control),
+                        **{
+                            k: vars(getattr(r, k))
+                            for k in ("idle", "idle_control", "during", "control")
+                        },
                     }
                     for r in runs
                 ]
