@@ -19,12 +19,20 @@ serves other scrapes, so no build ever stalls it for long.
 Which bytes a gzip scrape gets (per content type, see :class:`_Builder`):
 
 * bytes of the store's current generation when they are built already;
-* when no build is in flight or scheduled, a build of the current generation, awaited: a lone
-  scraper (Prometheus, a test, a human with curl) sees every change made before it asked;
-* while a build is in flight or scheduled, the newest complete build, at once. A build that ends
-  while the store has moved on schedules the next one, at most every :data:`REBUILD_INTERVAL`: under
-  constant change (a collection cycle of many targets) scrapes never wait for a build, the bytes are
-  at most one interval and one build old, and builds cost at most a few per second.
+* the newest complete build when it began less than :attr:`Exposition.reuse_window` (0.1 s) before
+  the scrape arrived: under constant change (a collection cycle) and constant scraping, scrapes
+  never wait for a build, and every change older than the window is in what they get;
+* else it waits for a build that began within that window: the one in flight, or its own. With a
+  window of 0 that is one that began after it arrived: a scrape then sees every change made before
+  it asked. Its own build is done at once when small (a few collections since the last one), else
+  in slices of about a millisecond (:data:`AWAITED_SLICE_WEIGHT`).
+
+A content type scraped in the last :data:`ACTIVE_FOR` seconds is also rebuilt in the background
+after the store changes, at most every :data:`REBUILD_INTERVAL`: its pages are deflated as the
+collections come in, not when a scrape finds them all changed, and a scrape after a cycle finds its
+bytes ready. With a window of 0 (tests that scrape right after a collection) there are no
+background builds. The outcome of a config reload, and a new target list, are never served from
+bytes built before them.
 
 Identity bodies are joined from the pages in place, per generation. OpenMetrics escaping schemes
 that rewrite metric names (``dots``, ``values``) are rare and take the slow road: prometheus_client
@@ -36,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import math
+import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -54,15 +63,24 @@ from exporter.store import Store, StoreCollector, TargetState
 
 GROUP_SIZE = 32
 """Targets per page: a page of a family is a few KB to a few tens of KB, about a deflate window."""
-REBUILD_INTERVAL = 0.1
-"""Seconds between the starts of two gzip builds of one content type while the store keeps
-changing and scrapes keep coming: the staleness a scrape can see then (Prometheus scrapes every
-15 s or so)."""
+REUSE_WINDOW = 0.1
+"""Seconds: a scrape gets the newest complete build when that build began less than this before
+the scrape arrived (Prometheus scrapes every 15 s or so)."""
+REBUILD_INTERVAL = 0.05
+"""Seconds between the starts of two background builds of one content type while the store keeps
+changing: well within :data:`REUSE_WINDOW`, so that under constant change the newest build is
+always young enough to be reused."""
+ACTIVE_FOR = 600.0
+"""Seconds since its last scrape during which a content type is rebuilt in the background."""
 SLICE_WEIGHT = 16 * 1024
-"""Work a build does between two yields to the event loop: bytes deflated (~0.15 ms for 16 KB at
-level 6), with a CRC counting 1/:data:`CRC_DISCOUNT` of its bytes (zlib's CRC-32 is that much
-faster)."""
+"""Work a background build does between two yields to the event loop: bytes deflated (~0.15 ms for
+16 KB at level 6), with a CRC counting 1/:data:`CRC_DISCOUNT` of its bytes (zlib's CRC-32 is that
+much faster)."""
 CRC_DISCOUNT = 32
+AWAITED_SLICE_WEIGHT = 128 * 1024
+"""The slice of a build a scrape waits for (~1 ms of work): a build after a few collections (a few
+pages and the CRC) is done at once instead of in a dozen loop turns, each shared with the
+collections' work; a build after a whole cycle still yields every millisecond or so."""
 
 Encoder = Callable[[Collector], bytes]
 log = structlog.get_logger("exporter.exposition")
@@ -94,19 +112,35 @@ def _deflate_thread() -> ThreadPoolExecutor:
 
 
 class _Builder:
-    """The gzip builds of one content type: the newest complete one (of the current layout), the
-    one in flight, the next one scheduled, and whether a scrape asked since the last one began."""
+    """The gzip builds of one content type: the newest complete one (of the current layout) and
+    when it began, the one in flight, the next one scheduled, and when a scrape last asked."""
 
-    __slots__ = ("encoder", "latest", "running", "started", "timer", "wanted")
+    __slots__ = (
+        "broken",
+        "encoder",
+        "job",
+        "latest",
+        "latest_started",
+        "running",
+        "scraped",
+        "started",
+        "timer",
+    )
 
     def __init__(self, encoder: Encoder) -> None:
         self.encoder = encoder
         self.latest: Rendered | None = None
+        self.latest_started = -math.inf
         self.running: asyncio.Future[bool] | None = None
         """The build in flight; its result says whether it worked."""
-        self.timer: asyncio.TimerHandle | None = None
+        self.job: _GzipJob | None = None
+        """The build in flight's work."""
         self.started = -math.inf
-        self.wanted = False
+        """When the build in flight, or the last one, began (:attr:`Exposition.now`)."""
+        self.timer: asyncio.TimerHandle | None = None
+        self.scraped = -math.inf
+        self.broken = False
+        """The last build failed: no background builds until one works."""
 
 
 class _Group:
@@ -202,6 +236,7 @@ class Exposition:
         self._tail = _Tail(registry, store)
         self._generation = -1
         self._layout = -1
+        self._epoch = 0
         self._groups: list[_Group] = []
         self._group_of: dict[str, _Group] = {}
         self._cache: dict[tuple[str, bool], Rendered] = {}
@@ -209,6 +244,9 @@ class Exposition:
         self._builders: dict[str, _Builder] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self.rebuild_interval = REBUILD_INTERVAL
+        self.reuse_window = REUSE_WINDOW
+        self.now: Callable[[], float] = time.monotonic
+        """The clock of the window and the interval (the event loop's, by default)."""
         self._rendered: set[str] = set()
         self._negotiated: dict[tuple[str, str], tuple[Encoder, str, bool]] = {}
         families = store.families
@@ -219,6 +257,7 @@ class Exposition:
         }
         self.renders = 0
         """Expositions assembled: one per generation and content type served."""
+        store.on_change = self._store_changed
 
     # -- the request side ------------------------------------------------------------------------
 
@@ -245,9 +284,11 @@ class Exposition:
         return negotiated
 
     async def get_async(self, accept: str, accept_encoding: str) -> Rendered:
-        """As :meth:`get`, for the event loop: gzip builds run in slices and are shared, and
-        scrapes during one get the newest complete build (see the module's docstring)."""
+        """As :meth:`get`, for the event loop: gzip builds run in slices and are shared, and a
+        scrape may get the newest complete build (see the module's docstring)."""
         encoder, content_type, want_gzip = self._negotiate(accept, accept_encoding)
+        loop = asyncio.get_running_loop()
+        arrived = self.now()
         while True:
             self._refresh()
             cached = self._cache.get((content_type, want_gzip))
@@ -258,27 +299,32 @@ class Exposition:
             if _openmetrics_fast(content_type) is None:
                 generation = self._generation
                 job = _GzipJob([], [], [], whole=self._plain(encoder, content_type).body)
-                loop = asyncio.get_running_loop()
                 result = await loop.run_in_executor(_deflate_thread(), job.run)
                 return self._finish_gzip(content_type, job, result, generation)
             builder = self._builders.get(content_type)
             if builder is None:
                 builder = self._builders[content_type] = _Builder(encoder)
-            builder.wanted = True
-            if builder.latest is not None and (builder.running or builder.timer):
+            builder.scraped = arrived
+            if builder.latest is not None and arrived - builder.latest_started < self.reuse_window:
                 return builder.latest
-            if builder.running is None:
-                self._start_build(content_type, builder)
             running = builder.running
-            assert running is not None
-            # The first build (at start, after a reload), or this scrape's own: awaited. A failed
-            # one fails the scrapes that waited for it (logged once); the next scrape tries again.
+            if running is None:
+                job = self._gzip_job(builder.encoder, content_type)
+                if job.weight <= AWAITED_SLICE_WEIGHT:
+                    return self._build_inline(content_type, builder, job)
+                running = self._start_build(content_type, builder, job)
+            assert builder.job is not None
+            builder.job.slice_weight = AWAITED_SLICE_WEIGHT  # a scrape waits for it now
+            # A failed build fails the scrapes that waited for it (logged once); the next scrape
+            # tries again. One that began before this scrape arrived may not hold every change
+            # made before: the loop then builds again.
             await asyncio.wait([running])
             if not running.result():
                 raise RuntimeError("building the exposition failed; see the log")
 
     async def aclose(self) -> None:
         """Cancel the scheduled and running background builds (the app's shutdown)."""
+        self._store.on_change = None
         for builder in self._builders.values():
             if builder.timer is not None:
                 builder.timer.cancel()
@@ -288,44 +334,91 @@ class Exposition:
         if self._tasks:
             await asyncio.wait(list(self._tasks))
 
-    def _start_build(self, content_type: str, builder: _Builder) -> None:
+    def _start_build(
+        self, content_type: str, builder: _Builder, job: _GzipJob
+    ) -> asyncio.Future[bool]:
         loop = asyncio.get_running_loop()
         done = builder.running = loop.create_future()
-        builder.started = loop.time()
-        builder.wanted = False
-        task = loop.create_task(self._build(content_type, builder, done))
+        builder.job = job
+        builder.started = self.now()
+        task = loop.create_task(
+            self._build(content_type, builder, done, (self._generation, self._layout, self._epoch))
+        )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return done
+
+    def _build_inline(self, content_type: str, builder: _Builder, job: _GzipJob) -> Rendered:
+        builder.started = self.now()
+        try:
+            packed = self._finish_gzip(content_type, job, job.run(), self._generation)
+        except Exception:
+            builder.broken = True
+            log.exception("exposition build failed", content_type=content_type)
+            raise RuntimeError("building the exposition failed; see the log") from None
+        builder.latest, builder.latest_started, builder.broken = packed, builder.started, False
+        return packed
 
     async def _build(
-        self, content_type: str, builder: _Builder, done: asyncio.Future[bool]
+        self,
+        content_type: str,
+        builder: _Builder,
+        done: asyncio.Future[bool],
+        state: tuple[int, int, int],
     ) -> None:
-        generation, layout = self._generation, self._layout
+        """Run the job in flight; its bytes become the newest build unless the target list or a
+        reload's outcome changed meanwhile (``state``: generation, layout, epoch at its start)."""
+        generation, layout, epoch = state
+        job = builder.job
+        assert job is not None
+        started = builder.started
         ok = False
         try:
-            job = self._gzip_job(builder.encoder, content_type)
             result = await job.run_sliced()
             packed = self._finish_gzip(content_type, job, result, generation)
-            if layout == self._layout:
-                builder.latest = packed
+            if (layout, epoch) == (self._layout, self._epoch):
+                builder.latest, builder.latest_started = packed, started
             ok = True
         except Exception:
             log.exception("exposition build failed", content_type=content_type)
         finally:
-            builder.running = None
+            builder.running = builder.job = None
+            builder.broken = not ok
             done.set_result(ok)
-        if self._store.generation != generation or self._layout != layout:
-            # The store moved on during the build: the next one, no sooner than the interval.
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, builder.started + self.rebuild_interval - loop.time())
-            builder.timer = loop.call_later(delay, self._rebuild, content_type, builder)
+        self._schedule(content_type, builder)
+
+    def _store_changed(self) -> None:
+        if not self._builders or self.reuse_window <= 0:
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # a store changed outside the event loop (tools, tests)
+            return
+        for content_type, builder in self._builders.items():
+            self._schedule(content_type, builder)
+
+    def _schedule(self, content_type: str, builder: _Builder) -> None:
+        """A background build when the store has moved on since the newest build, no sooner
+        than the interval after the last one began; only for a content type still scraped."""
+        if self.reuse_window <= 0 or builder.broken or builder.running or builder.timer:
+            return
+        now = self.now()
+        if now - builder.scraped > ACTIVE_FOR:
+            return
+        if self._store.generation == self._generation and (content_type, True) in self._cache:
+            return
+        delay = max(0.0, builder.started + self.rebuild_interval - now)
+        builder.timer = asyncio.get_running_loop().call_later(
+            delay, self._rebuild, content_type, builder
+        )
 
     def _rebuild(self, content_type: str, builder: _Builder) -> None:
         builder.timer = None
-        if builder.wanted and builder.running is None:
+        if builder.running is None:
             self._refresh()
             if (content_type, True) not in self._cache:
-                self._start_build(content_type, builder)
+                job = self._gzip_job(builder.encoder, content_type)
+                self._start_build(content_type, builder, job)
 
     # -- building ----------------------------------------------------------------------------------
 
@@ -336,6 +429,10 @@ class Exposition:
         if store.generation == self._generation:
             return
         self._generation = store.generation
+        if store.epoch != self._epoch:
+            self._epoch = store.epoch
+            for builder in self._builders.values():
+                builder.latest = None  # a reload's outcome: no scrape reuses bytes from before
         self._cache.clear()
         self._tails.clear()
         self._rendered.clear()
@@ -458,6 +555,12 @@ class _GzipJob:
         self.todo = todo
         self.whole = whole
         self._crc, self._size = 0, 0
+        self.weight = sum(len(piece) for _, piece, _, _ in todo) + sum(map(len, pieces)) // (
+            CRC_DISCOUNT
+        )
+        """The work of :meth:`run`, in bytes deflated (see :data:`SLICE_WEIGHT`)."""
+        self.slice_weight = SLICE_WEIGHT
+        """The work :meth:`run_sliced` does between two yields; may change while it runs."""
 
     def run(self) -> bytes:
         if self.whole is not None:
@@ -467,7 +570,7 @@ class _GzipJob:
         return self._member()
 
     async def run_sliced(self) -> bytes:
-        """:meth:`run` on the event loop, yielding to it after every :data:`SLICE_WEIGHT` of
+        """:meth:`run` on the event loop, yielding to it after every :attr:`slice_weight` of
         work."""
         for _ in self._steps():
             await asyncio.sleep(0)
@@ -480,7 +583,7 @@ class _GzipJob:
         for index, piece, _, _ in self.todo:
             parts[index] = deflate_piece(piece)
             weight += len(piece)
-            if weight >= SLICE_WEIGHT:
+            if weight >= self.slice_weight:
                 weight = 0
                 yield
         crc, size = 0, 0
@@ -488,7 +591,7 @@ class _GzipJob:
             crc = zlib.crc32(piece, crc)
             size += len(piece)
             weight += len(piece) // CRC_DISCOUNT
-            if weight >= SLICE_WEIGHT:
+            if weight >= self.slice_weight:
                 weight = 0
                 yield
         self._crc, self._size = crc, size

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 import structlog
@@ -132,7 +132,12 @@ class Store:
         self._clock = clock
         self._targets: dict[str, TargetState] = {}
         self.generation = 0
+        self.on_change: Callable[[], None] | None = None
+        """Called after every change of :attr:`generation` (the exposition schedules a build)."""
         self.config_reload_successful = True
+        self.epoch = 0
+        """Counts changes no scrape may miss, however recent the bytes it could reuse: the outcome
+        of a config reload (an operator waits for it). Each is a generation too."""
         self.shard = (0, 1)
         self.skipped_targets = 0
         self._specs: dict[str, dict[str, MetricSpec]] = {
@@ -217,8 +222,16 @@ class Store:
         self._dirty.add(snapshot.target)
         self._changed()
 
+    def reloaded(self, ok: bool) -> None:
+        """A config reload ended, well or not."""
+        self.config_reload_successful = ok
+        self.epoch += 1
+        self._changed()
+
     def _changed(self) -> None:
         self.generation += 1
+        if self.on_change is not None:
+            self.on_change()
 
     def expire(self) -> None:
         """Count a generation when a failing target's samples have gone stale since the last one."""

@@ -85,12 +85,11 @@ class Exporter:
                 # Off the loop: the file and its *_file secrets are read from disk.
                 config = await asyncio.to_thread(load_config, self.config_path, self.environ)
             except ConfigError as exc:
-                self.store.config_reload_successful = False
-                self.store.generation += 1
+                self.store.reloaded(ok=False)
                 log.error("config reload failed; the previous config stays", error=str(exc))
                 return str(exc)
             self.apply(config)
-            self.store.config_reload_successful = True
+            self.store.reloaded(ok=True)
             log.info("config reloaded", targets=len(config.targets))
             return None
 

@@ -1,6 +1,7 @@
 """The incremental exposition against prometheus_client rendering the whole registry: the same
 bytes after any sequence of collections, failures, staleness, reloads; gzip and OpenMetrics; which
-build a scrape gets: its own when it is alone, the newest complete one while a build runs."""
+build a scrape gets: the newest complete one when it began within the window, else one that began
+after the scrape arrived; background builds after changes."""
 
 from __future__ import annotations
 
@@ -128,8 +129,7 @@ def test_any_history_renders_as_prometheus_client_does(names, ops, monkeypatch):
         elif op[0] == "advance":
             clock.advance(op[1])
         elif op[0] == "reload":
-            store.config_reload_successful = op[1]
-            store.generation += 1  # as Exporter.reload does
+            store.reloaded(op[1])
         elif op[0] == "retarget":
             kept = [t.config for t in store.targets][: op[1] % (len(store.targets) + 1)]
             store.set_targets(
@@ -161,103 +161,175 @@ def fill(exporter: Exporter, clock: FakeClock, round_: int) -> None:
         )
 
 
-async def test_a_lone_scraper_sees_every_change_made_before_it_asked():
-    clock = FakeClock()
-    exporter = new_exporter(clock, [f"t{i}" for i in range(100)])
+class Monotonic:
+    """The exposition's clock (window, interval), moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def timed_exporter(names: list[str]) -> tuple[Exporter, FakeClock, Monotonic]:
+    clock, monotonic = FakeClock(), Monotonic()
+    exporter = new_exporter(clock, names)
+    exporter.exposition.now = monotonic
+    return exporter, clock, monotonic
+
+
+async def settled(exposition: exposition_module.Exposition) -> None:
+    """Until no build is in flight or scheduled."""
+    for _ in range(100_000):
+        builders = exposition._builders.values()
+        if not any(b.running or b.timer for b in builders) and not exposition._tasks:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("the exposition never settled")
+
+
+@pytest.mark.parametrize("window", [0, 0.1])
+async def test_a_lone_scraper_sees_every_change_made_before_it_asked(window):
+    exporter, clock, monotonic = timed_exporter([f"t{i}" for i in range(100)])
+    exporter.exposition.reuse_window = window
     for round_ in range(1, 6):
         fill(exporter, clock, round_)
+        monotonic.now += 1  # alone: no other scrape in the window
         for accept, encoding in (("", "gzip"), (OPENMETRICS, "gzip"), ("", "identity")):
             got = await exporter.exposition.get_async(accept, encoding)
             assert body(got) == expected(exporter, accept)
+    await exporter.exposition.aclose()
 
 
-async def test_scrapes_during_a_build_get_the_newest_complete_one_at_once(monkeypatch):
-    monkeypatch.setattr(exposition_module, "SLICE_WEIGHT", 1)  # a build takes many loop turns
-    clock = FakeClock()
-    exporter = new_exporter(clock, [f"t{i}" for i in range(200)])
+async def test_a_scrape_in_the_window_gets_the_newest_build_at_once():
+    exporter, clock, monotonic = timed_exporter([f"t{i}" for i in range(50)])
     exposition = exporter.exposition
-    exposition.rebuild_interval = 0.0
     fill(exporter, clock, 1)
-    assert body(await exposition.get_async("", "gzip")) == (first := expected(exporter))
-    fill(exporter, clock, 2)
+    first = await exposition.get_async("", "gzip")
+    assert body(first) == expected(exporter)
+    renders = exposition.renders
+    fill(exporter, clock, 2)  # the store changes; the next build is scheduled in the background
     second = expected(exporter)
-    in_flight = asyncio.ensure_future(exposition.get_async("", "gzip"))
-    await asyncio.sleep(0)  # the build of round 2 has begun
-    fill(exporter, clock, 3)  # and the store changes meanwhile
-    third = expected(exporter)
-    meanwhile = await asyncio.gather(*(exposition.get_async("", "gzip") for _ in range(3)))
-    assert not in_flight.done()  # they did not wait for it
-    assert [body(s) for s in meanwhile] == [first] * 3
-    assert body(await in_flight) == second  # its own scrape waited for its own build
-    # The build that ended behind the store scheduled the next one; scrapes get round 3 then.
-    for _ in range(10_000):
-        latest = await exposition.get_async("", "gzip")
-        if body(latest) != second:
-            break
+    monotonic.now += 0.099
+    assert await exposition.get_async("", "gzip") is first  # within the window: no build waited
+    assert exposition.renders == renders
+    await settled(exposition)  # the background build, nobody waiting for it
+    assert exposition.renders == renders + 1
+    latest = await exposition.get_async("", "gzip")
+    assert body(latest) == second
+    assert exposition.renders == renders + 1  # the scrape got the background build's bytes
+    await exposition.aclose()
+
+
+async def test_a_scrape_after_the_window_waits_for_a_build_that_began_after_it_arrived(
+    monkeypatch,
+):
+    monkeypatch.setattr(exposition_module, "SLICE_WEIGHT", 1)  # a build takes many loop turns
+    monkeypatch.setattr(exposition_module, "AWAITED_SLICE_WEIGHT", 1)
+    exporter, clock, monotonic = timed_exporter([f"t{i}" for i in range(200)])
+    exposition = exporter.exposition
+    fill(exporter, clock, 1)
+    await exposition.get_async("", "gzip")
+    monotonic.now += 1
+    await asyncio.sleep(0)
+    fill(exporter, clock, 2)  # a background build begins at once (a second after the last)
+    for _ in range(10):
         await asyncio.sleep(0)
-    assert body(latest) == third
+        if any(b.running for b in exposition._builders.values()):
+            break
+    else:
+        raise AssertionError("no background build began")
+    fill(exporter, clock, 3)  # the store changes during that build
+    third = expected(exporter)
+    monotonic.now += 1  # and the newest build is a second old when the scrape comes
+    got = await exposition.get_async("", "gzip")
+    assert body(got) == third  # not the one in flight when it came: it lacks round 3
     await exposition.aclose()
 
 
 async def test_no_scrape_gets_the_old_target_list_after_a_reload(monkeypatch):
     monkeypatch.setattr(exposition_module, "SLICE_WEIGHT", 1)
-    clock = FakeClock()
-    exporter = new_exporter(clock, [f"t{i}" for i in range(50)])
+    exporter, clock, _ = timed_exporter([f"t{i}" for i in range(50)])
     exposition = exporter.exposition
     fill(exporter, clock, 1)
     await exposition.get_async("", "gzip")
     fill(exporter, clock, 2)
-    in_flight = asyncio.ensure_future(exposition.get_async("", "gzip"))
-    await asyncio.sleep(0)
+    await asyncio.sleep(0)  # a background build of the old list is in flight
     kept = [state.config for state in exporter.store.targets][:10]
     exporter.store.set_targets(kept)
-    after = await exposition.get_async("", "gzip")
+    after = await exposition.get_async("", "gzip")  # within the window of the last build
     assert body(after) == expected(exporter)
-    await in_flight
+    exporter.store.reloaded(ok=False)
+    failed = await exposition.get_async("", "gzip")  # the reload's outcome: never reused bytes
+    assert body(failed) == expected(exporter)
+    assert b"messaging_exporter_config_last_reload_successful 0.0" in body(failed)
     await exposition.aclose()
 
 
-async def test_a_failed_build_fails_its_scrapes_once_and_the_next_scrape_builds_again(monkeypatch):
-    clock = FakeClock()
-    exporter = new_exporter(clock, ["a", "b"])
+@pytest.mark.parametrize("sliced", [False, True], ids=["at-once", "sliced"])
+async def test_a_failed_build_fails_its_scrapes_once_and_the_next_scrape_builds_again(
+    monkeypatch, sliced
+):
+    if sliced:  # every build in slices, the scrapes waiting for one
+        monkeypatch.setattr(exposition_module, "AWAITED_SLICE_WEIGHT", 0)
+    exporter, clock, _ = timed_exporter(["a", "b"])
     fill(exporter, clock, 1)
-    original = exposition_module._GzipJob.run_sliced
+    original = exposition_module._GzipJob._steps
     calls = 0
 
-    async def broken(self: Any) -> bytes:
+    def broken(self: Any) -> Any:
         nonlocal calls
         calls += 1
         if calls == 1:
             raise RuntimeError("disk on fire")
-        return await original(self)
+        return original(self)
 
-    monkeypatch.setattr(exposition_module._GzipJob, "run_sliced", broken)
+    monkeypatch.setattr(exposition_module._GzipJob, "_steps", broken)
     with structlog.testing.capture_logs() as logs:
         failed = await asyncio.gather(
             *(exporter.exposition.get_async("", "gzip") for _ in range(3)), return_exceptions=True
         )
         got = await exporter.exposition.get_async("", "gzip")
-    assert [type(f) for f in failed] == [RuntimeError] * 3  # no endless retries
+    # At once, the scrapes come one after the other: the first fails, the second builds again.
+    # In slices, all three waited for the one build that failed. None retries on its own.
+    errors = [isinstance(f, RuntimeError) for f in failed]
+    assert errors == ([True] * 3 if sliced else [True, False, False])
     assert body(got) == expected(exporter)
     assert calls == 2
     assert [e["event"] for e in logs] == ["exposition build failed"]
+    await exporter.exposition.aclose()
 
 
-async def test_closing_cancels_the_scheduled_build(monkeypatch):
-    monkeypatch.setattr(exposition_module, "SLICE_WEIGHT", 1)
-    clock = FakeClock()
-    exporter = new_exporter(clock, [f"t{i}" for i in range(50)])
+async def test_background_builds_only_for_a_content_type_still_scraped():
+    exporter, clock, monotonic = timed_exporter([f"t{i}" for i in range(20)])
     exposition = exporter.exposition
     fill(exporter, clock, 1)
-    in_flight = asyncio.ensure_future(exposition.get_async("", "gzip"))
-    await asyncio.sleep(0)
+    assert not exposition._builders  # never scraped: a change schedules nothing
+    await exposition.get_async("", "gzip")
     fill(exporter, clock, 2)
-    await in_flight  # ended behind the store: the next build is scheduled
+    assert exposition._builders["text/plain; version=0.0.4; charset=utf-8"].timer is not None
+    await settled(exposition)
+    monotonic.now += exposition_module.ACTIVE_FOR + 1
+    renders = exposition.renders
+    fill(exporter, clock, 3)
+    await settled(exposition)
+    assert exposition.renders == renders  # not scraped for ten minutes: no background build
+    await exposition.aclose()
+
+
+async def test_closing_cancels_the_scheduled_build():
+    exporter, clock, _ = timed_exporter([f"t{i}" for i in range(50)])
+    exposition = exporter.exposition
+    fill(exporter, clock, 1)
+    await exposition.get_async("", "gzip")
+    fill(exporter, clock, 2)  # within the interval of the last build: scheduled, not started
     builder = exposition._builders["text/plain; version=0.0.4; charset=utf-8"]
     assert builder.timer is not None
     await exposition.aclose()
     assert builder.timer is None
     assert not exposition._tasks
+    fill(exporter, clock, 3)
+    assert builder.timer is None  # closed: changes schedule nothing
 
 
 async def test_concurrent_scrapes_of_one_generation_share_one_build():
@@ -304,3 +376,28 @@ async def test_stale_samples_leave_once_and_the_generation_counts_it_once():
     clock.advance(1000)
     check_all(exporter)
     assert store.generation == generation + 1  # nothing more went stale: nothing re-rendered
+
+
+async def test_a_failed_background_build_stops_them_until_a_build_works(monkeypatch):
+    exporter, clock, _ = timed_exporter([f"t{i}" for i in range(20)])
+    exposition = exporter.exposition
+    fill(exporter, clock, 1)
+    await exposition.get_async("", "gzip")
+    original = exposition_module._GzipJob._steps
+
+    def broken(self: Any) -> Any:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(exposition_module._GzipJob, "_steps", broken)
+    with structlog.testing.capture_logs() as logs:
+        fill(exporter, clock, 2)
+        await settled(exposition)
+        fill(exporter, clock, 3)  # no second try in the background: it would log at every change
+        await settled(exposition)
+    assert [e["event"] for e in logs] == ["exposition build failed"]
+    monkeypatch.setattr(exposition_module._GzipJob, "_steps", original)
+    exposition.now = lambda: 2000.0  # the newest build is old: the scrape builds its own
+    assert body(await exposition.get_async("", "gzip")) == expected(exporter)
+    fill(exporter, clock, 4)  # and background builds are back
+    assert exposition._builders["text/plain; version=0.0.4; charset=utf-8"].timer is not None
+    await exposition.aclose()
