@@ -107,3 +107,44 @@ async def test_failures_warn_a_recovery_is_info_and_routine_successes_are_debug(
         ("info", "success", True),
         ("debug", "success", None),
     ]
+
+
+async def test_start_begins_the_tasks_a_batch_per_loop_iteration(make_config, monkeypatch):
+    import asyncio
+
+    from exporter import scheduler as scheduler_module
+
+    monkeypatch.setattr(scheduler_module, "START_BATCH", 10)
+    targets = [
+        {
+            "name": f"t{i}",
+            "provider": "thulium",
+            "base_url": "http://127.0.0.1:9/api",
+            "username": "u",
+            "password": "p",
+            "interval": "1h",
+        }
+        for i in range(35)
+    ]
+    exporter = make_exporter(make_config(targets), autostart=False)
+    app = build_app(exporter)
+    from aiohttp import web
+
+    runner = web.AppRunner(app)
+    await runner.setup()  # the session and the scheduler, no collection yet
+    scheduler = exporter.scheduler
+    assert scheduler is not None
+    scheduler.start()
+    scheduler.set_targets(exporter.config.targets[:30])  # a reload meanwhile drops five
+    counts = [scheduler.running]
+    while counts[-1] < 30:
+        await asyncio.sleep(0)
+        counts.append(scheduler.running)
+        assert len(counts) < 100, counts
+    assert counts[:4] == [0, 10, 20, 30]  # ten more per loop iteration, not all in one
+    scheduler.start()  # again: every target has its task, nothing more starts
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert scheduler.running == 30
+    await runner.cleanup()
+    assert scheduler.running == 0
