@@ -28,9 +28,10 @@ Which bytes a gzip scrape gets (per content type, see :class:`_Builder`):
   in slices of about a millisecond (:data:`AWAITED_SLICE_WEIGHT`).
 
 A content type scraped in the last :data:`ACTIVE_FOR` seconds is also rebuilt in the background
-after the store changes, at most every :data:`REBUILD_INTERVAL`: its pages are deflated as the
-collections come in, not when a scrape finds them all changed, and a scrape after a cycle finds its
-bytes ready. With a window of 0 (tests that scrape right after a collection) there are no
+after the store changes: at most every :data:`REBUILD_INTERVAL` while scrapes keep coming (so they
+never wait), else every :data:`IDLE_REBUILD_INTERVAL`. Its pages are deflated as the collections
+come in, not when a scrape finds them all changed, and a scrape after a cycle finds its bytes
+ready. With a window of 0 (tests that scrape right after a collection) there are no
 background builds. The outcome of a config reload, and a new target list, are never served from
 bytes built before them.
 
@@ -68,8 +69,14 @@ REUSE_WINDOW = 0.1
 the scrape arrived (Prometheus scrapes every 15 s or so)."""
 REBUILD_INTERVAL = 0.05
 """Seconds between the starts of two background builds of one content type while the store keeps
-changing: well within :data:`REUSE_WINDOW`, so that under constant change the newest build is
-always young enough to be reused."""
+changing and scrapes keep coming (one in the last :data:`STREAM_GAP`): well within
+:data:`REUSE_WINDOW`, so that the newest build is always young enough to be reused."""
+STREAM_GAP = 1.0
+"""Seconds: scrapes closer together than this are a stream, which the fast interval serves."""
+IDLE_REBUILD_INTERVAL = 1.0
+"""Seconds between two background builds for a content type scraped now and then (Prometheus every
+15 s): its pages stay deflated at a few builds per cycle, and a scrape builds only the last
+second's changes."""
 ACTIVE_FOR = 600.0
 """Seconds since its last scrape during which a content type is rebuilt in the background."""
 SLICE_WEIGHT = 16 * 1024
@@ -403,11 +410,13 @@ class Exposition:
         if self.reuse_window <= 0 or builder.broken or builder.running or builder.timer:
             return
         now = self.now()
-        if now - builder.scraped > ACTIVE_FOR:
+        idle = now - builder.scraped
+        if idle > ACTIVE_FOR:
             return
         if self._store.generation == self._generation and (content_type, True) in self._cache:
             return
-        delay = max(0.0, builder.started + self.rebuild_interval - now)
+        interval = self.rebuild_interval if idle < STREAM_GAP else IDLE_REBUILD_INTERVAL
+        delay = max(0.0, builder.started + interval - now)
         builder.timer = asyncio.get_running_loop().call_later(
             delay, self._rebuild, content_type, builder
         )

@@ -401,3 +401,27 @@ async def test_a_failed_background_build_stops_them_until_a_build_works(monkeypa
     fill(exporter, clock, 4)  # and background builds are back
     assert exposition._builders["text/plain; version=0.0.4; charset=utf-8"].timer is not None
     await exposition.aclose()
+
+
+async def test_background_builds_come_fast_for_a_stream_of_scrapes_else_every_second():
+    exporter, clock, monotonic = timed_exporter([f"t{i}" for i in range(20)])
+    exposition = exporter.exposition
+    loop = asyncio.get_running_loop()
+    fill(exporter, clock, 1)
+    await exposition.get_async("", "gzip")
+    builder = exposition._builders["text/plain; version=0.0.4; charset=utf-8"]
+    fill(exporter, clock, 2)  # scraped just now: the next build within the fast interval
+    assert builder.timer is not None
+    assert builder.timer.when() - loop.time() == pytest.approx(
+        exposition_module.REBUILD_INTERVAL, abs=0.02
+    )
+    await settled(exposition)
+    monotonic.now += 5  # then no scrape for 5 s, as between two of Prometheus's
+    fill(exporter, clock, 3)  # the last build is old: the next one at once
+    await settled(exposition)
+    fill(exporter, clock, 4)
+    assert builder.timer is not None
+    assert builder.timer.when() - loop.time() == pytest.approx(
+        exposition_module.IDLE_REBUILD_INTERVAL, abs=0.05
+    )
+    await exposition.aclose()
