@@ -29,11 +29,11 @@ Which bytes a gzip scrape gets (per content type, see :class:`_Builder`):
 
 A content type scraped in the last :data:`ACTIVE_FOR` seconds is also rebuilt in the background
 after the store changes: at most every :data:`REBUILD_INTERVAL` while scrapes keep coming (so they
-never wait), else every :data:`IDLE_REBUILD_INTERVAL`. Its pages are deflated as the collections
-come in, not when a scrape finds them all changed, and a scrape after a cycle finds its bytes
-ready. With a window of 0 (tests that scrape right after a collection) there are no
-background builds. The outcome of a config reload, and a new target list, are never served from
-bytes built before them.
+never wait), else when the store has been quiet for :data:`QUIET` and at least every
+:data:`IDLE_REBUILD_INTERVAL`. Its pages are deflated as the collections come in, not when a scrape
+finds them all changed, and a scrape after a cycle finds its bytes ready. With a window of 0
+(tests that scrape right after a collection) there are no background builds. The outcome of a
+config reload, and a new target list, are never served from bytes built before them.
 
 Identity bodies are joined from the pages in place, per generation. OpenMetrics escaping schemes
 that rewrite metric names (``dots``, ``values``) are rare and take the slow road: prometheus_client
@@ -77,6 +77,9 @@ IDLE_REBUILD_INTERVAL = 1.0
 """Seconds between two background builds for a content type scraped now and then (Prometheus every
 15 s): its pages stay deflated at a few builds per cycle, and a scrape builds only the last
 second's changes."""
+QUIET = 0.1
+"""Seconds without a change after which such a content type is rebuilt (the end of a cycle):
+a scrape after a cycle finds its bytes ready."""
 ACTIVE_FOR = 600.0
 """Seconds since its last scrape during which a content type is rebuilt in the background."""
 SLICE_WEIGHT = 16 * 1024
@@ -124,6 +127,7 @@ class _Builder:
 
     __slots__ = (
         "broken",
+        "due",
         "encoder",
         "job",
         "latest",
@@ -145,6 +149,8 @@ class _Builder:
         self.started = -math.inf
         """When the build in flight, or the last one, began (:attr:`Exposition.now`)."""
         self.timer: asyncio.TimerHandle | None = None
+        self.due = -math.inf
+        """When the scheduled build is due (:attr:`Exposition.now`)."""
         self.scraped = -math.inf
         self.broken = False
         """The last build failed: no background builds until one works."""
@@ -405,9 +411,11 @@ class Exposition:
             self._schedule(content_type, builder)
 
     def _schedule(self, content_type: str, builder: _Builder) -> None:
-        """A background build when the store has moved on since the newest build, no sooner
-        than the interval after the last one began; only for a content type still scraped."""
-        if self.reuse_window <= 0 or builder.broken or builder.running or builder.timer:
+        """A background build when the store has moved on since the newest build, for a content
+        type still scraped: for a stream of scrapes, no sooner than the interval after the last
+        one began; else once the store has been quiet for :data:`QUIET`, and at the latest
+        :data:`IDLE_REBUILD_INTERVAL` after the last one began."""
+        if self.reuse_window <= 0 or builder.broken or builder.running:
             return
         now = self.now()
         idle = now - builder.scraped
@@ -415,10 +423,19 @@ class Exposition:
             return
         if self._store.generation == self._generation and (content_type, True) in self._cache:
             return
-        interval = self.rebuild_interval if idle < STREAM_GAP else IDLE_REBUILD_INTERVAL
-        delay = max(0.0, builder.started + interval - now)
+        if idle < STREAM_GAP:
+            if builder.timer is not None:
+                return
+            due = builder.started + self.rebuild_interval
+        else:
+            due = min(builder.started + IDLE_REBUILD_INTERVAL, now + QUIET)
+            if builder.timer is not None:
+                if due - builder.due < QUIET / 10:
+                    return  # pushed back by less than 10 ms: not worth a new timer
+                builder.timer.cancel()
+        builder.due = due
         builder.timer = asyncio.get_running_loop().call_later(
-            delay, self._rebuild, content_type, builder
+            max(0.0, due - now), self._rebuild, content_type, builder
         )
 
     def _rebuild(self, content_type: str, builder: _Builder) -> None:

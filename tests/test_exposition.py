@@ -403,7 +403,7 @@ async def test_a_failed_background_build_stops_them_until_a_build_works(monkeypa
     await exposition.aclose()
 
 
-async def test_background_builds_come_fast_for_a_stream_of_scrapes_else_every_second():
+async def test_background_builds_come_fast_for_a_stream_of_scrapes_else_when_quiet():
     exporter, clock, monotonic = timed_exporter([f"t{i}" for i in range(20)])
     exposition = exporter.exposition
     loop = asyncio.get_running_loop()
@@ -417,11 +417,19 @@ async def test_background_builds_come_fast_for_a_stream_of_scrapes_else_every_se
     )
     await settled(exposition)
     monotonic.now += 5  # then no scrape for 5 s, as between two of Prometheus's
-    fill(exporter, clock, 3)  # the last build is old: the next one at once
+    fill(exporter, clock, 3)  # the last build is over a second old: the next one at once
+    assert builder.due <= monotonic.now
     await settled(exposition)
-    fill(exporter, clock, 4)
-    assert builder.timer is not None
-    assert builder.timer.when() - loop.time() == pytest.approx(
-        exposition_module.IDLE_REBUILD_INTERVAL, abs=0.05
-    )
+    built_at = monotonic.now
+    assert body(builder.latest) == expected(exporter)  # type: ignore[union-attr]
+    fill(exporter, clock, 4)  # then once the store has been quiet for a while
+    assert builder.due == monotonic.now + exposition_module.QUIET
+    monotonic.now += 0.5
+    fill(exporter, clock, 5)  # changes keep coming: the build waits for quiet ...
+    assert builder.due == monotonic.now + exposition_module.QUIET
+    monotonic.now += 0.45
+    fill(exporter, clock, 6)  # ... but no longer than the idle interval after the last one
+    assert builder.due == built_at + exposition_module.IDLE_REBUILD_INTERVAL
+    await settled(exposition)
+    assert body(builder.latest) == expected(exporter)  # type: ignore[union-attr]
     await exposition.aclose()
