@@ -3,9 +3,10 @@
 Starts the simulator (1,000 Thulium tenants), the exporter pointed at it (1,000 targets, 10,000
 provider series) and a plain aiohttp server answering the exporter's own pre-rendered bytes; drives
 them with Debian's ``wrk``; prints each target as a measured ratio next to its goal, then the raw
-numbers. About 10 minutes on a 2-core machine. Ratios are measured within the run: other load on the
-machine moves the raw numbers more than the ratios; the p99 target runs its cycles three times with
-a control (the plain server scraped during the same cycle) and takes the median.
+numbers. About 7 minutes on a 2-core machine. Ratios are measured within the run: other load on the
+machine moves the raw numbers more than the ratios; the p99 target runs its cycles three times,
+scraped as fast as wrk can and then paced (see ``wrk``), each with a control (the plain server
+scraped during the same cycle), and takes the median.
 """
 
 from __future__ import annotations
