@@ -25,6 +25,8 @@ from exporter.web import Exporter, make_exporter
 from tests.conftest import FakeClock
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+TEXT = "text/plain; version=0.0.4; charset=utf-8"
+"""The content type negotiated for a scrape without an Accept header."""
 RECORDS = "thulium_outbound_campaign_records"
 COMPLETION = "thulium_outbound_campaign_completion_ratio"
 ACTIVE = "thulium_outbound_active_campaigns"
@@ -307,7 +309,7 @@ async def test_background_builds_only_for_a_content_type_still_scraped():
     assert not exposition._builders  # never scraped: a change schedules nothing
     await exposition.get_async("", "gzip")
     fill(exporter, clock, 2)
-    assert exposition._builders["text/plain; version=0.0.4; charset=utf-8"].timer is not None
+    assert exposition._builders[TEXT].timer is not None
     await settled(exposition)
     monotonic.now += exposition_module.ACTIVE_FOR + 1
     renders = exposition.renders
@@ -323,7 +325,7 @@ async def test_closing_cancels_the_scheduled_build():
     fill(exporter, clock, 1)
     await exposition.get_async("", "gzip")
     fill(exporter, clock, 2)  # within the interval of the last build: scheduled, not started
-    builder = exposition._builders["text/plain; version=0.0.4; charset=utf-8"]
+    builder = exposition._builders[TEXT]
     assert builder.timer is not None
     await exposition.aclose()
     assert builder.timer is None
@@ -399,7 +401,7 @@ async def test_a_failed_background_build_stops_them_until_a_build_works(monkeypa
     exposition.now = lambda: 2000.0  # the newest build is old: the scrape builds its own
     assert body(await exposition.get_async("", "gzip")) == expected(exporter)
     fill(exporter, clock, 4)  # and background builds are back
-    assert exposition._builders["text/plain; version=0.0.4; charset=utf-8"].timer is not None
+    assert exposition._builders[TEXT].timer is not None
     await exposition.aclose()
 
 
@@ -409,7 +411,7 @@ async def test_background_builds_come_fast_for_a_stream_of_scrapes_else_when_qui
     loop = asyncio.get_running_loop()
     fill(exporter, clock, 1)
     await exposition.get_async("", "gzip")
-    builder = exposition._builders["text/plain; version=0.0.4; charset=utf-8"]
+    builder = exposition._builders[TEXT]
     fill(exporter, clock, 2)  # scraped just now: the next build within the fast interval
     assert builder.timer is not None
     assert builder.timer.when() - loop.time() == pytest.approx(
@@ -421,7 +423,7 @@ async def test_background_builds_come_fast_for_a_stream_of_scrapes_else_when_qui
     assert builder.due <= monotonic.now
     await settled(exposition)
     built_at = monotonic.now
-    assert body(builder.latest) == expected(exporter)  # type: ignore[union-attr]
+    assert body(builder.latest) == expected(exporter)
     fill(exporter, clock, 4)  # then once the store has been quiet for a while
     assert builder.due == monotonic.now + exposition_module.QUIET
     monotonic.now += 0.5
@@ -431,5 +433,5 @@ async def test_background_builds_come_fast_for_a_stream_of_scrapes_else_when_qui
     fill(exporter, clock, 6)  # ... but no longer than the idle interval after the last one
     assert builder.due == built_at + exposition_module.IDLE_REBUILD_INTERVAL
     await settled(exposition)
-    assert body(builder.latest) == expected(exporter)  # type: ignore[union-attr]
+    assert body(builder.latest) == expected(exporter)
     await exposition.aclose()
