@@ -9,7 +9,9 @@ import gc
 import signal
 import socket
 import sys
+from asyncio import FIRST_COMPLETED
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +20,18 @@ from aiohttp import web
 from prometheus_client.exposition import generate_latest
 from pydantic import ValidationError
 
-from exporter import __version__, simulator
+from exporter import __version__, front, simulator
 from exporter.config import (
+    DEFAULT_LISTEN_ADDRESS,
     Config,
     ConfigError,
+    WebConfig,
     load_config,
     parse_listen_address,
     validate_config,
 )
 from exporter.fields import format_duration
+from exporter.front import ServingProcess
 from exporter.http import new_session
 from exporter.logs import setup_logging
 from exporter.scheduler import Scheduler
@@ -38,7 +43,8 @@ log = structlog.get_logger("exporter.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_INTERVAL = "10s"
-SHUTDOWN_TIMEOUT = 5.0
+DEMO_LOG = ("info", "console")
+SHUTDOWN_TIMEOUT = front.SHUTDOWN_TIMEOUT
 
 
 def parser() -> argparse.ArgumentParser:
@@ -108,7 +114,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(str(exc), file=sys.stderr)
             return EXIT_CONFIG
     if args.demo:
-        return asyncio.run(_demo(args, web_config, shard))
+        listening = None
+        if not (args.check_config or args.once):
+            setup_logging(*DEMO_LOG)
+            listening = _listen(
+                args.listen or DEFAULT_LISTEN_ADDRESS,
+                WebConfig().telemetry_path,
+                web_config,
+                DEMO_LOG,
+            )
+            if listening is None:
+                return EXIT_FAILED
+        try:
+            return asyncio.run(_demo(args, web_config, shard, listening))
+        finally:
+            if listening is not None:
+                listening.close()
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -119,7 +140,50 @@ def main(argv: Sequence[str] | None = None) -> int:
     setup_logging(config.log.level, config.log.format)
     if args.once:
         return asyncio.run(_once(config, shard))
-    return asyncio.run(_serve(config, args.listen, Path(args.config), web_config, shard))
+    listening = _listen(
+        args.listen or config.web.listen_address,
+        config.web.telemetry_path,
+        web_config,
+        (config.log.level, config.log.format),
+    )
+    if listening is None:
+        return EXIT_FAILED
+    try:
+        return asyncio.run(_serve(config, listening, Path(args.config), web_config, shard))
+    finally:
+        listening.close()
+
+
+@dataclass
+class Listening:
+    """The bound listening sockets, and the serving process they were handed to (None: this
+    process serves them, see :func:`exporter.front.fork_front`)."""
+
+    host: str
+    port: int
+    sockets: list[socket.socket]
+    front: ServingProcess | None
+
+    def close(self) -> None:
+        if self.front is not None:
+            self.front.stop()
+        for sock in self.sockets:
+            sock.close()
+
+
+def _listen(
+    address: str, telemetry_path: str, web_config: WebConfigFile | None, log_: tuple[str, str]
+) -> Listening | None:
+    """Bind ``address`` and fork the serving process (before any event loop or thread)."""
+    host, port = parse_listen_address(address)
+    try:
+        sockets = front.bind(host, port)
+    except OSError as exc:
+        log.error("cannot listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
+        return None
+    port = sockets[0].getsockname()[1]
+    process = front.fork_front(sockets, telemetry_path, web_config, *log_)
+    return Listening(host, port, [] if process else sockets, process)
 
 
 def _shard(args: argparse.Namespace) -> Sharding | None:
@@ -178,7 +242,7 @@ async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
     try:
         config = validate_config(
             {
-                "log": {"level": "info", "format": "console"},
+                "log": {"level": DEMO_LOG[0], "format": DEMO_LOG[1]},
                 "defaults": {"interval": DEMO_INTERVAL, "timeout": "5s"},
                 "targets": simulator.demo_targets(url, sim),
             },
@@ -190,40 +254,58 @@ async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
 
 
 async def _demo(
-    args: argparse.Namespace, web_config: WebConfigFile | None, shard: Sharding | None
+    args: argparse.Namespace,
+    web_config: WebConfigFile | None,
+    shard: Sharding | None,
+    listening: Listening | None,
 ) -> int:
     async with _demo_simulator() as (config, url):
         if args.check_config:
             return _check_config(config, "(built-in demo config)")
         setup_logging(config.log.level, config.log.format)
-        if args.once:
+        if args.once or listening is None:
             return await _once(config, shard)
         log.info("demo: built-in provider simulator started", simulator=url)
-        return await _serve(config, args.listen, None, web_config, shard, demo=True)
+        return await _serve(config, listening, None, web_config, shard, demo=True)
 
 
 async def _serve(
     config: Config,
-    listen: str | None,
+    listening: Listening,
     path: Path | None,
     web_config: WebConfigFile | None = None,
     shard: Sharding | None = None,
     demo: bool = False,
 ) -> int:
     exporter = make_exporter(config, config_path=path, shard=shard)
-    host, port = parse_listen_address(listen or config.web.listen_address)
-    runner = web.AppRunner(
-        build_app(exporter, web_config), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
-    )
-    await runner.setup()
+    serving = listening.front
     tls = web_config.tls_server_config if web_config else None
-    site = web.TCPSite(runner, host or None, port, ssl_context=ssl_context(tls) if tls else None)
+    if serving is None:
+        app = build_app(exporter, web_config)
+        runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT)
+    else:
+        # The serving process faces the clients (web config, access log); this app is its
+        # collecting end, on a Unix socket in a private directory.
+        app = build_app(exporter)
+        feed = front.Feed(exporter.exposition, exporter.store)
+        app.router.add_get(front.FEED_PATH, feed.handler)
+        app.on_shutdown.append(feed.close)
+        runner = web.AppRunner(
+            app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None
+        )
+    await runner.setup()
     try:
-        await site.start()
+        if serving is None:
+            context = ssl_context(tls) if tls else None
+            for sock in listening.sockets:
+                await web.SockSite(runner, sock, ssl_context=context).start()
+        else:
+            await web.UnixSite(runner, serving.backend).start()
     except OSError as exc:
-        log.error("cannot listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
+        log.error("cannot serve", error=exc.strerror or str(exc))
         await runner.cleanup()
         return EXIT_FAILED
+    host, port = listening.host, listening.port
     shown_host = host if host not in ("", "0.0.0.0", "::") else "localhost"  # noqa: S104
     scheme = "https" if tls else "http"
     metrics_url = f"{scheme}://{shown_host}:{port}{config.web.telemetry_path}"
@@ -233,6 +315,7 @@ async def _serve(
         landing_page=f"{scheme}://{shown_host}:{port}/",
         targets=len(config.targets),
         version=__version__,
+        serving_process=serving.pid if serving else None,
     )
     if demo:
         print(
@@ -249,10 +332,26 @@ async def _serve(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload_soon(exporter))
-    await stop.wait()
-    log.info("shutting down")
+    stopped = asyncio.ensure_future(stop.wait())
+    exited = serving.exited() if serving else None
+    await asyncio.wait([stopped] + ([exited] if exited else []), return_when=FIRST_COMPLETED)
+    code = EXIT_OK
+    if exited is not None and exited.done():
+        log.error("the serving process exited; stopping", exit_code=exited.result())
+        code = EXIT_FAILED
+    else:
+        log.info("shutting down")
+        if serving is not None and exited is not None:
+            # The serving process first: it finishes its requests while this still answers.
+            serving.terminate()
+            try:
+                await asyncio.wait_for(asyncio.shield(exited), SHUTDOWN_TIMEOUT + 2)
+            except TimeoutError:
+                serving.kill()
+                await exited
+    stopped.cancel()
     await runner.cleanup()
-    return EXIT_OK
+    return code
 
 
 _background: set[asyncio.Task[Any]] = set()

@@ -270,6 +270,12 @@ class Exposition:
         }
         self.renders = 0
         """Expositions assembled: one per generation and content type served."""
+        self.on_build: Callable[[Rendered, float, bool], None] | None = None
+        """Called with each new build: the bytes, until when (:attr:`now`) a scrape may get them
+        while the store has moved on (-inf for an identity body: only while current), and whether
+        they are current (see :mod:`exporter.front`)."""
+        self.on_change: Callable[[], None] | None = None
+        """Called at every change of the store."""
         store.on_change = self._store_changed
 
     # -- the request side ------------------------------------------------------------------------
@@ -335,6 +341,21 @@ class Exposition:
             if not running.result():
                 raise RuntimeError("building the exposition failed; see the log")
 
+    def scraped(self, accept: str, accept_encoding: str) -> None:
+        """A scrape with these headers was answered elsewhere, from bytes this built (the serving
+        process, see :mod:`exporter.front`): keep its content type rebuilt in the background as
+        if it had come here."""
+        _, content_type, want_gzip = self._negotiate(accept, accept_encoding)
+        builder = self._builders.get(content_type)
+        if want_gzip and builder is not None:
+            builder.scraped = self.now()
+            self._schedule(content_type, builder)
+
+    def _built(self, rendered: Rendered, started: float, generation: int) -> None:
+        if self.on_build is not None and _openmetrics_fast(rendered.content_type) is not None:
+            fresh_until = started + self.reuse_window if rendered.gzipped else -math.inf
+            self.on_build(rendered, fresh_until, generation == self._store.generation)
+
     async def aclose(self) -> None:
         """Cancel the scheduled and running background builds (the app's shutdown)."""
         self._store.on_change = None
@@ -370,6 +391,7 @@ class Exposition:
             log.exception("exposition build failed", content_type=content_type)
             raise RuntimeError("building the exposition failed; see the log") from None
         builder.latest, builder.latest_started, builder.broken = packed, builder.started, False
+        self._built(packed, builder.started, self._generation)
         return packed
 
     async def _build(
@@ -391,6 +413,7 @@ class Exposition:
             packed = self._finish_gzip(content_type, job, result, generation)
             if (layout, epoch) == (self._layout, self._epoch):
                 builder.latest, builder.latest_started = packed, started
+                self._built(packed, started, generation)
             ok = True
         except Exception:
             log.exception("exposition build failed", content_type=content_type)
@@ -401,6 +424,8 @@ class Exposition:
         self._schedule(content_type, builder)
 
     def _store_changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
         if not self._builders or self.reuse_window <= 0:
             return
         try:
@@ -518,6 +543,7 @@ class Exposition:
             )
         self._count_render(content_type)
         plain = self._cache[(content_type, False)] = Rendered(content_type, body, gzipped=False)
+        self._built(plain, self.now(), self._generation)
         return plain
 
     def _gzip_job(self, encoder: Encoder, content_type: str) -> _GzipJob:
@@ -624,6 +650,15 @@ class _GzipJob:
 
     def _member(self) -> bytes:
         return gzip_member([part for part in self.parts if part], self._crc, self._size)
+
+
+def fast_key(accept: str, accept_encoding: str) -> tuple[str, bool] | None:
+    """The (content type, gzip) that these request headers negotiate, or None for the slow road
+    (an escaping scheme that rewrites metric names)."""
+    _, content_type = choose_encoder(accept)
+    if _openmetrics_fast(content_type) is None:
+        return None
+    return content_type, _accepts_gzip(accept_encoding)
 
 
 def _openmetrics_fast(content_type: str) -> bool | None:

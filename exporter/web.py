@@ -14,7 +14,6 @@ import aiohttp
 import prometheus_client
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry
 
 from exporter import __version__
@@ -28,7 +27,7 @@ from exporter.providers.base import TargetConfig
 from exporter.scheduler import Scheduler
 from exporter.sharding import Sharding, split
 from exporter.store import Store, StoreCollector
-from exporter.webconfig import BasicAuthCheck, WebConfigFile, headers_middleware
+from exporter.webconfig import WebConfigFile, web_middlewares
 
 log = structlog.get_logger("exporter.web")
 
@@ -234,13 +233,8 @@ text-align:left}}table{{border-collapse:collapse}}</style></head>
 
 
 def build_app(exporter: Exporter, web_config: WebConfigFile | None = None) -> web.Application:
-    middlewares: list[Middleware] = []
-    if web_config is not None:
-        if web_config.basic_auth_users:
-            middlewares.append(BasicAuthCheck(web_config.basic_auth_users).middleware)
-        if web_config.http_server_config.headers:
-            middlewares.append(headers_middleware(web_config.http_server_config.headers))
-    app = web.Application(middlewares=middlewares)
+    """The exporter's app; ``web_config`` (TLS aside) applies when it faces clients itself."""
+    app = web.Application(middlewares=web_middlewares(web_config))
     app[EXPORTER] = exporter
     app.cleanup_ctx.append(_collection)
     app.router.add_get(exporter.config.web.telemetry_path, metrics)

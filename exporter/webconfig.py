@@ -197,6 +197,17 @@ class BasicAuthCheck:
         return await handler(request)
 
 
+def web_middlewares(web_config: WebConfigFile | None) -> list[Middleware]:
+    """Basic auth and the response headers of a web config, for the app that faces clients."""
+    middlewares: list[Middleware] = []
+    if web_config is not None:
+        if web_config.basic_auth_users:
+            middlewares.append(BasicAuthCheck(web_config.basic_auth_users).middleware)
+        if web_config.http_server_config.headers:
+            middlewares.append(headers_middleware(web_config.http_server_config.headers))
+    return middlewares
+
+
 def headers_middleware(headers: dict[str, str]) -> Middleware:
     @web.middleware
     async def add_headers(request: web.Request, handler: Handler) -> web.StreamResponse:
