@@ -28,6 +28,9 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from exporter import front
+from exporter.front import ServingProcess
+
 TENANT_USER, TENANT_PASSWORD = "bench", "bench-password"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 
@@ -36,14 +39,45 @@ def tenant(index: int) -> str:
     return f"t{index:04d}"
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as statm:
+SERVING: ServingProcess | None = None
+"""The exporter's serving process (the exporter role), as ``serve`` forks it."""
+SERVING_PORT = 0
+
+
+def rss_bytes(pid: int | str = "self") -> int:
+    with open(f"/proc/{pid}/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def pss_bytes(pid: int | str = "self") -> int:
+    """Proportional set size: each page shared by n processes counts 1/n."""
+    with open(f"/proc/{pid}/smaps_rollup") as rollup:
+        for line in rollup:
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError("no Pss in smaps_rollup")
+
+
+def memory() -> dict[str, int]:
+    """The exporter's memory: each process's RSS, and ``pair``, the sum of their PSS (every
+    page once, as a cgroup's memory limit counts them: the pages the fork shares are not counted
+    twice)."""
+    result = {"collecting": rss_bytes(), "pair": pss_bytes()}
+    if SERVING is not None:
+        result["serving"] = rss_bytes(SERVING.pid)
+        result["pair"] += pss_bytes(SERVING.pid)
+    return result
+
+
 def cpu_seconds() -> float:
+    """CPU time of the process, and of the exporter's serving process."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    total = usage.ru_utime + usage.ru_stime
+    if SERVING is not None:
+        with open(f"/proc/{SERVING.pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 async def serve(app: web.Application) -> None:
@@ -51,7 +85,13 @@ async def serve(app: web.Application) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
     await site.start()
-    print(f"READY {runner.addresses[0][1]}", flush=True)
+    port = runner.addresses[0][1]
+    if SERVING is None:
+        print(f"READY {port}", flush=True)
+    else:
+        # Scrapes go to the serving process; the bench's own routes come here directly.
+        await web.UnixSite(runner, SERVING.backend).start()
+        print(f"READY {SERVING_PORT} {port}", flush=True)
     await asyncio.Event().wait()
 
 
@@ -159,6 +199,9 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
     )
     exporter = make_exporter(config, autostart=False)
     app = build_app(exporter)
+    feed = front.Feed(exporter.exposition, exporter.store)
+    app.router.add_get(front.FEED_PATH, feed.handler)
+    app.on_shutdown.append(feed.close)
     monitor = LagMonitor()
     background: set[asyncio.Task[Any]] = set()
 
@@ -179,7 +222,7 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
             "max_gc_pause": monitor.max_gc,
             "full_gcs": monitor.gc_runs,
             "p99_lag": lags[min(len(lags) - 1, math.ceil(0.99 * len(lags)) - 1)],
-            "rss": rss_bytes(),
+            "rss": memory(),
             "series": sum(len(state.series) for state in exporter.store.targets),
             "failed": sum(
                 1 for s in exporter.store.targets if s.latest is not None and not s.latest.ok
@@ -263,7 +306,7 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
             await asyncio.sleep(0)
             if number in marks:
                 gc.collect()
-                rss[number] = rss_bytes()
+                rss[number] = memory()["pair"]
         return web.json_response(
             {"rss": rss, "duration": time.perf_counter() - started, "cycles": count}
         )
@@ -277,7 +320,9 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
 
     async def stats(request: web.Request) -> web.Response:
         gc.collect()
-        return web.json_response({"rss": rss_bytes(), "cpu": cpu_seconds()})
+        return web.json_response(
+            {"rss": memory()["pair"], "memory": memory(), "cpu": cpu_seconds()}
+        )
 
     app.router.add_post("/_bench/cycle", cycle)
     app.router.add_post("/_bench/stop", stop)
@@ -330,6 +375,14 @@ def main() -> None:
     parser.add_argument("--targets", type=int, default=1000)
     parser.add_argument("--url", default="")
     args = parser.parse_args()
+
+    global SERVING, SERVING_PORT
+    if args.role == "exporter":
+        # As ``serve`` does: the listening socket goes to a forked serving process.
+        sockets = front.bind("127.0.0.1", 0, backlog=1024)
+        SERVING_PORT = sockets[0].getsockname()[1]
+        SERVING = front.fork_front(sockets, "/metrics", None, "info", "json")
+        assert SERVING is not None
 
     async def run() -> None:
         if args.role == "sim":
