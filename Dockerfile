@@ -1,10 +1,12 @@
 # The messaging-stats-exporter image: the installed package in a slim Python, nothing else.
 #
 #   docker build -t messaging-stats-exporter .
-#   docker run --rm -p 10057:10057 --read-only messaging-stats-exporter --demo
-#   docker run --rm -p 10057:10057 --read-only \
+#   docker run --rm -p 10057:10057 --read-only --tmpfs /tmp messaging-stats-exporter --demo
+#   docker run --rm -p 10057:10057 --read-only --tmpfs /tmp \
 #       -v "$PWD/config.yaml:/etc/messaging-stats-exporter/config.yaml:ro" messaging-stats-exporter
 #
+# /tmp holds the private Unix socket between the exporter's two processes (exporter/front.py);
+# without a writable one, a single process serves and collects, and says so in the log.
 # PYTHON_IMAGE picks the base of both stages (any Debian-based python:3.11+ image).
 ARG PYTHON_IMAGE=python:3.12-slim
 

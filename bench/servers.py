@@ -90,7 +90,7 @@ async def serve(app: web.Application) -> None:
         print(f"READY {port}", flush=True)
     else:
         # Scrapes go to the serving process; the bench's own routes come here directly.
-        await web.UnixSite(runner, SERVING.backend).start()
+        await web.SockSite(runner, SERVING.collector).start()
         print(f"READY {SERVING_PORT} {port}", flush=True)
     await asyncio.Event().wait()
 

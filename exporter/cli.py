@@ -300,7 +300,7 @@ async def _serve(
             for sock in listening.sockets:
                 await web.SockSite(runner, sock, ssl_context=context).start()
         else:
-            await web.UnixSite(runner, serving.backend).start()
+            await web.SockSite(runner, serving.collector).start()
     except OSError as exc:
         log.error("cannot serve", error=exc.strerror or str(exc))
         await runner.cleanup()

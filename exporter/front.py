@@ -22,8 +22,10 @@ collections' work on the collecting process's event loop.
 Lifecycle: SIGTERM or SIGINT to the collecting process stops the serving process first (it
 finishes its requests), then the collections; a serving process that dies makes the collecting
 process exit 1 (the supervisor restarts the pair); a serving process whose collecting process is
-gone exits 1. When no private directory can be created (no writable ``$TMPDIR``), the collecting
-process serves the sockets itself, as the one process it used to be, and logs a warning.
+gone exits 1 (and removes the private directory). When no private Unix socket can be made (no
+temporary directory can be created, or ``$TMPDIR``'s path is too long for a socket's), the
+collecting process serves the sockets itself, as the one process it used to be, and logs a
+warning.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import gc
 import json
 import math
 import os
+import posixpath
 import shutil
 import signal
 import socket
@@ -58,6 +61,7 @@ log = structlog.get_logger("exporter.front")
 
 FEED_PATH = "/-/front/feed"
 """The feed's WebSocket, served only on the collecting process's Unix socket."""
+_INTERNAL = "/-/front/"
 NOTE_INTERVAL = 0.25
 """Seconds: how often at most the serving process reports a content type it answered (the
 collecting process counts scrapes less than a second apart as a stream)."""
@@ -99,6 +103,8 @@ _NOT_RETURNED = frozenset(
         "server",
     }
 )
+_UNKNOWN = ("", False)
+"""Header sets not negotiated yet."""
 _CHANGED = json.dumps({"kind": "changed"})
 _INVALIDATE = json.dumps({"kind": "invalidate"})
 
@@ -283,8 +289,8 @@ class Front:
         headers = request.headers
         accept, accept_encoding = headers.get("Accept", ""), headers.get("Accept-Encoding", "")
         negotiated = (accept, accept_encoding)
-        key = self._keys.get(negotiated, ("", False))
-        if key == ("", False):
+        key = self._keys.get(negotiated, _UNKNOWN)
+        if key is _UNKNOWN:
             key = fast_key(accept, accept_encoding)
             if len(self._keys) < 64:  # the few header sets scrapers send
                 self._keys[negotiated] = key
@@ -305,8 +311,8 @@ class Front:
             self._wake.set()
 
     async def forward(self, request: web.Request) -> web.StreamResponse:
-        if request.path == FEED_PATH:
-            raise web.HTTPNotFound()
+        if posixpath.normpath(request.path).startswith(_INTERNAL):
+            raise web.HTTPNotFound()  # the feed, however the path is spelled
         if not self.connected.is_set():
             try:
                 await asyncio.wait_for(self.connected.wait(), STARTUP_WAIT)
@@ -377,6 +383,8 @@ class Front:
             self._entries.clear()
             if self._parent is not None and os.getppid() != self._parent:
                 log.error("the collecting process is gone; the serving process stops")
+                # Its private directory: the collecting process, killed, left it behind.
+                shutil.rmtree(os.path.dirname(self.backend), ignore_errors=True)
                 self.gone.set()
                 return
             await asyncio.sleep(RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)])
@@ -476,10 +484,12 @@ def bind(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
 class ServingProcess:
     """The forked serving process, as the collecting process sees it."""
 
-    def __init__(self, pid: int, directory: str, backend: str) -> None:
+    def __init__(self, pid: int, directory: str, collector: socket.socket) -> None:
         self.pid = pid
         self.directory = directory
-        self.backend = backend
+        self.collector = collector
+        """The listening Unix socket the collecting process serves the feed and forwarded
+        requests on."""
         self.returncode: int | None = None
         self._exited = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = []
@@ -517,6 +527,7 @@ class ServingProcess:
                 os.kill(self.pid, sig)
             self._exited.wait(timeout)
         self._exited.wait()
+        self.collector.close()
         shutil.rmtree(self.directory, ignore_errors=True)
         assert self.returncode is not None
         return self.returncode
@@ -537,6 +548,33 @@ def _resolve(future: asyncio.Future[int], code: int) -> None:
         future.set_result(code)
 
 
+def _private_socket() -> tuple[str, socket.socket] | None:
+    """A listening Unix socket in a new private directory (mode 0700) of ``$TMPDIR``, or None
+    (logged) when there is none to be had."""
+    try:
+        directory = tempfile.mkdtemp(prefix="mse-")
+    except OSError as exc:
+        error = exc.strerror or str(exc)
+    else:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(os.path.join(directory, "c.sock"))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError as exc:  # e.g. a $TMPDIR too long for a socket's path (~100 bytes)
+            sock.close()
+            shutil.rmtree(directory, ignore_errors=True)
+            error = exc.strerror or str(exc)
+        else:
+            return directory, sock
+    log.warning(
+        "no private socket for the serving process; serving from the collecting process",
+        error=error,
+        hint="a writable $TMPDIR with a short path (the socket's must stay under ~100 bytes)",
+    )
+    return None
+
+
 def fork_front(
     sockets: list[socket.socket],
     telemetry_path: str,
@@ -544,19 +582,14 @@ def fork_front(
     log_level: str,
     log_format: str,
 ) -> ServingProcess | None:
-    """Fork the serving process with ``sockets`` (then closed here). None when no private
-    directory for the Unix socket can be made: the caller serves the sockets itself. Call before
-    any event loop or thread is started."""
-    try:
-        directory = tempfile.mkdtemp(prefix="messaging-stats-exporter-")
-    except OSError as exc:
-        log.warning(
-            "no private directory for the serving process; serving from the collecting process",
-            error=exc.strerror or str(exc),
-            hint="make $TMPDIR (or /tmp) writable",
-        )
+    """Fork the serving process with ``sockets`` (then closed here). None when no private Unix
+    socket can be made: the caller serves the sockets itself. Call before any event loop or
+    thread is started."""
+    private = _private_socket()
+    if private is None:
         return None
-    backend = os.path.join(directory, "collector.sock")
+    directory, collector = private
+    backend = collector.getsockname()
     parent = os.getpid()
     # What exists now lives as long as either process: out of the collector's scans, so that
     # neither process's collections write to (and so copy) the pages they share.
@@ -568,6 +601,7 @@ def fork_front(
     if pid == 0:  # pragma: no cover - the child; its behaviour is tested through the CLI
         code = 1
         try:
+            collector.close()
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C: the parent stops it
             signal.signal(signal.SIGHUP, signal.SIG_IGN)  # reloads are the parent's
             setup_logging(log_level, log_format)
@@ -580,4 +614,4 @@ def fork_front(
             os._exit(code)
     for sock in sockets:
         sock.close()
-    return ServingProcess(pid, directory, backend)
+    return ServingProcess(pid, directory, collector)

@@ -354,6 +354,8 @@ def test_image_builds_and_serves_the_demo() -> None:
                 "--name",
                 name,
                 "--read-only",
+                "--tmpfs",
+                "/tmp",  # the serving process's private socket (exporter/front.py)
                 "--cap-drop",
                 "ALL",
                 "--security-opt",
