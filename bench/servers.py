@@ -378,7 +378,10 @@ def main() -> None:
 
     global SERVING, SERVING_PORT
     if args.role == "exporter":
-        # As ``serve`` does: the listening socket goes to a forked serving process.
+        # As ``serve`` does: with everything imported, the listening socket goes to a forked
+        # serving process.
+        import exporter.cli  # noqa: F401
+
         sockets = front.bind("127.0.0.1", 0, backlog=1024)
         SERVING_PORT = sockets[0].getsockname()[1]
         SERVING = front.fork_front(sockets, "/metrics", None, "info", "json")

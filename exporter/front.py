@@ -46,6 +46,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import structlog
@@ -206,12 +207,15 @@ class Feed:
                     # Set before the send: a change while it is on its way sends "changed" after.
                     subscriber.holds_current |= current
                     header = {
+                        "kind": "build",
                         "content_type": rendered.content_type,
                         "gzip": rendered.gzipped,
                         "fresh_until": fresh_until if math.isfinite(fresh_until) else None,
                         "current": current,
                     }
-                    await ws.send_bytes(json.dumps(header).encode() + b"\n" + rendered.body)
+                    # The body as a message of its own: no copy of a 2 MB body to prefix it.
+                    await ws.send_str(json.dumps(header))
+                    await ws.send_bytes(rendered.body)
         except (ConnectionError, RuntimeError) as exc:  # the serving process went away
             log.debug("feed closed", error=type(exc).__name__)
 
@@ -239,6 +243,8 @@ class Front:
         self.telemetry_path = telemetry_path
         self._parent = parent
         self._entries: dict[tuple[str, bool], _Entry] = {}
+        self._header: dict[str, Any] | None = None
+        """The header of the build whose body is the feed's next message."""
         self._keys: dict[tuple[str, str], tuple[str, bool] | None] = {}
         self._noted: dict[tuple[str, bool], float] = {}
         self._notes: dict[tuple[str, bool], tuple[str, str]] = {}
@@ -254,7 +260,7 @@ class Front:
         self.forwarded = 0
         """Requests forwarded to the collecting process."""
         self.messages = 0
-        """Messages taken from the feed."""
+        """Builds and notices taken from the feed."""
         self.received = asyncio.Event()
         """Set at every message of the feed (tests wait on it)."""
 
@@ -373,7 +379,6 @@ class Front:
                                 self._take(message.data)
                             elif message.type is aiohttp.WSMsgType.TEXT:
                                 self._notice(message.data)
-                            self.messages += 1
                             self.received.set()
                     finally:
                         sender.cancel()
@@ -381,6 +386,7 @@ class Front:
                 log.debug("feed not connected", error=type(exc).__name__)
             self.connected.clear()
             self._entries.clear()
+            self._header = None
             if self._parent is not None and os.getppid() != self._parent:
                 log.error("the collecting process is gone; the serving process stops")
                 # Its private directory: the collecting process, killed, left it behind.
@@ -401,10 +407,13 @@ class Front:
                         json.dumps({"accept": accept, "accept_encoding": accept_encoding})
                     )
 
-    def _take(self, data: bytes) -> None:
-        head, _, body = data.partition(b"\n")
+    def _take(self, body: bytes) -> None:
+        """A build's body: it follows its header (:meth:`_notice`)."""
+        meta, self._header = self._header, None
+        if meta is None:
+            log.error("ignored a build body without its header from the collecting process")
+            return
         try:
-            meta = json.loads(head)
             rendered = Rendered(str(meta["content_type"]), body, gzipped=bool(meta["gzip"]))
             fresh_until = meta["fresh_until"]
             entry = _Entry(
@@ -416,14 +425,30 @@ class Front:
             log.error("ignored a malformed build from the collecting process", error=str(exc))
             return
         self._entries[(rendered.content_type, rendered.gzipped)] = entry
+        self.messages += 1
 
     def _notice(self, data: str) -> None:
-        kind = json.loads(data).get("kind")
+        try:
+            meta = json.loads(data)
+            kind = meta["kind"]
+        except (ValueError, KeyError, TypeError) as exc:
+            log.error("ignored a malformed notice from the collecting process", error=str(exc))
+            return
+        if kind == "build":
+            self._header = meta
+            return
+        self.messages += 1
         if kind == "invalidate":
             self._entries.clear()
         elif kind == "changed":
-            for entry in self._entries.values():
+            # Identity bodies are answered only while current, gzip ones within their window:
+            # whatever can no longer be answered is dropped (a 2 MB body need not wait for the
+            # next build of its kind, which may never come).
+            now = self.now()
+            for key, entry in list(self._entries.items()):
                 entry.current = False
+                if entry.fresh_until <= now:
+                    del self._entries[key]
 
 
 async def _serve_front(

@@ -130,6 +130,7 @@ async def test_after_a_change_identity_bytes_are_never_answered(pair):
     await pair.pushed(1)
     pair.fill(2)
     await pair.pushed(2)
+    assert (TEXT, False) not in pair.front._entries  # never answered again: not kept
     got, answered = await pair.scrape()  # well within the window: identity has none
     assert (got, answered) == (expected(pair.exporter), False)
 
@@ -208,7 +209,10 @@ async def test_without_the_collecting_process_requests_get_503_then_work_once_it
 
 async def test_malformed_feed_messages_are_logged_and_ignored(pair):
     with structlog.testing.capture_logs() as logs:
-        pair.front._take(b'{"content_type": "text/plain"}\nbody')  # no "gzip", no "current"
+        pair.front._take(b"a body without its header")
+        pair.front._notice('{"kind": "build", "content_type": "text/plain"}')  # no "gzip"
+        pair.front._take(b"body")
+        pair.front._notice("not json")
         assert not pair.front._entries
         async with (
             aiohttp.ClientSession(connector=aiohttp.UnixConnector(str(pair.socket))) as session,
@@ -225,5 +229,7 @@ async def test_malformed_feed_messages_are_logged_and_ignored(pair):
         got, _ = await pair.scrape(**GZIP)  # the feed and the collecting process still work
     assert got == expected(pair.exporter)
     events = [entry["event"] for entry in logs]
+    assert "ignored a build body without its header from the collecting process" in events
     assert "ignored a malformed build from the collecting process" in events
+    assert "ignored a malformed notice from the collecting process" in events
     assert events.count(malformed) == 2
