@@ -294,7 +294,7 @@ async def main() -> int:
                 ):
                     # Settled first: the first scrapes after the last cycle's changes may wait
                     # for a build, which in a 1 s run is the p99 of an "idle" baseline.
-                    await wrk(url, 0.5, gzip_h, paced=paced)
+                    await wrk(url, 1, gzip_h, paced=paced)
                     runs[name] = await wrk(url, load_seconds, gzip_h, paced=paced)
                 cycles = []
                 for name, url in (

@@ -381,9 +381,7 @@ def main() -> None:
         # As ``serve`` does: with everything imported, the listening socket goes to a forked
         # serving process.
         import exporter.cli  # noqa: F401
-        from exporter.memory import tune_malloc
 
-        tune_malloc()
         sockets = front.bind("127.0.0.1", 0, backlog=1024)
         SERVING_PORT = sockets[0].getsockname()[1]
         SERVING = front.fork_front(sockets, "/metrics", None, "info", "json")

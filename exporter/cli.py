@@ -34,7 +34,6 @@ from exporter.fields import format_duration
 from exporter.front import ServingProcess
 from exporter.http import new_session
 from exporter.logs import setup_logging
-from exporter.memory import tune_malloc
 from exporter.scheduler import Scheduler
 from exporter.sharding import Sharding, ordinal_from_hostname
 from exporter.web import USER_AGENT, Exporter, build_app, make_exporter
@@ -96,7 +95,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    tune_malloc()  # before the fork: both processes get it
     if args.listen is not None:
         try:
             parse_listen_address(args.listen)
