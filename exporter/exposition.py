@@ -64,16 +64,18 @@ from exporter.store import Store, StoreCollector, TargetState
 
 GROUP_SIZE = 32
 """Targets per page: a page of a family is a few KB to a few tens of KB, about a deflate window."""
-REUSE_WINDOW = 0.1
+REUSE_WINDOW = 1.0
 """Seconds: a scrape gets the newest complete build when that build began less than this before
-the scrape arrived (Prometheus scrapes every 15 s or so)."""
-REBUILD_INTERVAL = 0.05
+the scrape arrived (Prometheus scrapes every 15 s or so; a target is collected every minute or
+so). Builds during a cycle of 1,000 targets, with the event loop busy, can take a few hundred
+milliseconds: a window of 0.1 s sent scrapes after a late build to wait for the next one."""
+REBUILD_INTERVAL = 0.25
 """Seconds between the starts of two background builds of one content type while the store keeps
 changing and scrapes keep coming (one in the last :data:`STREAM_GAP`): well within
 :data:`REUSE_WINDOW`, so that the newest build is always young enough to be reused."""
 STREAM_GAP = 1.0
 """Seconds: scrapes closer together than this are a stream, which the fast interval serves."""
-IDLE_REBUILD_INTERVAL = 1.0
+IDLE_REBUILD_INTERVAL = 0.5
 """Seconds between two background builds for a content type scraped now and then (Prometheus every
 15 s): its pages stay deflated at a few builds per cycle, and a scrape builds only the last
 second's changes."""

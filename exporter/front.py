@@ -7,16 +7,18 @@ collections' work on the collecting process's event loop.
 * the child, the **serving process** (:class:`Front`), serves the sockets with the web config
   (TLS, basic auth, headers) and keeps a WebSocket to the collecting process (the *feed*) over a
   Unix socket in a private directory (mode 0700). It answers a scrape from the newest pushed bytes
-  of its content type and encoding when the collecting process would have answered with the same
-  bytes: while they are current (the store has not changed since), or, for gzip, while they are
-  younger than the reuse window (see :mod:`exporter.exposition`). Every other request, and a
-  scrape without such bytes, is forwarded to the collecting process over the same Unix socket, and
-  its answer returned as it is (gzip bodies stay compressed).
+  of its content type and encoding while they hold every change the collecting process would
+  have given it (the guarantee of :mod:`exporter.exposition`): identity bytes while they are
+  current (the store has not changed since), gzip ones also less than the reuse window after
+  they began or after they stopped being current. Every other request, and a scrape without such
+  bytes, is forwarded to the collecting process over the same Unix socket, and its answer
+  returned as it is (gzip bodies stay compressed).
 * the parent, the **collecting process**, runs the scheduler, the store and the exposition as
   before, serves the app on the Unix socket (no web config there: the directory's mode is the
   guard), and pushes each build to the serving process (:class:`Feed`): the bytes, until when they
-  may be served, whether they are current; then "changed" when the store moves on, and
-  "invalidate" after a reload or a new target list. The serving process reports which content
+  may be served, whether they are current; then "changed" (with until when what was current may
+  still be served) when the store moves on, and "invalidate" after a reload or a new target
+  list. The serving process reports which content
   types it answered (at most every :data:`NOTE_INTERVAL`), so their background builds go on.
 
 Lifecycle: SIGTERM or SIGINT to the collecting process stops the serving process first (it
@@ -106,7 +108,6 @@ _NOT_RETURNED = frozenset(
 )
 _UNKNOWN = ("", False)
 """Header sets not negotiated yet."""
-_CHANGED = json.dumps({"kind": "changed"})
 _INVALIDATE = json.dumps({"kind": "invalidate"})
 
 
@@ -117,7 +118,8 @@ _INVALIDATE = json.dumps({"kind": "invalidate"})
 class _Subscriber:
     ws: web.WebSocketResponse
     builds: dict[tuple[str, bool], tuple[Rendered, float, bool]] = field(default_factory=dict)
-    changed: bool = False
+    changed: float | None = None
+    """Until when the bytes it holds as current may still be answered, once the store changed."""
     invalidate: bool = False
     holds_current: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
@@ -158,7 +160,10 @@ class Feed:
                 if current:
                     subscriber.builds[key] = (rendered, fresh_until, False)
             if subscriber.holds_current:
-                subscriber.changed = True
+                # What was current until now may be answered for a window more: a scrape then
+                # still has every change older than the window.
+                exposition = self._exposition
+                subscriber.changed = exposition.now() + exposition.reuse_window
                 subscriber.holds_current = False
                 subscriber.wake.set()
 
@@ -197,11 +202,11 @@ class Feed:
                 await subscriber.wake.wait()
                 subscriber.wake.clear()
                 if subscriber.invalidate:
-                    subscriber.invalidate = subscriber.changed = False
+                    subscriber.invalidate, subscriber.changed = False, None
                     await ws.send_str(_INVALIDATE)
-                if subscriber.changed:
-                    subscriber.changed = False
-                    await ws.send_str(_CHANGED)
+                if subscriber.changed is not None:
+                    until, subscriber.changed = subscriber.changed, None
+                    await ws.send_str(json.dumps({"kind": "changed", "fresh_until": until}))
                 builds, subscriber.builds = subscriber.builds, {}
                 for rendered, fresh_until, current in builds.values():
                     # Set before the send: a change while it is on its way sends "changed" after.
@@ -441,11 +446,14 @@ class Front:
         if kind == "invalidate":
             self._entries.clear()
         elif kind == "changed":
-            # Identity bodies are answered only while current, gzip ones within their window:
-            # whatever can no longer be answered is dropped (a 2 MB body need not wait for the
-            # next build of its kind, which may never come).
+            # Identity bodies are answered only while current. A gzip one that was current until
+            # now is answered for a window more (``fresh_until``). Whatever can no longer be
+            # answered is dropped: a 2 MB body need not wait for the next build of its kind.
+            until = float(meta.get("fresh_until") or -math.inf)
             now = self.now()
             for key, entry in list(self._entries.items()):
+                if entry.current and entry.rendered.gzipped:
+                    entry.fresh_until = max(entry.fresh_until, until)
                 entry.current = False
                 if entry.fresh_until <= now:
                     del self._entries[key]

@@ -190,13 +190,13 @@ async def settled(exposition: exposition_module.Exposition) -> None:
     raise AssertionError("the exposition never settled")
 
 
-@pytest.mark.parametrize("window", [0, 0.1])
+@pytest.mark.parametrize("window", [0, exposition_module.REUSE_WINDOW])
 async def test_a_lone_scraper_sees_every_change_made_before_it_asked(window):
     exporter, clock, monotonic = timed_exporter([f"t{i}" for i in range(100)])
     exporter.exposition.reuse_window = window
     for round_ in range(1, 6):
         fill(exporter, clock, round_)
-        monotonic.now += 1  # alone: no other scrape in the window
+        monotonic.now += 2 * exposition_module.REUSE_WINDOW  # alone: none other in the window
         for accept, encoding in (("", "gzip"), (OPENMETRICS, "gzip"), ("", "identity")):
             got = await exporter.exposition.get_async(accept, encoding)
             assert body(got) == expected(exporter, accept)
@@ -212,7 +212,7 @@ async def test_a_scrape_in_the_window_gets_the_newest_build_at_once():
     renders = exposition.renders
     fill(exporter, clock, 2)  # the store changes; the next build is scheduled in the background
     second = expected(exporter)
-    monotonic.now += 0.099
+    monotonic.now += exposition.reuse_window - 0.001
     assert await exposition.get_async("", "gzip") is first  # within the window: no build waited
     assert exposition.renders == renders
     await settled(exposition)  # the background build, nobody waiting for it
@@ -243,7 +243,7 @@ async def test_a_scrape_after_the_window_waits_for_a_build_that_began_after_it_a
         raise AssertionError("no background build began")
     fill(exporter, clock, 3)  # the store changes during that build
     third = expected(exporter)
-    monotonic.now += 1  # and the newest build is a second old when the scrape comes
+    monotonic.now += 2 * exposition.reuse_window  # the newest build is older than the window
     got = await exposition.get_async("", "gzip")
     assert body(got) == third  # not the one in flight when it came: it lacks round 3
     await exposition.aclose()
@@ -426,10 +426,10 @@ async def test_background_builds_come_fast_for_a_stream_of_scrapes_else_when_qui
     assert body(builder.latest) == expected(exporter)
     fill(exporter, clock, 4)  # then once the store has been quiet for a while
     assert builder.due == monotonic.now + exposition_module.QUIET
-    monotonic.now += 0.5
+    monotonic.now += exposition_module.IDLE_REBUILD_INTERVAL / 2
     fill(exporter, clock, 5)  # changes keep coming: the build waits for quiet ...
     assert builder.due == monotonic.now + exposition_module.QUIET
-    monotonic.now += 0.45
+    monotonic.now += exposition_module.IDLE_REBUILD_INTERVAL / 2 - exposition_module.QUIET / 2
     fill(exporter, clock, 6)  # ... but no longer than the idle interval after the last one
     assert builder.due == built_at + exposition_module.IDLE_REBUILD_INTERVAL
     await settled(exposition)
