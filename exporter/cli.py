@@ -89,6 +89,12 @@ def parser() -> argparse.ArgumentParser:
         "from --shard-count or sharding.count",
     )
     p.add_argument("--shard-count", type=int, metavar="COUNT", help="shards in all")
+    p.add_argument(
+        "--single-process",
+        action="store_true",
+        help="serve /metrics from the collecting process instead of a forked serving process: "
+        "~18 MiB less memory; scrapes then share the event loop with the collections",
+    )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -122,6 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 WebConfig().telemetry_path,
                 web_config,
                 DEMO_LOG,
+                fork=not args.single_process,
             )
             if listening is None:
                 return EXIT_FAILED
@@ -145,6 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.web.telemetry_path,
         web_config,
         (config.log.level, config.log.format),
+        fork=not args.single_process,
     )
     if listening is None:
         return EXIT_FAILED
@@ -172,9 +180,14 @@ class Listening:
 
 
 def _listen(
-    address: str, telemetry_path: str, web_config: WebConfigFile | None, log_: tuple[str, str]
+    address: str,
+    telemetry_path: str,
+    web_config: WebConfigFile | None,
+    log_: tuple[str, str],
+    fork: bool = True,
 ) -> Listening | None:
-    """Bind ``address`` and fork the serving process (before any event loop or thread)."""
+    """Bind ``address`` and fork the serving process (before any event loop or thread), unless
+    ``fork`` is false."""
     host, port = parse_listen_address(address)
     try:
         sockets = front.bind(host, port)
@@ -182,7 +195,7 @@ def _listen(
         log.error("cannot listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
         return None
     port = sockets[0].getsockname()[1]
-    process = front.fork_front(sockets, telemetry_path, web_config, *log_)
+    process = front.fork_front(sockets, telemetry_path, web_config, *log_) if fork else None
     return Listening(host, port, [] if process else sockets, process)
 
 

@@ -19,7 +19,7 @@ serves other scrapes, so no build ever stalls it for long.
 Which bytes a gzip scrape gets (per content type, see :class:`_Builder`):
 
 * bytes of the store's current generation when they are built already;
-* the newest complete build when it began less than :attr:`Exposition.reuse_window` (0.1 s) before
+* the newest complete build when it began less than :attr:`Exposition.reuse_window` (1 s) before
   the scrape arrived: under constant change (a collection cycle) and constant scraping, scrapes
   never wait for a build, and every change older than the window is in what they get;
 * else it waits for a build that began within that window: the one in flight, or its own. With a

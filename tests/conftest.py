@@ -125,7 +125,7 @@ async def harness(
         exporter = make_exporter(config, clock=clock, autostart=False)
         # These tests ask what a collection makes of an answer: a scrape right after it must see
         # it. What a scrape gets while a stream of scrapes meets a changing store (the newest
-        # build of the last 0.1 s) is test_exposition's.
+        # build of the last second) is test_exposition's.
         exporter.exposition.reuse_window = 0
         client = await aiohttp_client(build_app(exporter))
         return ExporterHarness(exporter, client)

@@ -206,6 +206,21 @@ async def test_without_a_private_socket_one_process_serves_everything(
     assert not list(long.iterdir())  # nothing left behind
 
 
+async def test_single_process_serves_and_collects_in_one_process(
+    config: Path, short_tmpdir: Path
+) -> None:
+    async with exporter("--config", str(config), "--single-process") as (process, port, events):
+        assert (await events.wait("serving"))["serving_process"] is None
+        await wait_ready(port)
+        status, text = await fetch(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert accounts(text) == {"thulium-acme", "thulium-globex"}
+        assert not list(short_tmpdir.iterdir())  # no private socket made
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), 15) == 0
+        assert events.find(FALLBACK_EVENT) is None  # asked for, not a fallback
+
+
 def web_yml(tmp_path: Path, data: dict[str, Any]) -> str:
     path = tmp_path / "web.yml"
     path.write_text(yaml.safe_dump(data))
