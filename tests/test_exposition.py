@@ -181,12 +181,19 @@ def timed_exporter(names: list[str]) -> tuple[Exporter, FakeClock, Monotonic]:
 
 
 async def settled(exposition: exposition_module.Exposition) -> None:
-    """Until no build is in flight or scheduled."""
-    for _ in range(100_000):
-        builders = exposition._builders.values()
-        if not any(b.running or b.timer for b in builders) and not exposition._tasks:
+    """Until no build is in flight or scheduled: a scheduled one is waited for until its timer
+    is due, a running one turn by turn."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while loop.time() < deadline:
+        builders = list(exposition._builders.values())
+        timers = [b.timer for b in builders if b.timer is not None]
+        if any(b.running for b in builders) or exposition._tasks:
+            await asyncio.sleep(0)
+        elif timers:
+            await asyncio.sleep(max(0.0, min(t.when() for t in timers) - loop.time()))
+        else:
             return
-        await asyncio.sleep(0)
     raise AssertionError("the exposition never settled")
 
 
