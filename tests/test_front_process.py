@@ -132,6 +132,19 @@ def accounts(text: str) -> set[str]:
     }
 
 
+async def serves_both_accounts(port: int) -> None:
+    """Once ready, ``/metrics`` answers with both targets' series."""
+    await wait_ready(port)
+    status, text = await fetch(f"http://127.0.0.1:{port}/metrics")
+    assert status == 200
+    assert accounts(text) == {"thulium-acme", "thulium-globex"}
+
+
+async def stops_with_0(process: Process) -> None:
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 15) == 0
+
+
 @pytest.fixture
 def config(sim: Simulator, sim_url: str, write_config: Callable[..., Path]) -> Path:
     """Two targets; a short interval, so that their first runs are within a second."""
@@ -153,12 +166,8 @@ async def test_serve_mode_runs_two_processes_and_sigterm_stops_both_with_0(
         assert stat[1] == process.pid  # a child of the exporter's process
         (private,) = short_tmpdir.glob("mse-*")
         assert private.stat().st_mode & 0o777 == 0o700
-        await wait_ready(port)
-        status, text = await fetch(f"http://127.0.0.1:{port}/metrics")
-        assert status == 200
-        assert accounts(text) == {"thulium-acme", "thulium-globex"}
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 15) == 0
+        await serves_both_accounts(port)
+        await stops_with_0(process)
         assert gone(child)
         assert not list(short_tmpdir.iterdir())  # the private directory is removed
         assert events.find("the serving process exited; stopping") is None
@@ -197,12 +206,8 @@ async def test_without_a_private_socket_one_process_serves_everything(
         warning = await events.wait(FALLBACK_EVENT)
         assert warning["level"] == "warning"
         assert (await events.wait("serving"))["serving_process"] is None
-        await wait_ready(port)
-        status, text = await fetch(f"http://127.0.0.1:{port}/metrics")
-        assert status == 200
-        assert accounts(text) == {"thulium-acme", "thulium-globex"}
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 15) == 0
+        await serves_both_accounts(port)
+        await stops_with_0(process)
     assert not list(long.iterdir())  # nothing left behind
 
 
@@ -211,13 +216,9 @@ async def test_single_process_serves_and_collects_in_one_process(
 ) -> None:
     async with exporter("--config", str(config), "--single-process") as (process, port, events):
         assert (await events.wait("serving"))["serving_process"] is None
-        await wait_ready(port)
-        status, text = await fetch(f"http://127.0.0.1:{port}/metrics")
-        assert status == 200
-        assert accounts(text) == {"thulium-acme", "thulium-globex"}
+        await serves_both_accounts(port)
         assert not list(short_tmpdir.iterdir())  # no private socket made
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), 15) == 0
+        await stops_with_0(process)
         assert events.find(FALLBACK_EVENT) is None  # asked for, not a fallback
 
 
