@@ -3,8 +3,10 @@
 * ``sim``: the provider simulator with ``--targets`` Thulium tenants (4 or 5 campaigns each) and
   ``POST /_bench/latency?seconds=`` to change its injected latency between phases.
 * ``exporter``: the real exporter app (``make_exporter`` + ``build_app``, JSON logs at info to a
-  file, no background loop) pointed at the simulator, plus bench-only routes to run a collection
-  cycle and report its duration, the process's CPU time and RSS and the event loop's lag.
+  file, no background loop) pointed at the simulator, behind its serving process forked as
+  ``serve`` forks it, plus bench-only routes (on a port of the collecting process's own) to run a
+  collection cycle and report its duration, both processes' CPU time and memory and the event
+  loop's lag. It prints ``READY <serving port> <bench port>``.
 * ``reference``: a plain aiohttp server answering pre-rendered bytes (fetched from the exporter's
   ``/metrics`` once) under ``/identity``, ``/gzip``, ``/om`` and ``/om-gzip``.
 
@@ -320,9 +322,8 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
 
     async def stats(request: web.Request) -> web.Response:
         gc.collect()
-        return web.json_response(
-            {"rss": memory()["pair"], "memory": memory(), "cpu": cpu_seconds()}
-        )
+        now = memory()
+        return web.json_response({"rss": now["pair"], "memory": now, "cpu": cpu_seconds()})
 
     app.router.add_post("/_bench/cycle", cycle)
     app.router.add_post("/_bench/stop", stop)

@@ -67,8 +67,8 @@ GROUP_SIZE = 32
 REUSE_WINDOW = 1.0
 """Seconds: a scrape gets the newest complete build when that build began less than this before
 the scrape arrived (Prometheus scrapes every 15 s or so; a target is collected every minute or
-so). Builds during a cycle of 1,000 targets, with the event loop busy, can take a few hundred
-milliseconds: a window of 0.1 s sent scrapes after a late build to wait for the next one."""
+so). Four times :data:`REBUILD_INTERVAL`: the newest build stays young enough to be reused even
+when one comes late behind a busy event loop."""
 REBUILD_INTERVAL = 0.25
 """Seconds between the starts of two background builds of one content type while the store keeps
 changing and scrapes keep coming (one in the last :data:`STREAM_GAP`): well within

@@ -436,7 +436,8 @@ class Front:
         try:
             meta = json.loads(data)
             kind = meta["kind"]
-        except (ValueError, KeyError, TypeError) as exc:
+            until = float(meta.get("fresh_until") or -math.inf)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.error("ignored a malformed notice from the collecting process", error=str(exc))
             return
         if kind == "build":
@@ -449,7 +450,6 @@ class Front:
             # Identity bodies are answered only while current. A gzip one that was current until
             # now is answered for a window more (``fresh_until``). Whatever can no longer be
             # answered is dropped: a 2 MB body need not wait for the next build of its kind.
-            until = float(meta.get("fresh_until") or -math.inf)
             now = self.now()
             for key, entry in list(self._entries.items()):
                 if entry.current and entry.rendered.gzipped:
