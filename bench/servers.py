@@ -201,9 +201,7 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
     )
     exporter = make_exporter(config, autostart=False)
     app = build_app(exporter)
-    feed = front.Feed(exporter.exposition, exporter.store)
-    app.router.add_get(front.FEED_PATH, feed.handler)
-    app.on_shutdown.append(feed.close)
+    front.Feed.attach(app, exporter.exposition, exporter.store)
     monitor = LagMonitor()
     background: set[asyncio.Task[Any]] = set()
 

@@ -300,9 +300,7 @@ async def _serve(
         # The serving process faces the clients (web config, access log); this app is its
         # collecting end, on a Unix socket in a private directory.
         app = build_app(exporter)
-        feed = front.Feed(exporter.exposition, exporter.store)
-        app.router.add_get(front.FEED_PATH, feed.handler)
-        app.on_shutdown.append(feed.close)
+        front.Feed.attach(app, exporter.exposition, exporter.store)
         runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None
         )

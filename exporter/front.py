@@ -228,6 +228,14 @@ class Feed:
         for subscriber in list(self._subscribers):
             await subscriber.ws.close()
 
+    @classmethod
+    def attach(cls, app: web.Application, exposition: Exposition, store: Store) -> Feed:
+        """A feed of ``exposition`` on ``app`` (the collecting process's app), closed with it."""
+        feed = cls(exposition, store)
+        app.router.add_get(FEED_PATH, feed.handler)
+        app.on_shutdown.append(feed.close)
+        return feed
+
 
 # -- the serving process -----------------------------------------------------------------------
 
@@ -553,12 +561,10 @@ class ServingProcess:
 
     def stop(self, timeout: float = SHUTDOWN_TIMEOUT + 2) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; the exit code. Blocks: for the end only."""
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            if self._exited.is_set():
+        for send in (self.terminate, self.kill):
+            send()
+            if self._exited.wait(timeout):
                 break
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, sig)
-            self._exited.wait(timeout)
         self._exited.wait()
         self.collector.close()
         shutil.rmtree(self.directory, ignore_errors=True)
@@ -566,14 +572,15 @@ class ServingProcess:
         return self.returncode
 
     def terminate(self) -> None:
-        if not self._exited.is_set():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGTERM)
+        self._signal(signal.SIGTERM)
 
     def kill(self) -> None:
+        self._signal(signal.SIGKILL)
+
+    def _signal(self, sig: signal.Signals) -> None:
         if not self._exited.is_set():
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
+                os.kill(self.pid, sig)
 
 
 def _resolve(future: asyncio.Future[int], code: int) -> None:

@@ -64,9 +64,7 @@ class Pair:
 
 async def start_collector(exporter: Exporter, path: Path) -> web.AppRunner:
     app = build_app(exporter)
-    feed = Feed(exporter.exposition, exporter.store)
-    app.router.add_get(FEED_PATH, feed.handler)
-    app.on_shutdown.append(feed.close)
+    Feed.attach(app, exporter.exposition, exporter.store)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     await web.UnixSite(runner, str(path)).start()
