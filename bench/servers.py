@@ -3,8 +3,8 @@
 * ``sim``: the provider simulator with ``--targets`` Thulium tenants (4 or 5 campaigns each) and
   ``POST /_bench/latency?seconds=`` to change its injected latency between phases.
 * ``exporter``: the real exporter app (``make_exporter`` + ``build_app``, JSON logs at info to a
-  file, no background loop) pointed at the simulator, behind its serving process forked as
-  ``serve`` forks it, plus bench-only routes (on a port of the collecting process's own) to run a
+  file, no background loop) pointed at the simulator, behind its serving process started as
+  ``serve`` starts it, plus bench-only routes (on a port of the collecting process's own) to run a
   collection cycle and report its duration, both processes' CPU time and memory and the event
   loop's lag. It prints ``READY <serving port> <bench port>``.
 * ``reference``: a plain aiohttp server answering pre-rendered bytes (fetched from the exporter's
@@ -42,7 +42,7 @@ def tenant(index: int) -> str:
 
 
 SERVING: ServingProcess | None = None
-"""The exporter's serving process (the exporter role), as ``serve`` forks it."""
+"""The exporter's serving process (the exporter role), as ``serve`` starts it."""
 SERVING_PORT = 0
 
 
@@ -62,8 +62,8 @@ def pss_bytes(pid: int | str = "self") -> int:
 
 def memory() -> dict[str, int]:
     """The exporter's memory: each process's RSS, and ``pair``, the sum of their PSS (every
-    page once, as a cgroup's memory limit counts them: the pages the fork shares are not counted
-    twice)."""
+    page once, as a cgroup's memory limit counts them: the pages both map, such as the
+    interpreter's library, are not counted twice)."""
     result = {"collecting": rss_bytes(), "pair": pss_bytes()}
     if SERVING is not None:
         result["serving"] = rss_bytes(SERVING.pid)
@@ -201,7 +201,8 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
     )
     exporter = make_exporter(config, autostart=False)
     app = build_app(exporter)
-    front.Feed.attach(app, exporter.exposition, exporter.store)
+    assert SERVING is not None
+    front.Feed.attach(app, exporter.exposition, exporter.store, SERVING.feed)
     monitor = LagMonitor()
     background: set[asyncio.Task[Any]] = set()
 
@@ -377,13 +378,10 @@ def main() -> None:
 
     global SERVING, SERVING_PORT
     if args.role == "exporter":
-        # As ``serve`` does: with everything imported, the listening socket goes to a forked
-        # serving process.
-        import exporter.cli  # noqa: F401
-
+        # As ``serve`` does: the listening socket goes to the serving process.
         sockets = front.bind("127.0.0.1", 0, backlog=1024)
         SERVING_PORT = sockets[0].getsockname()[1]
-        SERVING = front.fork_front(sockets, "/metrics", None, "info", "json")
+        SERVING = front.spawn_front(sockets, "/metrics", None, "info", "json", backlog=1024)
         assert SERVING is not None
 
     async def run() -> None:

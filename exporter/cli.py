@@ -92,7 +92,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--single-process",
         action="store_true",
-        help="serve /metrics from the collecting process instead of a forked serving process: "
+        help="serve /metrics from the collecting process instead of a separate serving process: "
         "~18 MiB less memory; scrapes then share the event loop with the collections",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -128,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 WebConfig().telemetry_path,
                 web_config,
                 DEMO_LOG,
-                fork=not args.single_process,
+                spawn=not args.single_process,
             )
             if listening is None:
                 return EXIT_FAILED
@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.web.telemetry_path,
         web_config,
         (config.log.level, config.log.format),
-        fork=not args.single_process,
+        spawn=not args.single_process,
     )
     if listening is None:
         return EXIT_FAILED
@@ -165,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 @dataclass
 class Listening:
     """The bound listening sockets, and the serving process they were handed to (None: this
-    process serves them, see :func:`exporter.front.fork_front`)."""
+    process serves them, see :func:`exporter.front.spawn_front`)."""
 
     host: str
     port: int
@@ -184,10 +184,10 @@ def _listen(
     telemetry_path: str,
     web_config: WebConfigFile | None,
     log_: tuple[str, str],
-    fork: bool = True,
+    spawn: bool = True,
 ) -> Listening | None:
-    """Bind ``address`` and fork the serving process (before any event loop or thread), unless
-    ``fork`` is false."""
+    """Bind ``address`` and start the serving process with the sockets, unless ``spawn`` is
+    false."""
     host, port = parse_listen_address(address)
     try:
         sockets = front.bind(host, port)
@@ -195,7 +195,7 @@ def _listen(
         log.error("cannot listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
         return None
     port = sockets[0].getsockname()[1]
-    process = front.fork_front(sockets, telemetry_path, web_config, *log_) if fork else None
+    process = front.spawn_front(sockets, telemetry_path, web_config, *log_) if spawn else None
     return Listening(host, port, [] if process else sockets, process)
 
 
@@ -300,7 +300,7 @@ async def _serve(
         # The serving process faces the clients (web config, access log); this app is its
         # collecting end, on a Unix socket in a private directory.
         app = build_app(exporter)
-        front.Feed.attach(app, exporter.exposition, exporter.store)
+        front.Feed.attach(app, exporter.exposition, exporter.store, serving.feed)
         runner = web.AppRunner(
             app, handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT, access_log=None
         )

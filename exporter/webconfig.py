@@ -18,17 +18,10 @@ exporters::
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
-import hashlib
-import hmac
 import ssl
-from collections import OrderedDict
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import bcrypt
 import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -36,9 +29,13 @@ from pydantic import Field, ValidationError, field_validator
 
 from exporter.config import ConfigError, ConfigProblem, format_path
 from exporter.fields import StrictModel
-
-OPEN_PATHS = frozenset({"/healthz"})
-REALM = "messaging-stats-exporter"
+from exporter.tlsauth import (
+    CHALLENGE,
+    OPEN_PATHS,
+    BasicAuth,
+    TLSSettingError,
+    server_context,
+)
 
 ClientAuth = Literal[
     "NoClientCert",
@@ -106,83 +103,31 @@ def load_web_config(path: str | Path) -> WebConfigFile:
     return config
 
 
+def tls_settings(tls: TLSServerConfig) -> dict[str, Any]:
+    """``tls`` as plain values, as :func:`exporter.tlsauth.server_context` and the serving
+    process take them."""
+    return {
+        "cert_file": str(tls.cert_file),
+        "key_file": str(tls.key_file),
+        "client_ca_file": str(tls.client_ca_file) if tls.client_ca_file else None,
+        "client_auth_type": tls.client_auth_type,
+        "min_version": tls.min_version,
+        "max_version": tls.max_version,
+    }
+
+
 def ssl_context(tls: TLSServerConfig, source: str = "") -> ssl.SSLContext:
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.minimum_version = ssl.TLSVersion[tls.min_version.replace("TLS1", "TLSv1_")]
-    if tls.max_version is not None:
-        context.maximum_version = ssl.TLSVersion[tls.max_version.replace("TLS1", "TLSv1_")]
     try:
-        context.load_cert_chain(tls.cert_file, tls.key_file)
-    except (OSError, ssl.SSLError) as exc:
+        return server_context(tls_settings(tls))
+    except TLSSettingError as exc:
         raise ConfigError(
-            [ConfigProblem("tls_server_config.cert_file", f"cannot load ({type(exc).__name__})")],
-            source,
+            [ConfigProblem(f"tls_server_config.{exc.key}", exc.problem)], source
         ) from None
-    wants_client_cert = tls.client_auth_type != "NoClientCert"
-    if wants_client_cert and tls.client_ca_file is None:
-        raise ConfigError(
-            [
-                ConfigProblem(
-                    "tls_server_config.client_ca_file", f"required by {tls.client_auth_type}"
-                )
-            ],
-            source,
-        )
-    if tls.client_ca_file is not None:
-        try:
-            context.load_verify_locations(tls.client_ca_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(
-                [
-                    ConfigProblem(
-                        "tls_server_config.client_ca_file", f"cannot load ({type(exc).__name__})"
-                    )
-                ],
-                source,
-            ) from None
-    # Python verifies any certificate it asks for: "request" and "verify if given" are the same,
-    # and so are the two "require" modes.
-    context.verify_mode = {
-        "NoClientCert": ssl.CERT_NONE,
-        "RequestClientCert": ssl.CERT_OPTIONAL,
-        "VerifyClientCertIfGiven": ssl.CERT_OPTIONAL,
-        "RequireAnyClientCert": ssl.CERT_REQUIRED,
-        "RequireAndVerifyClientCert": ssl.CERT_REQUIRED,
-    }[tls.client_auth_type]
-    return context
 
 
-class BasicAuthCheck:
-    """Checks credentials against bcrypt hashes. bcrypt is slow by design, so a verified
-    (user, password digest) pair is remembered: a scrape every few seconds costs no bcrypt."""
-
-    CACHE_SIZE = 256
-
-    def __init__(self, users: dict[str, str]) -> None:
-        self._users = {name: hashed.encode() for name, hashed in users.items()}
-        self._verified: OrderedDict[tuple[str, bytes], bool] = OrderedDict()
-
-    async def check(self, header: str) -> bool:
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
-            return False
-        try:
-            login, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return False
-        hashed = self._users.get(login)
-        if hashed is None or not sep:
-            return False
-        key = (login, hmac.new(hashed, password.encode(), hashlib.sha256).digest())
-        if key in self._verified:
-            self._verified.move_to_end(key)
-            return self._verified[key]
-        # Off the event loop: a bcrypt check takes tens of milliseconds.
-        ok = await asyncio.to_thread(bcrypt.checkpw, password.encode(), hashed)
-        self._verified[key] = ok
-        if len(self._verified) > self.CACHE_SIZE:
-            self._verified.popitem(last=False)
-        return ok
+class BasicAuthCheck(BasicAuth):
+    """Basic auth as an aiohttp middleware (the collecting process when it serves the clients
+    itself)."""
 
     @web.middleware
     async def middleware(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -190,9 +135,7 @@ class BasicAuthCheck:
             return await handler(request)
         if not await self.check(request.headers.get("Authorization", "")):
             return web.Response(
-                status=401,
-                text="Unauthorized\n",
-                headers={"WWW-Authenticate": f'Basic realm="{REALM}"'},
+                status=401, text="Unauthorized\n", headers={"WWW-Authenticate": CHALLENGE}
             )
         return await handler(request)
 
