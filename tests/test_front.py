@@ -12,6 +12,7 @@ import base64
 import gzip
 import io
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -333,6 +334,53 @@ async def test_head_answers_the_headers_of_a_get_without_a_body(pair):
         assert (headers["content-length"], headers["content-encoding"]) == (str(size), "gzip")
         assert body == b""
         assert pair.front.forwarded == before + (accept == b"text/plain")
+
+
+async def test_a_big_body_is_written_as_the_client_reads_and_later_answers_keep_their_order(
+    pair, monkeypatch
+):
+    monkeypatch.setattr(serving, "WRITE_CHUNK", 1024)
+    resumed = []
+    resume = Connection.resume_writing
+
+    def counted(self: Connection) -> None:
+        resumed.append(self.sending is not None)
+        resume(self)
+
+    monkeypatch.setattr(Connection, "resume_writing", counted)
+    pair.fill(1)
+    await pair.scrape()  # identity, pushed afterwards
+    await pair.pushed(1)
+    body = expected(pair.exporter)
+    assert len(body) > 20 * serving.WRITE_CHUNK
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # the client reads slowly
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", pair.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    healthz = responses(head)[0]
+    await reader.readexactly(int(healthz[1]["content-length"]))
+    (connection,) = [
+        c
+        for c in pair.front.connections
+        if c.transport and c.transport.get_extra_info("peername") == sock.getsockname()
+    ]
+    assert connection.transport is not None
+    connection.transport.get_extra_info("socket").setsockopt(
+        socket.SOL_SOCKET, socket.SO_SNDBUF, 4096
+    )
+    connection.transport.set_write_buffer_limits(high=2048)
+    request = b"GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: */*\r\n\r\n"
+    writer.write(request * 2 + b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    raw = await asyncio.wait_for(reader.read(-1), 10)
+    writer.close()
+    answers = responses(raw)
+    assert [a[2] for a in answers[:2]] == [body, body]
+    assert answers[2][0] == healthz[0]
+    assert any(resumed)  # the transport asked for more of a body, more than once
+    assert pair.front.answered == 2
 
 
 @pytest.mark.parametrize(
