@@ -44,6 +44,7 @@ def tenant(index: int) -> str:
 SERVING: ServingProcess | None = None
 """The exporter's serving process (the exporter role), as ``serve`` starts it."""
 SERVING_PORT = 0
+EXPORTER_ROLE = False
 
 
 def rss_bytes(pid: int | str = "self") -> int:
@@ -89,7 +90,7 @@ async def serve(app: web.Application) -> None:
     await site.start()
     port = runner.addresses[0][1]
     if SERVING is None:
-        print(f"READY {port}", flush=True)
+        print(f"READY {port} {port}" if EXPORTER_ROLE else f"READY {port}", flush=True)
     else:
         # Scrapes go to the serving process; the bench's own routes come here directly.
         await web.SockSite(runner, SERVING.collector).start()
@@ -201,8 +202,8 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
     )
     exporter = make_exporter(config, autostart=False)
     app = build_app(exporter)
-    assert SERVING is not None
-    front.Feed.attach(app, exporter.exposition, exporter.store, SERVING.feed)
+    if SERVING is not None:
+        front.Feed.attach(app, exporter.exposition, exporter.store, SERVING.feed)
     monitor = LagMonitor()
     background: set[asyncio.Task[Any]] = set()
 
@@ -374,10 +375,16 @@ def main() -> None:
     parser.add_argument("role", choices=("sim", "exporter", "reference"))
     parser.add_argument("--targets", type=int, default=1000)
     parser.add_argument("--url", default="")
+    parser.add_argument(
+        "--single-process",
+        action="store_true",
+        help="exporter: one process, as --single-process runs it (to compare its memory)",
+    )
     args = parser.parse_args()
 
-    global SERVING, SERVING_PORT
-    if args.role == "exporter":
+    global SERVING, SERVING_PORT, EXPORTER_ROLE
+    EXPORTER_ROLE = args.role == "exporter"
+    if args.role == "exporter" and not args.single_process:
         # As ``serve`` does: the listening socket goes to the serving process.
         sockets = front.bind("127.0.0.1", 0, backlog=1024)
         SERVING_PORT = sockets[0].getsockname()[1]
