@@ -93,7 +93,7 @@ def parser() -> argparse.ArgumentParser:
         "--single-process",
         action="store_true",
         help="serve /metrics from the collecting process instead of a separate serving process: "
-        "~18 MiB less memory; scrapes then share the event loop with the collections",
+        "~12 MiB less memory; scrapes then share the event loop with the collections",
     )
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p

@@ -99,6 +99,7 @@ _NOT_FORWARDED = frozenset(
         b"host",
         b"content-length",
         b"authorization",  # checked here; the collecting process has no use for it
+        b"expect",  # the body is read already: no "100 Continue" to wait for
     }
 )
 _NOT_RETURNED = frozenset(
@@ -172,12 +173,15 @@ class Log:
             pairs = " ".join(f"{key}={value}" for key, value in fields.items())
             line = f"{stamp} [{level:<9}] {event:<40} {pairs}".rstrip()
         else:
-            line = (
-                json.dumps(
-                    {"event": event, **fields, "level": level, "logger": "exporter.serving"},
-                    default=str,
-                )[:-1]
-                + f', "timestamp": "{stamp}"}}'
+            line = json.dumps(
+                {
+                    "event": event,
+                    **fields,
+                    "level": level,
+                    "logger": "exporter.serving",
+                    "timestamp": stamp,
+                },
+                default=str,
             )
         stream = self.stream or sys.stderr
         with contextlib.suppress(OSError, ValueError):
@@ -247,7 +251,7 @@ class Front:
         self.telemetry_path = telemetry_path.encode()
         self.auth = BasicAuth(users) if users else None
         self.extra = b"".join(
-            f"{name}: {value}\r\n".encode("latin-1") for name, value in (headers or {}).items()
+            f"{name}: {value}\r\n".encode() for name, value in (headers or {}).items()
         )
         """The configured response headers, on every answer."""
         self._extra_names = {name.lower().encode() for name in (headers or {})}
@@ -503,8 +507,6 @@ async def _exchange(path: str, request: bytes, method: bytes) -> Response:
         writer.write(request)
         answer = _ResponseReader()
         parser = httptools.HttpResponseParser(answer)
-        if method == b"HEAD":
-            parser.set_dangerous_leniencies(lenient_data_after_close=True)
         while not answer.complete:
             data = await reader.read(256 * 1024)
             if not data:

@@ -141,13 +141,14 @@ class BasicAuthCheck(BasicAuth):
 
 
 def web_middlewares(web_config: WebConfigFile | None) -> list[Middleware]:
-    """Basic auth and the response headers of a web config, for the app that faces clients."""
+    """The response headers and basic auth of a web config, for the app that faces clients (the
+    headers outermost: 401s carry them too, as the serving process's do)."""
     middlewares: list[Middleware] = []
     if web_config is not None:
-        if web_config.basic_auth_users:
-            middlewares.append(BasicAuthCheck(web_config.basic_auth_users).middleware)
         if web_config.http_server_config.headers:
             middlewares.append(headers_middleware(web_config.http_server_config.headers))
+        if web_config.basic_auth_users:
+            middlewares.append(BasicAuthCheck(web_config.basic_auth_users).middleware)
     return middlewares
 
 

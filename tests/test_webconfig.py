@@ -141,6 +141,28 @@ async def test_basic_auth_guards_everything_but_healthz(aiohttp_server, make_con
             assert response.status == 200
 
 
+async def test_the_configured_headers_are_on_every_answer_401s_included(
+    aiohttp_server, make_config, tmp_path
+):
+    path = write(
+        tmp_path,
+        {
+            "basic_auth_users": {"prometheus": HASH},
+            "http_server_config": {"headers": {"X-Frame-Options": "deny"}},
+        },
+    )
+    server = await serve(aiohttp_server, make_config, path)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as session:
+        for path_, headers, status in (
+            ("/metrics", {}, 401),
+            ("/metrics", creds("prometheus", "right-password"), 200),
+            ("/healthz", {}, 200),
+        ):
+            async with session.get(path_, headers=headers) as response:
+                assert response.status == status
+                assert response.headers["X-Frame-Options"] == "deny"
+
+
 @pytest.mark.parametrize(
     ("data", "expected"),
     [
