@@ -8,13 +8,16 @@ the family, see :meth:`Store._render <exporter.store.Store._render>`), then a sm
 :class:`_Tail`): the exporter's global families, every other collector of the registry (the
 request-duration histogram, which renders itself) and ``# EOF`` for OpenMetrics.
 
-A collection that ends re-renders its target's blocks (in the store); the next build re-joins the
-pages of that target's group and the tail, so one new snapshot costs a few pages, not 10,000
-samples. Each page is deflated on its own (a sync-flushed piece of deflate stream, see
-:func:`exporter.render.deflate_piece`) and kept until the page changes: the gzip body is a gzip
-header, the kept deflated pieces, the new ones, a final block and the CRC of the identity body.
-A gzip build runs on the event loop in slices (:data:`SLICE_WEIGHT`): between two slices the loop
-serves other scrapes, so no build ever stalls it for long.
+A collection that ends re-renders its target's blocks (in the store; a block whose bytes did not
+change stays the same object); the next build marks the pages of that target's group whose blocks
+changed, so one new snapshot costs a few pages, not 10,000 samples. Each page is deflated on its
+own (a sync-flushed piece of deflate stream, see :func:`exporter.render.deflate_piece`) and the
+piece kept until the page changes: the gzip body is a gzip header, the kept deflated pieces, the
+new ones, a final block and the CRC of the identity body. The pages' bytes are not kept (the
+blocks hold that text already): a gzip build joins each page from its blocks for the CRC, and to
+deflate it when new, one page at a time. A gzip build runs on the event loop in slices
+(:data:`SLICE_WEIGHT`): between two slices the loop serves other scrapes, so no build ever stalls
+it for long.
 
 Which bytes a gzip scrape gets (per content type, see :class:`_Builder`):
 
@@ -35,7 +38,7 @@ finds them all changed, and a scrape after a cycle finds its bytes ready. With a
 (tests that scrape right after a collection) there are no background builds. The outcome of a
 config reload, and a new target list, are never served from bytes built before them.
 
-Identity bodies are joined from the pages in place, per generation. OpenMetrics escaping schemes
+Identity bodies are joined from the blocks in place, per generation. OpenMetrics escaping schemes
 that rewrite metric names (``dots``, ``values``) are rare and take the slow road: prometheus_client
 renders the registry, and the whole body is compressed in a thread.
 """
@@ -47,9 +50,11 @@ import gzip
 import math
 import time
 import zlib
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import compress, count
+from operator import is_not
 
 import structlog
 from prometheus_client import CollectorRegistry
@@ -159,22 +164,44 @@ class _Builder:
 
 
 class _Group:
-    """Consecutive targets and, per family, their blocks joined (a page) and its deflated piece."""
+    """Consecutive targets and, per family, their page: its blocks (one per target), its size,
+    version and deflated piece. The page's bytes are not kept: a build joins them from the blocks
+    when it needs them. A page changes when one of its blocks does: a target's block is another
+    object only when its bytes changed (see ``Store._render``)."""
 
-    __slots__ = ("deflated", "pages", "targets")
+    __slots__ = ("blocks", "columns", "deflated", "sizes", "targets", "versions")
 
     def __init__(self, targets: Sequence[TargetState], width: int) -> None:
         self.targets = targets
-        self.pages: list[bytes] = [b""] * width
+        self.blocks: list[tuple[bytes, ...]] = [target.blocks for target in targets]
+        """Each target's blocks as of the last :meth:`refresh`."""
+        self.columns: list[tuple[bytes, ...]] = [()] * width
+        """Each family's page, as the blocks to join (empty for an empty page)."""
+        self.sizes = [0] * width
         self.deflated: list[bytes | None] = [b""] * width
-        self.refresh()
+        """A page's deflated piece, b"" for an empty page, None until deflated."""
+        self.versions = [0] * width
+        self._update(range(width))
 
     def refresh(self) -> None:
-        for slot in range(len(self.pages)):
-            page = b"".join([target.blocks[slot] for target in self.targets])
-            if page != self.pages[slot]:
-                self.pages[slot] = page
-                self.deflated[slot] = None if page else b""
+        blocks = self.blocks
+        changed: set[int] = set()
+        for index, target in enumerate(self.targets):
+            new, old = target.blocks, blocks[index]
+            if new is old:
+                continue
+            blocks[index] = new
+            changed.update(compress(count(), map(is_not, old, new)))
+        self._update(changed)
+
+    def _update(self, slots: Iterable[int]) -> None:
+        for slot in slots:
+            column = tuple([blocks[slot] for blocks in self.blocks])
+            size = sum(map(len, column))
+            self.columns[slot] = column if size else ()
+            self.sizes[slot] = size
+            self.versions[slot] += 1
+            self.deflated[slot] = None if size else b""
 
 
 class _One(Collector):
@@ -319,7 +346,7 @@ class Exposition:
                 return self._plain(encoder, content_type)
             if _openmetrics_fast(content_type) is None:
                 generation = self._generation
-                job = _GzipJob([], [], [], whole=self._plain(encoder, content_type).body)
+                job = _GzipJob([], [], [], 0, whole=self._plain(encoder, content_type).body)
                 result = await loop.run_in_executor(_deflate_thread(), job.run)
                 return self._finish_gzip(content_type, job, result, generation)
             builder = self._builders.get(content_type)
@@ -516,18 +543,19 @@ class Exposition:
             tail = self._tails[content_type] = self._tail.render(encoder, openmetrics_)
         return tail
 
-    def _pieces(self, openmetrics_: bool) -> list[tuple[bytes, _Group | None, int]]:
-        """The body's pieces before the tail: (bytes, the group holding it or None for a header,
-        the family's slot)."""
+    def _pages(self, openmetrics_: bool) -> list[tuple[Sequence[bytes], _Group | None, int]]:
+        """The body's pieces before the tail, each a header or a page: (its blocks, the group
+        holding it or None for a header, the family's slot)."""
         headers = self._headers[openmetrics_]
         provider_families = self._store.provider_family_count
-        pieces: list[tuple[bytes, _Group | None, int]] = []
+        groups = self._groups
+        pieces: list[tuple[Sequence[bytes], _Group | None, int]] = []
         for slot, header in enumerate(headers):
-            pages = [(group.pages[slot], group) for group in self._groups if group.pages[slot]]
-            if not pages and slot < provider_families:
+            shown = [group for group in groups if group.sizes[slot]]
+            if not shown and slot < provider_families:
                 continue  # a provider family with no samples is not shown
-            pieces.append((header, None, slot))
-            pieces.extend((page, group, slot) for page, group in pages)
+            pieces.append(((header,), None, slot))
+            pieces.extend((group.columns[slot], group, slot) for group in shown)
         return pieces
 
     def _plain(self, encoder: Encoder, content_type: str) -> Rendered:
@@ -538,11 +566,11 @@ class Exposition:
         if openmetrics_ is None:
             body = encoder(self._registry)
         else:
-            pieces = self._pieces(openmetrics_)
-            body = b"".join(
-                [piece for piece, _, _ in pieces]
-                + [self._tail_bytes(encoder, content_type, openmetrics_)]
-            )
+            blocks: list[bytes] = []
+            for page, _, _ in self._pages(openmetrics_):
+                blocks += page
+            blocks.append(self._tail_bytes(encoder, content_type, openmetrics_))
+            body = b"".join(blocks)
         self._count_render(content_type)
         plain = self._cache[(content_type, False)] = Rendered(content_type, body, gzipped=False)
         self._built(plain, self.now(), self._generation)
@@ -551,26 +579,31 @@ class Exposition:
     def _gzip_job(self, encoder: Encoder, content_type: str) -> _GzipJob:
         openmetrics_ = _openmetrics_fast(content_type)
         if openmetrics_ is None:
-            return _GzipJob([], [], [], whole=self._plain(encoder, content_type).body)
+            return _GzipJob([], [], [], 0, whole=self._plain(encoder, content_type).body)
         self._count_render(content_type)
         deflated_headers = self._deflated_headers[openmetrics_]
-        pieces: list[bytes] = []
+        pieces: list[Sequence[bytes]] = []
         parts: list[bytes | None] = []
-        todo: list[tuple[int, bytes, _Group, int]] = []
-        for piece, group, slot in self._pieces(openmetrics_):
-            pieces.append(piece)
+        todo: list[tuple[int, _Group, int, int]] = []
+        size = deflate = 0
+        for blocks, group, slot in self._pages(openmetrics_):
             if group is None:
+                size += len(blocks[0])
                 parts.append(deflated_headers[slot])
-                continue
-            known = group.deflated[slot]
-            if known is None:
-                todo.append((len(parts), piece, group, slot))
-            parts.append(known)
+            else:
+                page_size = group.sizes[slot]
+                size += page_size
+                known = group.deflated[slot]
+                if known is None:
+                    todo.append((len(parts), group, slot, group.versions[slot]))
+                    deflate += page_size
+                parts.append(known)
+            pieces.append(blocks)
         tail = self._tail_bytes(encoder, content_type, openmetrics_)
-        pieces.append(tail)
-        todo.append((len(parts), tail, _NO_GROUP, -1))
+        pieces.append((tail,))
         parts.append(None)
-        return _GzipJob(pieces, parts, todo)
+        size += len(tail)
+        return _GzipJob(pieces, parts, todo, deflate + len(tail) + size // CRC_DISCOUNT)
 
     def _count_render(self, content_type: str) -> None:
         if content_type not in self._rendered:
@@ -580,8 +613,8 @@ class Exposition:
     def _finish_gzip(
         self, content_type: str, job: _GzipJob, result: bytes, generation: int
     ) -> Rendered:
-        for index, piece, group, slot in job.todo:
-            if group is not _NO_GROUP and group.pages[slot] is piece:
+        for index, group, slot, version in job.todo:
+            if group.versions[slot] == version:
                 group.deflated[slot] = job.parts[index]
         packed = Rendered(content_type, result, gzipped=True)
         if generation == self._generation == self._store.generation:
@@ -589,19 +622,20 @@ class Exposition:
         return packed
 
 
-_NO_GROUP = _Group((), 0)
-
-
 class _GzipJob:
     """Deflating what is not deflated yet, the CRC of the body, one gzip member: pure bytes
-    work on immutable inputs, safe in a thread. ``whole`` is a body deflated at once (the slow
-    road)."""
+    work on immutable inputs, safe in a thread. ``pieces`` are the body's pieces (each the blocks
+    of a header, a page or the tail), ``parts`` their deflated bytes (None: to deflate), ``todo``
+    the pages to deflate (part index, group, slot, version: see :meth:`Exposition._finish_gzip`)
+    and ``weight`` the work (see :data:`SLICE_WEIGHT`). ``whole`` is a body deflated at once (the
+    slow road)."""
 
     def __init__(
         self,
-        pieces: list[bytes],
+        pieces: list[Sequence[bytes]],
         parts: list[bytes | None],
-        todo: list[tuple[int, bytes, _Group, int]],
+        todo: list[tuple[int, _Group, int, int]],
+        weight: int,
         whole: bytes | None = None,
     ) -> None:
         self.pieces = pieces
@@ -609,9 +643,7 @@ class _GzipJob:
         self.todo = todo
         self.whole = whole
         self._crc, self._size = 0, 0
-        self.weight = sum(len(piece) for _, piece, _, _ in todo) + sum(map(len, pieces)) // (
-            CRC_DISCOUNT
-        )
+        self.weight = weight
         """The work of :meth:`run`, in bytes deflated (see :data:`SLICE_WEIGHT`)."""
         self.slice_weight = SLICE_WEIGHT
         """The work :meth:`run_sliced` does between two yields; may change while it runs."""
@@ -631,20 +663,19 @@ class _GzipJob:
         return self._member()
 
     def _steps(self) -> Iterator[None]:
-        """Deflates the new pieces and sums the CRC, pausing (yielding) after each slice."""
+        """Joins each piece (the page is not kept), sums its CRC and deflates it when new,
+        pausing (yielding) after each slice."""
         weight = 0
         parts = self.parts
-        for index, piece, _, _ in self.todo:
-            parts[index] = deflate_piece(piece)
-            weight += len(piece)
-            if weight >= self.slice_weight:
-                weight = 0
-                yield
         crc, size = 0, 0
-        for piece in self.pieces:
+        for index, blocks in enumerate(self.pieces):
+            piece = blocks[0] if len(blocks) == 1 else b"".join(blocks)
             crc = zlib.crc32(piece, crc)
             size += len(piece)
             weight += len(piece) // CRC_DISCOUNT
+            if parts[index] is None:
+                parts[index] = deflate_piece(piece)
+                weight += len(piece)
             if weight >= self.slice_weight:
                 weight = 0
                 yield

@@ -81,27 +81,32 @@ class Snapshot:
     error: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class TargetState:
     config: TargetConfig
     latest: Snapshot | None = None
     """The last collection's outcome, without its samples (they live on in ``series``)."""
     last_success: float | None = None
-    # Each series' value, and when a collection last delivered it. Floats and keys that live as
-    # long as the series (see ``prefixes``): a collection adds no object for the garbage
-    # collector to scan again and again.
+    # Each series' value, and when a collection last delivered it: after a success, ``seen`` is
+    # empty (every series was delivered at ``last_success``); after a failure it has every key of
+    # ``series``. Floats and keys that live as long as the series (see ``line_keys``): a
+    # collection adds no object for the garbage collector to scan again and again.
     series: dict[SeriesKey, float] = field(default_factory=dict)
     seen: dict[SeriesKey, float] = field(default_factory=dict)
-    errors: dict[Reason, int] = field(default_factory=lambda: dict.fromkeys(Reason, 0))
-    # The rendered samples of this target, one block per family of ``Store.families``.
+    # Failed collections by reason, only those that happened (a missing reason counts 0).
+    errors: dict[Reason, int] = field(default_factory=dict)
+    # The rendered samples of this target, one block per family of ``Store.families``. A block
+    # that renders to the same bytes again is the same object (the exposition compares blocks by
+    # identity).
     blocks: tuple[bytes, ...] = ()
     # When the visible series next change by time alone (a failing target's samples go stale).
     expires: float = math.inf
-    # Each visible series' family slot, line prefix and key (the one key object kept while the
+    # The key of each line of the provider families' blocks, in block order: with the blocks, a
+    # series' line prefix (``name{labels} ``), kept only there (the one key object kept while the
     # series lives).
-    prefixes: dict[SeriesKey, tuple[int, str, SeriesKey]] = field(default_factory=dict)
-    # The line prefixes of its success, duration, last success and (per reason) errors series.
-    self_prefixes: tuple[str, ...] = ()
+    line_keys: tuple[SeriesKey, ...] = ()
+    # The sum of ``errors`` when they were last rendered.
+    error_count: int = 0
 
     def visible(self, now: float) -> Iterator[tuple[SeriesKey, float]]:
         """The series to serve: all of them after a success; after a failure, those delivered
@@ -125,6 +130,11 @@ class TargetState:
             (seen + stale_after for seen in self.seen.values() if seen > horizon),
             default=math.inf,
         )
+
+
+def _prefix(block: bytes, family: FamilyFormat, values: Sequence[str]) -> bytes:
+    """The line prefix of the one line of ``block``, or ``family``'s for ``values`` when empty."""
+    return block[: block.rindex(b" ") + 1] if block else family.prefix(values).encode()
 
 
 class Store:
@@ -194,7 +204,8 @@ class Store:
         specs = self._specs.get(snapshot.provider, {})
         finished = snapshot.started_at + snapshot.duration
         delivered: dict[SeriesKey, float] = {}
-        known = state.prefixes
+        # The key objects kept already (so that a series keeps its first one).
+        known = {key: key for key in state.series} if snapshot.samples else {}
         for sample in snapshot.samples:
             spec = specs.get(sample.metric)
             if spec is None or len(spec.labels) != len(sample.labels):
@@ -206,17 +217,19 @@ class Store:
                 )
                 continue
             key = (sample.metric, sample.labels)
-            entry = known.get(key)
-            delivered[entry[2] if entry is not None else key] = sample.value
+            delivered[known.get(key, key)] = sample.value
         if snapshot.ok:
             state.series = delivered
-            state.seen = dict.fromkeys(delivered, finished)
+            state.seen = {}
             state.last_success = finished
         else:
+            seen = state.seen
+            if state.latest is None or state.latest.ok:
+                seen = dict.fromkeys(state.series, state.last_success or 0.0)
             state.series = {**state.series, **delivered}
-            state.seen = {**state.seen, **dict.fromkeys(delivered, finished)}
+            state.seen = {**seen, **dict.fromkeys(delivered, finished)}
             if snapshot.reason is not None:
-                state.errors[snapshot.reason] += 1
+                state.errors[snapshot.reason] = state.errors.get(snapshot.reason, 0) + 1
         state.latest = replace(snapshot, samples=()) if snapshot.samples else snapshot
         self._render(state, self._clock.time())
         self._dirty.add(snapshot.target)
@@ -255,13 +268,24 @@ class Store:
 
     def _render(self, state: TargetState, now: float) -> None:
         """Render the target's blocks (what :meth:`provider_families` and the per-target part of
-        :meth:`self_families` would show of it at ``now``)."""
+        :meth:`self_families` would show of it at ``now``).
+
+        A series' line prefix (``name{labels} ``) is made once, when the series first shows;
+        afterwards it is taken from the series' line in the previous blocks (a line is its prefix,
+        then the value, which has no space), so that its label text is kept once, in the blocks.
+        A block that renders to the same bytes again stays the same object."""
         families = self.families
-        lines: list[list[str]] = [[] for _ in families]
+        base = self.provider_family_count
         slots = self._slots
         account = state.config.name
-        old = state.prefixes
-        kept: dict[SeriesKey, tuple[int, str, SeriesKey]] = {}
+        old = state.blocks
+        known: dict[SeriesKey, bytes] = {}
+        if state.line_keys:
+            old_lines = b"".join(old[:base]).split(b"\n")
+            known = {
+                key: line[: line.rindex(b" ") + 1]
+                for key, line in zip(state.line_keys, old_lines, strict=False)
+            }
         expires = math.inf
         latest = state.latest
         if latest is None or latest.ok:
@@ -279,38 +303,69 @@ class Store:
             visible = fresh
             # Never "due" already: a boundary rounding the other way must not re-render forever.
             expires = max(expires, math.nextafter(now, math.inf))
+        # Per provider family slot: its lines and their series' keys.
+        shown: dict[int, tuple[list[bytes], list[SeriesKey]]] = {}
         for key, value in visible:
-            entry = old.get(key)
+            slot = slots[key[0]]
+            prefix = known.get(key)
+            if prefix is None:
+                prefix = families[slot].prefix((account, *key[1])).encode()
+            entry = shown.get(slot)
             if entry is None:
-                metric, labels = key
-                slot = slots[metric]
-                entry = (slot, families[slot].prefix((account, *labels)), key)
-            kept[key] = entry
-            lines[entry[0]].append(entry[1] + format_value(value))
-        state.prefixes = kept
-        base = self.provider_family_count
-        if not state.self_prefixes:
-            pair = (state.config.provider, account)
-            state.self_prefixes = (
-                SUCCESS.prefix(pair),
-                DURATION.prefix(pair),
-                LAST_SUCCESS.prefix(pair),
-                INTERVAL.prefix(pair),
-                *(ERRORS.prefix((*pair, str(reason))) for reason in Reason),
-            )
-        success, duration, last_success, interval, *errors = state.self_prefixes
+                entry = shown[slot] = ([], [])
+            entry[0].append(prefix + format_value(value).encode())
+            entry[1].append(key)
+        blocks = [b""] * len(families)
+        line_keys: list[SeriesKey] = []
+        for slot in sorted(shown):
+            slot_lines, slot_keys = shown[slot]
+            block = b"\n".join(slot_lines) + b"\n"
+            blocks[slot] = old[slot] if old and old[slot] == block else block
+            line_keys += slot_keys
+        state.line_keys = tuple(line_keys)
+        pair = (state.config.provider, account)
+        if old:
+            success, duration, last_success, interval, errors = old[base:]
+        else:
+            success = duration = last_success = interval = errors = b""
         if latest is not None:
-            lines[base].append(success + ("1.0" if latest.ok else "0.0"))
-            lines[base + 1].append(duration + format_value(latest.duration))
+            line = _prefix(success, SUCCESS, pair) + (b"1.0\n" if latest.ok else b"0.0\n")
+            blocks[base] = success if line == success else line
+            line = b"%s%s\n" % (
+                _prefix(duration, DURATION, pair),
+                format_value(latest.duration).encode(),
+            )
+            blocks[base + 1] = duration if line == duration else line
         if state.last_success is not None:
-            lines[base + 2].append(last_success + format_value(state.last_success))
-        lines[base + 3].append(interval + format_value(state.config.interval))
-        error_lines = lines[base + 4]
-        for prefix, count in zip(errors, state.errors.values(), strict=True):
-            error_lines.append(prefix + format_value(count))
-        state.blocks = tuple(
-            ("\n".join(block) + "\n").encode() if block else b"" for block in lines
+            line = b"%s%s\n" % (
+                _prefix(last_success, LAST_SUCCESS, pair),
+                format_value(state.last_success).encode(),
+            )
+            blocks[base + 2] = last_success if line == last_success else line
+        # A target's interval never changes (another config is another state); its error counts
+        # only grow, so their sum tells whether one did.
+        blocks[base + 3] = interval or b"%s%s\n" % (
+            INTERVAL.prefix(pair).encode(),
+            format_value(state.config.interval).encode(),
         )
+        error_count = sum(state.errors.values())
+        if errors and error_count == state.error_count:
+            blocks[base + 4] = errors
+        else:
+            prefixes = (
+                [line[: line.rindex(b" ") + 1] for line in errors.split(b"\n")[:-1]]
+                if errors
+                else [ERRORS.prefix((*pair, str(reason))).encode() for reason in Reason]
+            )
+            counts = [state.errors.get(reason, 0) for reason in Reason]
+            blocks[base + 4] = b"".join(
+                [
+                    b"%s%s\n" % (prefix, format_value(count).encode())
+                    for prefix, count in zip(prefixes, counts, strict=True)
+                ]
+            )
+            state.error_count = error_count
+        state.blocks = tuple(blocks)
         state.expires = expires
         if expires == math.inf:
             self._expiring.pop(account, None)
@@ -352,8 +407,8 @@ class Store:
             if state.last_success is not None:
                 last_success.add_metric(key, state.last_success)
             interval.add_metric(key, state.config.interval)
-            for reason, count in state.errors.items():
-                errors.add_metric((*key, str(reason)), float(count))
+            for reason in Reason:
+                errors.add_metric((*key, str(reason)), float(state.errors.get(reason, 0)))
         yield from (success, duration, last_success, interval, errors)
         yield from self.global_families()
 
