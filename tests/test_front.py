@@ -318,6 +318,20 @@ async def test_pipelined_requests_are_answered_in_order_pushed_and_forwarded_ali
     assert all("date" in headers for _, headers, _ in answers)
 
 
+@pytest.mark.parametrize("writelines", [True, False], ids=["writelines", "joined"])
+async def test_pushed_bytes_are_written_whole_either_way(pair, monkeypatch, writelines):
+    """On Python >= 3.12.9 an answer goes out with ``writelines``, before as one joined write
+    (here, on whichever Python runs the tests, both roads)."""
+    monkeypatch.setattr(serving, "SAFE_WRITELINES", writelines)
+    pair.fill(1)
+    for headers in ({}, GZIP):
+        await pair.scrape(**headers)
+    await pair.pushed(2)
+    for headers in ({}, GZIP):
+        got, answered = await pair.scrape(**headers)
+        assert (got, answered) == (expected(pair.exporter), True)
+
+
 async def test_head_answers_the_headers_of_a_get_without_a_body(pair):
     pair.fill(1)
     get = await pair.client.get("/metrics", headers=GZIP, auto_decompress=False)
