@@ -61,6 +61,19 @@ def server_context(settings: dict[str, Any]) -> ssl.SSLContext:
     return context
 
 
+def basic_credentials(header: str) -> tuple[str, str] | None:
+    """The user and password of a ``Basic`` ``Authorization`` header; None for another scheme, a
+    value that is not base64 of UTF-8, or one without a colon (no password)."""
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        login, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (login, password) if sep else None
+
+
 class BasicAuth:
     """Checks ``Authorization`` headers against bcrypt hashes. bcrypt is slow by design, so a
     verified (user, password digest) pair is remembered: a scrape every few seconds costs no
@@ -74,15 +87,12 @@ class BasicAuth:
 
     def _parse(self, header: str) -> tuple[tuple[str, bytes], bytes, bytes] | None:
         """(cache key, password, hash) of a header naming a known user, else None."""
-        scheme, _, encoded = header.partition(" ")
-        if scheme.lower() != "basic":
+        credentials = basic_credentials(header)
+        if credentials is None:
             return None
-        try:
-            login, sep, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-        except (binascii.Error, UnicodeDecodeError):
-            return None
+        login, password = credentials
         hashed = self._users.get(login)
-        if hashed is None or not sep:
+        if hashed is None:
             return None
         secret = password.encode()
         return (login, hmac.new(hashed, secret, hashlib.sha256).digest()), secret, hashed

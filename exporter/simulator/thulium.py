@@ -7,14 +7,13 @@ progress a little at every call, as a dialer working through its records would.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
 
 from exporter.simulator import SIMULATOR, Simulator, request_fault
+from exporter.tlsauth import basic_credentials
 
 PROVIDER = "thulium"
 
@@ -66,15 +65,7 @@ def _error(status: int, message: str, code: int) -> web.Response:
 
 
 def _credentials(request: web.Request) -> tuple[str, str] | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, encoded = header.partition(" ")
-    if scheme.lower() != "basic":
-        return None
-    try:
-        user, _, password = base64.b64decode(encoded, validate=True).decode().partition(":")
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    return user, password
+    return basic_credentials(request.headers.get("Authorization", ""))
 
 
 async def outbound_stats(request: web.Request) -> web.Response:
