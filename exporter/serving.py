@@ -711,7 +711,10 @@ class Connection(asyncio.Protocol):
         assert transport is not None
         if transport.is_closing():
             return
-        keep = request.keep_alive and not self.closing and not self.front.stopping
+        # Open after this answer while the client wants it, or while answers it already asked
+        # for are due (after a request that cannot be read, say).
+        more = not self.closing or bool(self.queue)
+        keep = request.keep_alive and not self.front.stopping and more
         tail = b"Date: " + _date() + (b"\r\n\r\n" if keep else b"\r\nConnection: close\r\n\r\n")
         head = response.head if response.head is not None else self._head(response)
         if request.method == b"HEAD" or not response.body:

@@ -422,6 +422,21 @@ async def test_requests_that_cannot_be_read_get_their_status_and_the_connection_
     assert pair.front.forwarded == 0
 
 
+async def test_the_answers_before_a_request_that_cannot_be_read_are_all_given(pair):
+    raw = await exchange(
+        pair.port,
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"  # forwarded: answered later
+        b"GET /readyz HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"NOT HTTP AT ALL\r\n\r\n",
+    )
+    statuses = [status for status, _, _ in responses(raw)]
+    assert statuses == [
+        "HTTP/1.1 200 OK",
+        "HTTP/1.1 503 Service Unavailable",
+        "HTTP/1.1 400 Bad Request",
+    ]
+
+
 async def test_http_1_0_without_keep_alive_is_closed_after_its_answer(pair):
     raw = await exchange(pair.port, b"GET /healthz HTTP/1.0\r\n\r\n")
     assert raw.startswith(b"HTTP/1.1 200 OK")
