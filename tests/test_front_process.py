@@ -1,5 +1,6 @@
-"""The serving process (exporter.front) as a user runs it: two real processes on loopback, their
-JSON log lines read from stderr, their lifecycle watched through /proc."""
+"""The serving process (exporter.serving, started by exporter.front) as a user runs it: two real
+processes on loopback, their JSON log lines read from stderr, their lifecycle watched through
+/proc."""
 
 from __future__ import annotations
 
