@@ -9,15 +9,15 @@ the family, see :meth:`Store._render <exporter.store.Store._render>`), then a sm
 request-duration histogram, which renders itself) and ``# EOF`` for OpenMetrics.
 
 A collection that ends re-renders its target's blocks (in the store; a block whose bytes did not
-change stays the same object); the next build marks the pages of that target's group whose blocks
-changed, so one new snapshot costs a few pages, not 10,000 samples. Each page is deflated on its
-own (a sync-flushed piece of deflate stream, see :func:`exporter.render.deflate_piece`) and the
-piece kept until the page changes: the gzip body is a gzip header, the kept deflated pieces, the
-new ones, a final block and the CRC of the identity body. The pages' bytes are not kept (the
-blocks hold that text already): a gzip build joins each page from its blocks for the CRC, and to
-deflate it when new, one page at a time. A gzip build runs on the event loop in slices
-(:data:`SLICE_WEIGHT`): between two slices the loop serves other scrapes, so no build ever stalls
-it for long.
+change stays the same object); the store's change notice marks the pages of that target's group
+whose blocks changed, so one new snapshot costs a few pages, not 10,000 samples. Each page is
+deflated on its own (a sync-flushed piece of deflate stream, see
+:func:`exporter.render.deflate_piece`) and the piece kept until the page changes: the gzip body is
+a gzip header, the kept deflated pieces, the new ones, a final block and the CRC of the identity
+body. The pages' bytes are not kept (the blocks hold that text already): a gzip build joins each
+page from its blocks for the CRC, and to deflate it when new, one page at a time. A gzip build
+runs on the event loop in slices (:data:`SLICE_WEIGHT`): between two slices the loop serves other
+scrapes, so no build ever stalls it for long.
 
 Which bytes a gzip scrape gets (per content type, see :class:`_Builder`):
 
@@ -183,16 +183,12 @@ class _Group:
         self.versions = [0] * width
         self._update(range(width))
 
-    def refresh(self) -> None:
-        blocks = self.blocks
-        changed: set[int] = set()
-        for index, target in enumerate(self.targets):
-            new, old = target.blocks, blocks[index]
-            if new is old:
-                continue
-            blocks[index] = new
-            changed.update(compress(count(), map(is_not, old, new)))
-        self._update(changed)
+    def refresh(self, index: int) -> None:
+        """Take the new blocks of the group's ``index``-th target."""
+        new, old = self.targets[index].blocks, self.blocks[index]
+        if new is not old:
+            self.blocks[index] = new
+            self._update(compress(count(), map(is_not, old, new)))
 
     def _update(self, slots: Iterable[int]) -> None:
         for slot in slots:
@@ -280,7 +276,8 @@ class Exposition:
         self._layout = -1
         self._epoch = 0
         self._groups: list[_Group] = []
-        self._group_of: dict[str, _Group] = {}
+        self._group_of: dict[str, tuple[_Group, int]] = {}
+        """Each target's group and place in it."""
         self._cache: dict[tuple[str, bool], Rendered] = {}
         self._tails: dict[str, bytes] = {}
         self._builders: dict[str, _Builder] = {}
@@ -453,6 +450,11 @@ class Exposition:
         self._schedule(content_type, builder)
 
     def _store_changed(self) -> None:
+        if self._store.layout == self._layout:
+            # Now, not at the next build: the target's previous blocks are then free at once (a
+            # cycle that records many targets before a build would otherwise hold both copies of
+            # their text until it; measured, 1.2 MiB more at the peak with 1,000 targets).
+            self._take_renders()
         if self.on_change is not None:
             self.on_change()
         if not self._builders or self.reuse_window <= 0:
@@ -528,14 +530,19 @@ class Exposition:
                 for start in range(0, len(targets), GROUP_SIZE)
             ]
             self._group_of = {
-                target.config.name: group for group in self._groups for target in group.targets
+                target.config.name: (group, index)
+                for group in self._groups
+                for index, target in enumerate(group.targets)
             }
             return
-        dirty = {
-            id(group): group for name in store.take_dirty() if (group := self._group_of.get(name))
-        }
-        for group in dirty.values():
-            group.refresh()
+        self._take_renders()
+
+    def _take_renders(self) -> None:
+        """The pages of the targets the store re-rendered since the last call."""
+        for name in self._store.take_dirty():
+            place = self._group_of.get(name)
+            if place is not None:
+                place[0].refresh(place[1])
 
     def _tail_bytes(self, encoder: Encoder, content_type: str, openmetrics_: bool) -> bytes:
         tail = self._tails.get(content_type)
