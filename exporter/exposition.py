@@ -692,15 +692,6 @@ class _GzipJob:
         return gzip_member([part for part in self.parts if part], self._crc, self._size)
 
 
-def fast_key(accept: str, accept_encoding: str) -> tuple[str, bool] | None:
-    """The (content type, gzip) that these request headers negotiate, or None for the slow road
-    (an escaping scheme that rewrites metric names)."""
-    _, content_type = choose_encoder(accept)
-    if _openmetrics_fast(content_type) is None:
-        return None
-    return content_type, _accepts_gzip(accept_encoding)
-
-
 def _openmetrics_fast(content_type: str) -> bool | None:
     """Whether the negotiated format is OpenMetrics (else the text format), or None when its
     escaping scheme rewrites metric names (the slow road)."""
