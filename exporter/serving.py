@@ -432,8 +432,14 @@ class Front:
                     raise TypeError("content_type is not a string")
                 gzipped = bool(meta["gzip"])
                 until = meta["fresh_until"]
+                headers = [
+                    (b"Content-Type", content_type.encode("latin-1")),
+                    (b"Vary", b"Accept, Accept-Encoding"),
+                ]
+                if gzipped:
+                    headers.append((b"Content-Encoding", b"gzip"))
                 entry = Entry(
-                    self._head(content_type, gzipped, len(body)),
+                    self.head(Response(200, headers, body)),
                     body,
                     gzipped,
                     -math.inf if until is None else float(until),
@@ -465,16 +471,19 @@ class Front:
             if entry.fresh_until <= now:
                 del self.entries[key]
 
-    def _head(self, content_type: str, gzipped: bool, size: int) -> bytes:
-        head = [
-            b"HTTP/1.1 200 OK",
-            b"Content-Type: " + content_type.encode("latin-1"),
-            b"Vary: Accept, Accept-Encoding",
-        ]
-        if gzipped:
-            head.append(b"Content-Encoding: gzip")
-        head.append(b"Content-Length: %d" % size)
-        return b"\r\n".join(head) + b"\r\n" + self.extra
+    def head(self, response: Response) -> bytes:
+        """The status line and headers of ``response`` with the configured ones (whose values
+        win), but ``Date`` and the connection's."""
+        reason = response.reason or _REASONS.get(response.status, b"Unknown")
+        lines = [b"HTTP/1.1 %d %s" % (response.status, reason)]
+        extra = self.extra
+        for name, value in response.headers:
+            if extra and name.lower() in self._extra_names:
+                continue
+            lines.append(name + b": " + value)
+        length = len(response.body) if response.length is None else response.length
+        lines.append(b"Content-Length: %d" % length)
+        return b"\r\n".join(lines) + b"\r\n" + extra
 
 
 def text_response(status: int, text: str, headers: Iterable[tuple[bytes, bytes]] = ()) -> Response:
@@ -716,7 +725,7 @@ class Connection(asyncio.Protocol):
         more = not self.closing or bool(self.queue)
         keep = request.keep_alive and not self.front.stopping and more
         tail = b"Date: " + _date() + (b"\r\n\r\n" if keep else b"\r\nConnection: close\r\n\r\n")
-        head = response.head if response.head is not None else self._head(response)
+        head = response.head if response.head is not None else self.front.head(response)
         if request.method == b"HEAD" or not response.body:
             transport.write(head + tail)
         else:
@@ -746,18 +755,6 @@ class Connection(asyncio.Protocol):
             self.transport.close()
         else:
             self._touch()
-
-    def _head(self, response: Response) -> bytes:
-        reason = response.reason or _REASONS.get(response.status, b"Unknown")
-        lines = [b"HTTP/1.1 %d %s" % (response.status, reason)]
-        extra = self.front.extra
-        for name, value in response.headers:
-            if extra and name.lower() in self.front._extra_names:
-                continue  # the configured value wins
-            lines.append(name + b": " + value)
-        length = len(response.body) if response.length is None else response.length
-        lines.append(b"Content-Length: %d" % length)
-        return b"\r\n".join(lines) + b"\r\n" + extra
 
 
 _OPEN = frozenset(path.encode() for path in OPEN_PATHS)

@@ -471,6 +471,14 @@ async def test_the_configured_headers_and_basic_auth_apply_to_every_answer(pair)
                 if response.status == 401:
                     assert response.headers["WWW-Authenticate"].startswith("Basic realm=")
             assert statuses == [401, 401, 200, 200, 200]
+            while front.messages < 1:  # the build of those scrapes, pushed
+                front.received.clear()
+                await asyncio.wait_for(front.received.wait(), 10)
+            before = front.answered
+            response = await client.get("/metrics", headers={"Authorization": good})
+            await response.read()
+            assert front.answered == before + 1  # from pushed bytes, with the configured header
+            assert response.headers["X-Frame-Options"] == "deny"
     finally:
         server.close()
         await front.stop()
