@@ -58,6 +58,8 @@ def _duration(text: str) -> float:
 
 
 PACED = ROOT / "bench" / "paced.lua"
+SHORT_SLICE = True
+"""wrk runs with the shortest time slice (``bench.sliced``); ``--wrk-default-slice``: not."""
 
 
 async def wrk(
@@ -72,8 +74,10 @@ async def wrk(
         args += ["-s", str(PACED)]
     for name, value in headers.items():
         args += ["-H", f"{name}: {value}"]
+    if SHORT_SLICE:
+        args = [sys.executable, "-m", "bench.sliced", *args]
     process = await asyncio.create_subprocess_exec(
-        *args, url, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        *args, url, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT
     )
     out = (await process.communicate())[0].decode()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
@@ -184,8 +188,16 @@ async def main() -> int:
         action="store_false",
         help="do not gc.freeze() the exporter after its first cycle",
     )
+    parser.add_argument(
+        "--wrk-default-slice",
+        dest="short_slice",
+        action="store_false",
+        help="run wrk with the kernel's default time slice, not the shortest",
+    )
     parser.add_argument("--logs", type=Path, default=Path("/tmp/bench-logs"))
     args = parser.parse_args()
+    global SHORT_SLICE
+    SHORT_SLICE = args.short_slice
     if shutil.which("wrk") is None:
         print("wrk is required (apt-get install wrk)", file=sys.stderr)
         return 2

@@ -327,6 +327,7 @@ async def _serve(
         targets=len(config.targets),
         version=__version__,
         serving_process=serving.pid if serving else None,
+        short_slice=serving.short_slice if serving else None,
     )
     if demo:
         print(

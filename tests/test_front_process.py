@@ -20,9 +20,11 @@ import pytest
 import yaml
 from yarl import URL
 
+from exporter import timeslice
 from exporter.simulator import Simulator
 from tests.conftest import eventually, parse_exposition
 from tests.test_cli import exporter_process, thulium_targets, wait_ready
+from tests.test_timeslice import needs_custom_slices
 from tests.test_webconfig import HASH, ca, certs, client_context, creds  # noqa: F401 (fixtures)
 
 Process = asyncio.subprocess.Process
@@ -221,6 +223,17 @@ async def test_single_process_serves_and_collects_in_one_process(
         assert not list(short_tmpdir.iterdir())  # no private socket made
         await stops_with_0(process)
         assert events.find(FALLBACK_EVENT) is None  # asked for, not a fallback
+
+
+@needs_custom_slices
+async def test_the_serving_process_runs_with_the_shortest_time_slice(config: Path) -> None:
+    async with exporter("--config", str(config)) as (process, port, events):
+        serving = await events.wait("serving")
+        assert serving["short_slice"] is True
+        assert timeslice.slice_of(serving["serving_process"]) == timeslice.SHORTEST
+        assert timeslice.slice_of(process.pid) != timeslice.SHORTEST  # the collections' is not
+        await serves_both_accounts(port)
+        await stops_with_0(process)
 
 
 def web_yml(tmp_path: Path, data: dict[str, Any]) -> str:
