@@ -23,6 +23,7 @@ SHORTEST = 100_000
 """Nanoseconds: the shortest slice the kernel grants (0.1 ms)."""
 
 SCHED_OTHER = 0
+SCHED_FLAG_RESET_ON_FORK = 0x01
 
 # (sched_setattr, sched_getattr) by architecture; the asm-generic numbers for arm64.
 _SYSCALLS = {"x86_64": (314, 315), "aarch64": (274, 275), "arm64": (274, 275)}
@@ -83,7 +84,7 @@ def request(pid: int, nanoseconds: int = SHORTEST) -> bool:
     if attr.sched_policy != SCHED_OTHER:
         return False  # chosen by whoever started it (chrt, a batch policy): theirs to keep
     attr.size = ctypes.sizeof(attr)
-    attr.sched_flags = 0
+    attr.sched_flags &= SCHED_FLAG_RESET_ON_FORK  # kept; nothing else asked for
     attr.sched_runtime = nanoseconds
     if syscall(setattr_number, pid, ctypes.byref(attr), 0) != 0:
         return False
