@@ -23,6 +23,8 @@ SHORTEST = 100_000
 """Nanoseconds: the shortest slice the kernel grants (0.1 ms)."""
 
 SCHED_OTHER = 0
+FAIR_POLICIES = frozenset({SCHED_OTHER, 3, 5})
+"""SCHED_OTHER, SCHED_BATCH and SCHED_IDLE: the fair class, whose ``sched_runtime`` is the slice."""
 SCHED_FLAG_RESET_ON_FORK = 0x01
 
 # (sched_setattr, sched_getattr) by architecture; the asm-generic numbers for arm64.
@@ -46,27 +48,31 @@ class SchedAttr(ctypes.Structure):
     ]
 
 
-def _syscalls() -> tuple[Callable[..., int], int, int] | None:
-    numbers = _SYSCALLS.get(platform.machine())
-    if numbers is None or platform.system() != "Linux":
+def _syscall() -> Callable[..., int] | None:
+    if platform.system() != "Linux" or platform.machine() not in _SYSCALLS:
         return None
     try:
         libc = ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
-    return libc.syscall, numbers[0], numbers[1]
+    syscall: Callable[..., int] = libc.syscall
+    return syscall
+
+
+def _get(syscall: Callable[..., int], pid: int) -> SchedAttr | None:
+    attr = SchedAttr()
+    number = _SYSCALLS[platform.machine()][1]
+    args = (ctypes.c_uint(ctypes.sizeof(attr)), ctypes.c_uint(0))
+    if syscall(ctypes.c_long(number), ctypes.c_long(pid), ctypes.byref(attr), *args) != 0:
+        return None
+    return attr
 
 
 def slice_of(pid: int) -> int | None:
     """The slice ``pid`` runs with, in nanoseconds (None: the kernel does not say)."""
-    calls = _syscalls()
-    if calls is None:
-        return None
-    syscall, _, getattr_number = calls
-    attr = SchedAttr()
-    if syscall(getattr_number, pid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
-        return None
-    if attr.sched_policy != SCHED_OTHER or not attr.sched_runtime:
+    syscall = _syscall()
+    attr = None if syscall is None else _get(syscall, pid)
+    if attr is None or attr.sched_policy not in FAIR_POLICIES or not attr.sched_runtime:
         return None
     return int(attr.sched_runtime)
 
@@ -74,18 +80,16 @@ def slice_of(pid: int) -> int | None:
 def request(pid: int, nanoseconds: int = SHORTEST) -> bool:
     """Ask for a ``nanoseconds`` slice for ``pid`` (all of its threads started later too);
     True when the kernel reports it back. Its policy and nice value are kept."""
-    calls = _syscalls()
-    if calls is None:
-        return False
-    syscall, setattr_number, getattr_number = calls
-    attr = SchedAttr()
-    if syscall(getattr_number, pid, ctypes.byref(attr), ctypes.sizeof(attr), 0) != 0:
+    syscall = _syscall()
+    attr = None if syscall is None else _get(syscall, pid)
+    if syscall is None or attr is None:
         return False
     if attr.sched_policy != SCHED_OTHER:
         return False  # chosen by whoever started it (chrt, a batch policy): theirs to keep
     attr.size = ctypes.sizeof(attr)
     attr.sched_flags &= SCHED_FLAG_RESET_ON_FORK  # kept; nothing else asked for
     attr.sched_runtime = nanoseconds
-    if syscall(setattr_number, pid, ctypes.byref(attr), 0) != 0:
+    number = _SYSCALLS[platform.machine()][0]
+    if syscall(ctypes.c_long(number), ctypes.c_long(pid), ctypes.byref(attr), ctypes.c_uint(0)):
         return False
     return slice_of(pid) == nanoseconds
