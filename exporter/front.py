@@ -223,6 +223,7 @@ class ServingProcess:
         directory: str,
         collector: socket.socket,
         feed: socket.socket,
+        short_slice: bool = False,
     ) -> None:
         self.process = process
         self.pid = process.pid
@@ -232,7 +233,7 @@ class ServingProcess:
         self.feed = feed
         """The listening Unix socket of the feed."""
         self.returncode: int | None = None
-        self.short_slice = False
+        self.short_slice = short_slice
         """Whether the kernel gave it a short time slice (:mod:`exporter.timeslice`)."""
         self._exited = threading.Event()
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[int]]] = []
@@ -385,8 +386,7 @@ def spawn_front(
         return None
     for sock in sockets:
         sock.close()
-    serving_process = ServingProcess(process, directory, collector, feed)
     # Latency-sensitive, a tenth of a millisecond of work per scrape: it asks for a short slice
     # so that a scrape does not wait out the collections' (see exporter.timeslice).
-    serving_process.short_slice = timeslice.request(process.pid)
-    return serving_process
+    short_slice = timeslice.request(process.pid)
+    return ServingProcess(process, directory, collector, feed, short_slice)
