@@ -1,13 +1,23 @@
 # The messaging-stats-exporter image: the installed package in a slim Python, nothing else.
 #
 #   docker build -t messaging-stats-exporter .
-#   docker run --rm -p 10057:10057 --read-only --tmpfs /tmp messaging-stats-exporter --demo
-#   docker run --rm -p 10057:10057 --read-only --tmpfs /tmp \
-#       -v "$PWD/config.yaml:/etc/messaging-stats-exporter/config.yaml:ro" messaging-stats-exporter
+#   docker run --rm -p 10057:10057 --read-only messaging-stats-exporter --demo
+#   docker run --rm -p 10057:10057 --read-only \
+#       -v "$PWD/config.yaml:/etc/messaging-stats-exporter/config.yaml:ro" \
+#       -v "$PWD/secrets:/etc/messaging-stats-exporter/secrets:ro" messaging-stats-exporter
 #
-# /tmp holds the private Unix socket between the exporter's two processes (exporter/front.py);
-# without a writable one, a single process serves and collects, and says so in the log.
-# PYTHON_IMAGE picks the base of both stages (any Debian-based python:3.11+ image).
+# The exporter is one process and writes nothing to the filesystem: a read-only root needs no tmpfs.
+# PYTHON_IMAGE picks the base of both stages (any Debian-based python:3.11+ image; .ci/build-image
+# builds one with debootstrap where no registry is reachable, and builds with podman).
+#
+# Behind a TLS-inspecting proxy whose CA is not in the base image, give pip that CA (a PEM bundle)
+# as the build secret "cabundle". It is mounted for the pip step only, never stored in a layer:
+#
+#   docker build --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt -t messaging-stats-exporter .
+#   podman build --format docker --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt ...
+#
+# Without the secret pip uses the base image's trust store. (podman needs --format docker to keep the
+# HEALTHCHECK, which the OCI image format has no field for.)
 ARG PYTHON_IMAGE=python:3.12-slim
 
 # ---------------------------------------------------------------- build: a virtualenv with the package
@@ -26,7 +36,10 @@ COPY exporter ./exporter
 # A non-editable install: the virtualenv holds the package and its dependencies, compiled to .pyc
 # here (pip's default), so the read-only root filesystem of the final stage is never written to.
 # pip itself is then removed from the virtualenv: the final stage installs nothing.
-RUN /opt/messaging-stats-exporter/bin/pip install --no-cache-dir . \
+# The optional CA bundle secret (see the top of this file) is pip's trust store when given.
+RUN --mount=type=secret,id=cabundle,required=false \
+    if [ -s /run/secrets/cabundle ]; then export PIP_CERT=/run/secrets/cabundle; fi \
+    && /opt/messaging-stats-exporter/bin/pip install --no-cache-dir . \
     && /opt/messaging-stats-exporter/bin/pip uninstall --yes pip \
     && /opt/messaging-stats-exporter/bin/messaging-stats-exporter --help >/dev/null
 
