@@ -178,11 +178,11 @@ class LagMonitor:
 
 def exporter_app(sim_url: str, targets: int) -> web.Application:
     from bench import synthetic
+    from exporter.collect.scheduler import FIRST_RUN_SPREAD
     from exporter.config import validate_config
     from exporter.logs import setup_logging
-    from exporter.scheduler import FIRST_RUN_SPREAD
-    from exporter.store import Snapshot
-    from exporter.web import EXPORTER, build_app, make_exporter
+    from exporter.metrics.store import Snapshot
+    from exporter.web.app import EXPORTER, build_app, make_exporter
 
     setup_logging("info", "json", stream=sys.stderr)
     config = validate_config(

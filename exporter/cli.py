@@ -21,6 +21,9 @@ from prometheus_client.exposition import generate_latest
 from pydantic import ValidationError
 
 from exporter import __version__, front, simulator
+from exporter.collect.http import new_session
+from exporter.collect.scheduler import Scheduler
+from exporter.collect.sharding import Sharding, ordinal_from_hostname
 from exporter.config import (
     DEFAULT_LISTEN_ADDRESS,
     Config,
@@ -32,12 +35,9 @@ from exporter.config import (
 )
 from exporter.fields import format_duration
 from exporter.front import ServingProcess
-from exporter.http import new_session
 from exporter.logs import setup_logging
-from exporter.scheduler import Scheduler
-from exporter.sharding import Sharding, ordinal_from_hostname
-from exporter.web import USER_AGENT, Exporter, build_app, make_exporter
-from exporter.webconfig import WebConfigFile, load_web_config, ssl_context
+from exporter.web.app import USER_AGENT, Exporter, build_app, make_exporter
+from exporter.web.webconfig import WebConfigFile, load_web_config, ssl_context
 
 log = structlog.get_logger("exporter.cli")
 

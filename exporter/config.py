@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
+from exporter.collect.sharding import Sharding
 from exporter.fields import Duration, StrictModel
 from exporter.providers import registry
 from exporter.providers.base import (
@@ -27,7 +28,6 @@ from exporter.providers.base import (
     DEFAULT_TIMEOUT,
     TargetConfig,
 )
-from exporter.sharding import Sharding
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:10057"
 

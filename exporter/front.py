@@ -41,10 +41,10 @@ import structlog
 from aiohttp import web
 
 from exporter import serving, timeslice
-from exporter.exposition import Exposition, Rendered
+from exporter.metrics.exposition import Exposition, Rendered
+from exporter.metrics.store import Store
 from exporter.serving import frame, read_frame
-from exporter.store import Store
-from exporter.webconfig import WebConfigFile, tls_settings
+from exporter.web.webconfig import WebConfigFile, tls_settings
 
 log = structlog.get_logger("exporter.front")
 

@@ -24,7 +24,7 @@ from collections.abc import Iterable, Sequence
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import HistogramMetricFamily, Metric
 
-from exporter.render import (
+from exporter.metrics.render import (
     escape_label_value,
     format_value,
     is_legacy_label_name,

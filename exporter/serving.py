@@ -13,7 +13,7 @@ come as JSON on stdin (the listening sockets are inherited descriptors).
   path but ``/healthz``), the configured response headers on every answer.
 * It answers a scrape from the newest pushed bytes of its content type and encoding while they
   hold every change the collecting process would have given it (the guarantee of
-  :mod:`exporter.exposition`): identity bytes while they are current (the store has not changed
+  :mod:`exporter.metrics.exposition`): identity bytes while they are current (the store has not changed
   since), gzip ones also less than the reuse window after they began or after they stopped being
   current. Which content type and encoding a set of ``Accept``/``Accept-Encoding`` headers gets is
   learned from the collecting process's answer to the first scrape that sends them.

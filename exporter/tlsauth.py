@@ -1,6 +1,6 @@
 """TLS contexts and basic-auth checks of the web config (``--web.config.file``), in the standard
 library and bcrypt only: the serving process (:mod:`exporter.serving`) imports this and nothing
-heavier. :mod:`exporter.webconfig` parses and validates the file and uses these."""
+heavier. :mod:`exporter.web.webconfig` parses and validates the file and uses these."""
 
 from __future__ import annotations
 

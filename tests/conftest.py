@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import simulator
 from exporter.config import Config, validate_config
-from exporter.web import Exporter, build_app, make_exporter
+from exporter.web.app import Exporter, build_app, make_exporter
 
 
 class FakeClock:

@@ -13,8 +13,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.collect.errors import ParseError
 from exporter.config import ConfigError, validate_config
-from exporter.errors import ParseError
 from exporter.providers.altcraft import (
     RESOURCE_COUNT_DURATION,
     RESOURCE_PROFILES,

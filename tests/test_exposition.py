@@ -16,12 +16,12 @@ from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter import exposition as exposition_module
+from exporter.collect.errors import Reason
 from exporter.config import validate_config
-from exporter.errors import Reason
+from exporter.metrics import exposition as exposition_module
+from exporter.metrics.store import Snapshot
 from exporter.providers.base import Sample
-from exporter.store import Snapshot
-from exporter.web import Exporter, make_exporter
+from exporter.web.app import Exporter, make_exporter
 from tests.conftest import FakeClock
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"

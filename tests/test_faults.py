@@ -138,7 +138,7 @@ async def test_fault(sim, sim_url, harness, make_config, clock, captured_logs, p
 
 
 async def test_metrics_answer_while_a_target_hangs(sim, sim_url, aiohttp_client, make_config):
-    from exporter.web import build_app, make_exporter
+    from exporter.web.app import build_app, make_exporter
 
     targets = simulator.demo_targets(sim_url, sim)
     victim = targets[0]

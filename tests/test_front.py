@@ -26,7 +26,7 @@ from aiohttp import web
 from exporter import serving
 from exporter.front import Feed, _unix_listener
 from exporter.serving import Connection, Front, Log, frame
-from exporter.web import Exporter, build_app
+from exporter.web.app import Exporter, build_app
 from tests.test_exposition import OPENMETRICS, TEXT, Monotonic, expected, fill, timed_exporter
 from tests.test_webconfig import HASH
 

@@ -14,8 +14,8 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
+from exporter.collect.http import REQUEST_DURATION_BUCKETS, request_duration_histogram
 from exporter.histogram import RequestHistogram
-from exporter.http import REQUEST_DURATION_BUCKETS, request_duration_histogram
 from tests.strategies import legacy_names, texts
 
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]  # as the exporter

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from exporter.errors import CollectError, Reason
+from exporter.collect.errors import CollectError, Reason
+from exporter.collect.http import ProviderClient, new_session, request_duration_histogram
 from exporter.histogram import RequestHistogram
-from exporter.http import ProviderClient, new_session, request_duration_histogram
 
 
 class Upstream:

@@ -9,7 +9,7 @@ import itertools
 import aiohttp
 
 from exporter import simulator
-from exporter.web import build_app, make_exporter
+from exporter.web.app import build_app, make_exporter
 from tests.conftest import parse_exposition
 
 SCRAPERS = 200

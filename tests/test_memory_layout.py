@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import pytest
 
-from exporter import exposition as exposition_module
-from exporter.errors import Reason
+from exporter.collect.errors import Reason
+from exporter.metrics import exposition as exposition_module
+from exporter.metrics.render import deflate_piece
+from exporter.metrics.store import Snapshot, TargetState
 from exporter.providers.base import Sample
-from exporter.render import deflate_piece
-from exporter.store import Snapshot, TargetState
 from tests.conftest import FakeClock
 from tests.test_exposition import ACTIVE, COMPLETION, RECORDS, check_all, new_exporter
 

@@ -17,7 +17,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.render import FamilyFormat, deflate_piece, format_value, gzip_member
+from exporter.metrics.render import FamilyFormat, deflate_piece, format_value, gzip_member
 from tests.conftest import run_promtool
 from tests.strategies import legacy_names, texts
 

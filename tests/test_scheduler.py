@@ -6,8 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from exporter import simulator
-from exporter.scheduler import FIRST_RUN_SPREAD, first_delay
-from exporter.web import build_app, make_exporter
+from exporter.collect.scheduler import FIRST_RUN_SPREAD, first_delay
+from exporter.web.app import build_app, make_exporter
 from tests.conftest import eventually
 
 
@@ -112,7 +112,7 @@ async def test_failures_warn_a_recovery_is_info_and_routine_successes_are_debug(
 async def test_start_begins_the_tasks_a_batch_per_loop_iteration(make_config, monkeypatch):
     import asyncio
 
-    from exporter import scheduler as scheduler_module
+    from exporter.collect import scheduler as scheduler_module
 
     monkeypatch.setattr(scheduler_module, "START_BATCH", 10)
     targets = [

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.errors import ParseError
+from exporter.collect.errors import ParseError
 from exporter.providers.base import Sample
 from exporter.providers.thulium import (
     ACTIVE,

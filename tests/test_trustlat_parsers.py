@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from exporter.collect.errors import ParseError, Reason
 from exporter.config import ConfigError, validate_config
-from exporter.errors import ParseError, Reason
 from exporter.providers.base import Sample
 from exporter.providers.trustlat import (
     ACTIONS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from exporter.turns import Turnstile
+from exporter.collect.turns import Turnstile
 
 
 class IterationCounter:

@@ -10,7 +10,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from exporter import simulator
 from exporter.config import load_config
-from exporter.web import build_app, make_exporter
+from exporter.web.app import build_app, make_exporter
 from tests.conftest import labels, parse_exposition
 
 

@@ -13,10 +13,10 @@ import pytest
 import trustme
 import yaml
 
+from exporter.collect.http import basic_auth
 from exporter.config import ConfigError
-from exporter.http import basic_auth
-from exporter.web import build_app, make_exporter
-from exporter.webconfig import load_web_config, ssl_context
+from exporter.web.app import build_app, make_exporter
+from exporter.web.webconfig import load_web_config, ssl_context
 
 
 @pytest.fixture(scope="module")

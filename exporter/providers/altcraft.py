@@ -53,9 +53,9 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from exporter.clock import Clock, SystemClock
-from exporter.errors import CollectError, ParseError, Reason
+from exporter.collect.errors import CollectError, ParseError, Reason
+from exporter.collect.http import ProviderClient, decode_json
 from exporter.fields import Duration, NonEmptySecret, SecretFile, StrictModel, format_duration
-from exporter.http import ProviderClient, decode_json
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
 
 log = structlog.get_logger("exporter.providers.altcraft")

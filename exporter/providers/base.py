@@ -5,7 +5,7 @@ A provider is one module in ``exporter/providers/`` that defines:
 * a config model (a subclass of :class:`TargetConfig` with ``provider: Literal["<name>"]``),
 * its metric descriptions (:class:`MetricSpec`: name, HELP, labels besides ``account``),
 * pure ``parse_*`` functions from a decoded response body to :class:`Sample` objects, raising only
-  :class:`~exporter.errors.ParseError`,
+  :class:`~exporter.collect.errors.ParseError`,
 * a :class:`Provider` subclass whose ``collect`` does the HTTP through the shared client and calls
   the parsers,
 * a module-level ``PROVIDER = <the Provider subclass>``, which is how the registry finds it.
@@ -26,7 +26,7 @@ from exporter.fields import BaseUrl, Duration, SecretsModel
 
 if TYPE_CHECKING:
     from exporter.clock import Clock
-    from exporter.http import ProviderClient
+    from exporter.collect.http import ProviderClient
 
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 30.0
@@ -99,7 +99,7 @@ class Provider(ABC, Generic[C]):
 
     @abstractmethod
     async def collect(self) -> list[Sample]:
-        """Fetch and parse; raise :class:`~exporter.errors.CollectError` on failure."""
+        """Fetch and parse; raise :class:`~exporter.collect.errors.CollectError` on failure."""
 
 
 _NOT_LABEL_CHARS = re.compile(r"[^0-9a-z]+")

@@ -28,9 +28,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from exporter.errors import CollectError, ParseError, Reason
+from exporter.collect.errors import CollectError, ParseError, Reason
+from exporter.collect.http import decode_json
 from exporter.fields import Duration, NonEmptySecret, SecretFile, format_duration
-from exporter.http import decode_json
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
 
 MESSAGES = "exolve_sms_messages"

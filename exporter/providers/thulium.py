@@ -14,9 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from exporter.errors import ParseError
+from exporter.collect.errors import ParseError
+from exporter.collect.http import basic_auth, decode_json
 from exporter.fields import NonEmptySecret, SecretFile
-from exporter.http import basic_auth, decode_json
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig
 
 RECORDS = "thulium_outbound_campaign_records"

@@ -40,9 +40,9 @@ from pydantic import (
 from yarl import URL
 
 from exporter.clock import Clock
-from exporter.errors import CollectError, ParseError, Reason
+from exporter.collect.errors import CollectError, ParseError, Reason
+from exporter.collect.http import HttpError, ProviderClient, decode_json
 from exporter.fields import NonEmptySecret, SecretFile
-from exporter.http import HttpError, ProviderClient, decode_json
 from exporter.logs import redactor
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
 

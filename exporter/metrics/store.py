@@ -23,12 +23,12 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.clock import Clock
-from exporter.errors import Reason
+from exporter.collect.errors import Reason
+from exporter.metrics.render import FamilyFormat, format_value
 from exporter.providers import registry
 from exporter.providers.base import MetricSpec, Sample, TargetConfig
-from exporter.render import FamilyFormat, format_value
 
-log = structlog.get_logger("exporter.store")
+log = structlog.get_logger("exporter.metrics.store")
 
 SeriesKey = tuple[str, tuple[str, ...]]
 
@@ -415,7 +415,7 @@ class Store:
     def global_families(self) -> Iterator[Metric]:
         """The exporter's own families that have no series per target (small: rendered by
         prometheus_client). The exposition caches their rendering by every value read here
-        (``exporter.exposition._Tail``): a new one must join that key."""
+        (``exporter.metrics.exposition._Tail``): a new one must join that key."""
         build = GaugeMetricFamily(
             "messaging_exporter_build_info",
             "Always 1; the exporter's version and Python version.",

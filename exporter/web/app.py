@@ -18,18 +18,18 @@ from prometheus_client import CollectorRegistry
 
 from exporter import __version__
 from exporter.clock import Clock, SystemClock
+from exporter.collect.http import new_session, request_duration_histogram
+from exporter.collect.scheduler import Scheduler
+from exporter.collect.sharding import Sharding, split
 from exporter.config import Config, ConfigError, load_config
-from exporter.exposition import Exposition
 from exporter.histogram import RequestHistogram
-from exporter.http import new_session, request_duration_histogram
 from exporter.logs import redactor
+from exporter.metrics.exposition import Exposition
+from exporter.metrics.store import Store, StoreCollector
 from exporter.providers.base import TargetConfig
-from exporter.scheduler import Scheduler
-from exporter.sharding import Sharding, split
-from exporter.store import Store, StoreCollector
-from exporter.webconfig import WebConfigFile, web_middlewares
+from exporter.web.webconfig import WebConfigFile, web_middlewares
 
-log = structlog.get_logger("exporter.web")
+log = structlog.get_logger("exporter.web.app")
 
 USER_AGENT = f"messaging-stats-exporter/{__version__}"
 

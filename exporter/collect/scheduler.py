@@ -1,6 +1,6 @@
 """One asyncio task per target: first run soon after start (spread over a few seconds), then every
 ``interval`` on a fixed grid; each run bounded by the target's deadline and turned into a
-:class:`~exporter.store.Snapshot`."""
+:class:`~exporter.metrics.store.Snapshot`."""
 
 from __future__ import annotations
 
@@ -14,15 +14,15 @@ import aiohttp
 import structlog
 
 from exporter.clock import Clock
-from exporter.errors import CollectError, ParseError, Reason
+from exporter.collect.errors import CollectError, ParseError, Reason
+from exporter.collect.http import ProviderClient
+from exporter.collect.turns import turnstile
 from exporter.histogram import RequestHistogram
-from exporter.http import ProviderClient
+from exporter.metrics.store import Snapshot, Store
 from exporter.providers import registry
 from exporter.providers.base import Provider, TargetConfig
-from exporter.store import Snapshot, Store
-from exporter.turns import turnstile
 
-log = structlog.get_logger("exporter.scheduler")
+log = structlog.get_logger("exporter.collect.scheduler")
 
 START_BATCH = 64
 """Collection tasks started per loop iteration: a task's start and first step cost ~10 µs, so a

@@ -21,11 +21,11 @@ import aiohttp
 import structlog
 from yarl import URL
 
-from exporter.errors import CollectError, Reason, reason_for_status
+from exporter.collect.errors import CollectError, Reason, reason_for_status
+from exporter.collect.turns import turnstile
 from exporter.histogram import RequestHistogram
-from exporter.turns import turnstile
 
-log = structlog.get_logger("exporter.http")
+log = structlog.get_logger("exporter.collect.http")
 
 REQUEST_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

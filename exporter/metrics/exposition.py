@@ -4,7 +4,7 @@ changed in the store.
 The body is assembled from pieces: for each family (the providers' in their declared order, then
 the exporter's per-target ones) its HELP/TYPE header and one *page* per group of
 :data:`GROUP_SIZE` consecutive targets (the concatenation of those targets' rendered blocks for
-the family, see :meth:`Store._render <exporter.store.Store._render>`), then a small *tail* (see
+the family, see :meth:`Store._render <exporter.metrics.store.Store._render>`), then a small *tail* (see
 :class:`_Tail`): the exporter's global families, every other collector of the registry (the
 request-duration histogram, which renders itself) and ``# EOF`` for OpenMetrics.
 
@@ -12,7 +12,7 @@ A collection that ends re-renders its target's blocks (in the store; a block who
 change stays the same object); the store's change notice marks the pages of that target's group
 whose blocks changed, so one new snapshot costs a few pages, not 10,000 samples. Each page is
 deflated on its own (a sync-flushed piece of deflate stream, see
-:func:`exporter.render.deflate_piece`) and the piece kept until the page changes: the gzip body is
+:func:`exporter.metrics.render.deflate_piece`) and the piece kept until the page changes: the gzip body is
 a gzip header, the kept deflated pieces, the new ones, a final block and the CRC of the identity
 body. The pages' bytes are not kept (the blocks hold that text already): a gzip build joins each
 page from its blocks for the CRC, and to deflate it when new, one page at a time. A gzip build
@@ -64,8 +64,8 @@ from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
 from exporter.histogram import RequestHistogram
-from exporter.render import GZIP_LEVEL, deflate_piece, gzip_member
-from exporter.store import Store, StoreCollector, TargetState
+from exporter.metrics.render import GZIP_LEVEL, deflate_piece, gzip_member
+from exporter.metrics.store import Store, StoreCollector, TargetState
 
 GROUP_SIZE = 32
 """Targets per page: a page of a family is a few KB to a few tens of KB, about a deflate window."""
@@ -100,7 +100,7 @@ pages and the CRC) is done at once instead of in a dozen loop turns, each shared
 collections' work; a build after a whole cycle still yields every millisecond or so."""
 
 Encoder = Callable[[Collector], bytes]
-log = structlog.get_logger("exporter.exposition")
+log = structlog.get_logger("exporter.metrics.exposition")
 
 
 @dataclass(frozen=True, slots=True)

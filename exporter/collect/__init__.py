@@ -1,0 +1,1 @@
+"""Collecting: the scheduler, the provider HTTP client, failure reasons, sharding."""

@@ -1,0 +1,1 @@
+"""What the exporter serves: the store of snapshots, the renderer, the exposition bytes."""
