@@ -2,14 +2,15 @@
 
 `helm lint --strict`, `helm template` with the default values, the demo values and every feature on
 (ci/*.yaml), each rendered manifest validated: Kubernetes kinds with kubernetes-validate (offline
-schemas, strict), the Prometheus Operator kinds against structural schemas written here. Then the
-contracts of the features: args, probes, security context, checksum/config, secrets, ServiceMonitor,
-PrometheusRule toggles (on a temporary copy of the chart with a fixture alerts file) and the Grafana
-dashboard ConfigMap.
+schemas, strict), the Prometheus Operator kinds (ServiceMonitor, PrometheusRule) with the models
+that cloudcoil-models-prometheus-operator generates from the operator's own CRDs, unknown fields
+rejected. Then the contracts of the features: args, probes, security context, checksum/config,
+secrets, ServiceMonitor, PrometheusRule toggles (on a temporary copy of the chart with a fixture
+alerts file) and the Grafana dashboard ConfigMap.
 
 Tools: helm (v3) from $HELM, PATH or .tools/bin (installed by .ci/install-chart-tools), the Python
-package kubernetes-validate, and promtool when present. A missing helm or kubernetes-validate skips
-these tests on a developer machine and fails them in CI (the CI variable is set).
+packages kubernetes-validate and cloudcoil-models-prometheus-operator, and promtool. A missing tool
+skips these tests on a developer machine and fails them in CI (the CI variable is set).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import base64
 import copy
 import functools
 import importlib
+import json
 import os
 import re
 import shutil
@@ -27,8 +29,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import yaml
+
+from tests.conftest import run_promtool
 
 REPO = Path(__file__).resolve().parents[1]
 CHART = REPO / "helm" / "messaging-stats-exporter"
@@ -138,165 +143,37 @@ def _pod_annotations(docs: list[Manifest]) -> dict[str, str]:
     return dict(_one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"])
 
 
-# ----------------------------------- structural schemas for the Prometheus Operator's custom kinds
-# kubernetes-validate ships only Kubernetes' own schemas. These cover every field the chart can
-# render for ServiceMonitor and PrometheusRule (monitoring.coreos.com/v1), with unknown fields
-# rejected as the CRDs' structural schemas (and `kubectl --validate=strict`) do.
+# ------------------------------------------------------ the Prometheus Operator's custom kinds
+# kubernetes-validate ships only Kubernetes' own schemas. ServiceMonitor and PrometheusRule
+# (monitoring.coreos.com/v1) are checked with the pydantic models that
+# cloudcoil-models-prometheus-operator generates from the Prometheus Operator's CRDs: their types,
+# enums and patterns (durations, for instance) are the CRDs'. The models ignore unknown fields by
+# default; validating with extra="forbid" rejects them at any depth, as the API server's strict
+# field validation (`kubectl --validate=strict`) does. The manifest goes in as JSON, as it reaches
+# the API server, and strict=True refuses coercions ("false" for a boolean).
 
-_STRINGS = {"type": "object", "additionalProperties": {"type": "string"}}
-# The Prometheus Operator's Duration pattern.
-_DURATION = {
-    "type": "string",
-    "pattern": r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?"
-    r"(([0-9]+)ms)?)$",
-}
-_DNS_NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$", "maxLength": 253}
-_METADATA = {
-    "type": "object",
-    "required": ["name", "namespace"],
-    "additionalProperties": False,
-    "properties": {
-        "name": _DNS_NAME,
-        "namespace": _DNS_NAME,
-        "labels": _STRINGS,
-        "annotations": _STRINGS,
-    },
-}
-_RELABEL_ACTIONS = [
-    "replace",
-    "keep",
-    "drop",
-    "hashmod",
-    "labelmap",
-    "labeldrop",
-    "labelkeep",
-    "lowercase",
-    "uppercase",
-    "keepequal",
-    "dropequal",
-]
-_RELABEL = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "sourceLabels": {"type": "array", "items": {"type": "string"}},
-        "separator": {"type": "string"},
-        "targetLabel": {"type": "string"},
-        "regex": {"type": "string"},
-        "modulus": {"type": "integer"},
-        "replacement": {"type": "string"},
-        "action": {"enum": _RELABEL_ACTIONS + [a.capitalize() for a in _RELABEL_ACTIONS]},
-    },
-}
-_ENDPOINT = {
-    "type": "object",
-    "required": ["port"],
-    "additionalProperties": False,
-    "properties": {
-        "port": {"type": "string"},
-        "path": {"type": "string", "pattern": "^/"},
-        "scheme": {"enum": ["http", "https", "HTTP", "HTTPS"]},
-        "interval": _DURATION,
-        "scrapeTimeout": _DURATION,
-        "honorLabels": {"type": "boolean"},
-        "tlsConfig": {"type": "object"},
-        "relabelings": {"type": "array", "items": _RELABEL},
-        "metricRelabelings": {"type": "array", "items": _RELABEL},
-    },
-}
-SERVICE_MONITOR_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "ServiceMonitor"},
-        "metadata": _METADATA,
-        "spec": {
-            "type": "object",
-            "required": ["selector", "endpoints"],
-            "additionalProperties": False,
-            "properties": {
-                "jobLabel": {"type": "string"},
-                "targetLabels": {"type": "array", "items": {"type": "string"}},
-                "selector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {"matchLabels": _STRINGS, "matchExpressions": {"type": "array"}},
-                },
-                "namespaceSelector": {
-                    "type": "object",
-                    "additionalProperties": False,
-                    "properties": {
-                        "any": {"type": "boolean"},
-                        "matchNames": {"type": "array", "items": {"type": "string"}},
-                    },
-                },
-                "endpoints": {"type": "array", "minItems": 1, "items": _ENDPOINT},
-            },
-        },
-    },
-}
-_RULE = {
-    "type": "object",
-    "required": ["expr"],
-    "additionalProperties": False,
-    "oneOf": [{"required": ["alert"]}, {"required": ["record"]}],
-    "properties": {
-        "alert": {"type": "string", "pattern": "^[a-zA-Z_][a-zA-Z0-9_]*$"},
-        "record": {"type": "string", "pattern": "^[a-zA-Z_:][a-zA-Z0-9_:]*$"},
-        "expr": {"type": ["string", "integer"], "minLength": 1},
-        "for": _DURATION,
-        "keep_firing_for": _DURATION,
-        "labels": _STRINGS,
-        "annotations": _STRINGS,
-    },
-}
-PROMETHEUS_RULE_SCHEMA = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "additionalProperties": False,
-    "properties": {
-        "apiVersion": {"const": "monitoring.coreos.com/v1"},
-        "kind": {"const": "PrometheusRule"},
-        "metadata": _METADATA,
-        "spec": {
-            "type": "object",
-            "required": ["groups"],
-            "additionalProperties": False,
-            "properties": {
-                "groups": {
-                    "type": "array",
-                    "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["name", "rules"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "name": {"type": "string", "minLength": 1},
-                            "interval": _DURATION,
-                            "query_offset": _DURATION,
-                            "limit": {"type": "integer"},
-                            "labels": _STRINGS,
-                            "rules": {"type": "array", "minItems": 1, "items": _RULE},
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
-CUSTOM_SCHEMAS = {
-    "ServiceMonitor": SERVICE_MONITOR_SCHEMA,
-    "PrometheusRule": PROMETHEUS_RULE_SCHEMA,
-}
+OPERATOR_KINDS = ("ServiceMonitor", "PrometheusRule")
+
+
+@functools.cache
+def _operator_models() -> Any:
+    try:
+        return importlib.import_module("cloudcoil.models.prometheus_operator.v1")
+    except ImportError:
+        _missing("cloudcoil-models-prometheus-operator")
+
+
+def _validate_operator_kind(doc: Manifest) -> None:
+    """Raises pydantic.ValidationError unless doc is valid for its CRD, unknown fields included."""
+    model = getattr(_operator_models(), doc["kind"])
+    model.model_validate_json(json.dumps(doc), strict=True, extra="forbid")
 
 
 def _validate(kubernetes_validate: Any, doc: Manifest) -> None:
-    """kubernetes-validate --strict for Kubernetes kinds, the schemas above for the custom ones."""
-    jsonschema = importlib.import_module("jsonschema")
-    if doc["kind"] in CUSTOM_SCHEMAS:
-        jsonschema.validate(doc, CUSTOM_SCHEMAS[doc["kind"]])
+    """kubernetes-validate --strict for Kubernetes kinds, the CRD models for the operator's."""
+    if doc["kind"] in OPERATOR_KINDS:
+        assert doc["apiVersion"] == "monitoring.coreos.com/v1", doc["apiVersion"]
+        _validate_operator_kind(doc)
         return
     for version in KUBE_VERSIONS:
         kubernetes_validate.validate(doc, version, strict=True)
@@ -423,6 +300,10 @@ def test_every_feature_with_files_renders_valid_manifests(
             "ServiceMonitor",
             "PrometheusRule",
             "Pod",
+            "NetworkPolicy",
+            # extraManifests: a ConfigMap (an object) and a ServiceAccount (a string).
+            "ConfigMap",
+            "ServiceAccount",
         ]
     )
     for doc in docs:
@@ -431,16 +312,65 @@ def test_every_feature_with_files_renders_valid_manifests(
 
 def test_validation_is_strict(render: Callable[..., Any], kubernetes_validate: Any) -> None:
     """Guard against a vacuous pass: a misspelt field is rejected by both kinds of validation."""
-    jsonschema = importlib.import_module("jsonschema")
     docs = render({"serviceMonitor": {"enabled": True}})
     deployment = copy.deepcopy(_one(docs, "Deployment"))
     deployment["spec"]["template"]["spec"]["containers"][0]["securityContxt"] = {}
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(deployment, KUBE_VERSIONS[-1], strict=True)
     monitor = copy.deepcopy(_one(docs, "ServiceMonitor"))
+    _validate(kubernetes_validate, monitor)  # as rendered: valid
     monitor["spec"]["endpoints"][0]["intervall"] = "30s"
-    with pytest.raises(jsonschema.ValidationError):
+    with pytest.raises(pydantic.ValidationError, match="intervall"):
         _validate(kubernetes_validate, monitor)
+
+
+def _operator_kind_error(doc: Manifest) -> str:
+    with pytest.raises(pydantic.ValidationError) as caught:
+        _validate_operator_kind(doc)
+    return str(caught.value)
+
+
+def test_the_crd_models_reject_unknown_fields_at_any_depth(
+    render: Callable[..., Any], fixture_chart: Path
+) -> None:
+    """The ServiceMonitor and PrometheusRule models of the operator's CRDs, as this test file uses
+    them, reject a misspelt field wherever it is, and a value of the wrong type or pattern."""
+    values = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
+    docs = render(values, chart=fixture_chart)
+    monitor, rule = _one(docs, "ServiceMonitor"), _one(docs, "PrometheusRule")
+    for doc in (monitor, rule):
+        _validate_operator_kind(doc)
+
+    typo = copy.deepcopy(monitor)
+    endpoint = typo["spec"]["endpoints"][0]
+    endpoint["scrapeTimout"] = endpoint.pop("scrapeTimeout")
+    error = _operator_kind_error(typo)
+    assert "spec.endpoints.0.scrapeTimout" in error
+    assert "Extra inputs are not permitted" in error
+
+    typo = copy.deepcopy(monitor)
+    typo["spec"]["selector"]["matchLabel"] = typo["spec"]["selector"].pop("matchLabels")
+    assert "spec.selector.matchLabel" in _operator_kind_error(typo)
+
+    typo = copy.deepcopy(monitor)
+    typo["metadata"]["label"] = {"release": "kube-prometheus-stack"}
+    assert "metadata.label" in _operator_kind_error(typo)
+
+    wrong = copy.deepcopy(monitor)
+    wrong["spec"]["endpoints"][0]["interval"] = "30 seconds"  # not a Prometheus duration
+    assert "spec.endpoints.0.interval" in _operator_kind_error(wrong)
+
+    wrong = copy.deepcopy(monitor)
+    wrong["spec"]["endpoints"][0]["honorLabels"] = "false"  # a string, not a boolean
+    assert "spec.endpoints.0.honorLabels" in _operator_kind_error(wrong)
+
+    typo = copy.deepcopy(rule)
+    typo["spec"]["groups"][0]["rules"][0]["annotation"] = {"summary": "x"}
+    assert "spec.groups.0.rules.0.annotation" in _operator_kind_error(typo)
+
+    typo = copy.deepcopy(rule)
+    typo["spec"]["group"] = typo["spec"].pop("groups")
+    assert "spec.group" in _operator_kind_error(typo)
 
 
 def test_kubernetes_validate_cli_passes_the_demo_render(
@@ -637,7 +567,7 @@ def test_checksum_config_follows_the_config_only(render: Callable[..., Any]) -> 
     assert _pod_annotations(render())["checksum/config"] == base  # deterministic
     changed = _pod_annotations(render({"config": {"log": {"level": "debug"}, "targets": []}}))
     assert changed["checksum/config"] != base
-    unrelated = _pod_annotations(render({"podLabels": {"x": "y"}, "resources": {}}))
+    unrelated = _pod_annotations(render({"podLabels": {"x": "z"}, "resources": {}}))
     assert unrelated["checksum/config"] == base
     assert "checksum/secret" not in _pod_annotations(render())
 
@@ -695,7 +625,7 @@ def test_service_monitor(render: Callable[..., Any]) -> None:
     values = {
         "serviceMonitor": {
             "enabled": True,
-            "labels": {"release": "kube-prometheus-stack"},
+            "additionalLabels": {"release": "kube-prometheus-stack"},
             "interval": "15s",
             "scrapeTimeout": "5s",
             "relabelings": [{"targetLabel": "cluster", "replacement": "prod"}],
@@ -734,11 +664,12 @@ def test_without_files_the_optional_features_render_nothing(
     assert [d["metadata"]["name"] for d in docs if d["kind"] == "ConfigMap"] == [FULLNAME]
 
 
+@pytest.mark.parametrize("key", ["rules", "additionalRules"])
 def test_additional_rules_render_without_the_rules_file(
-    render: Callable[..., Any], bare_chart: Path
+    render: Callable[..., Any], bare_chart: Path, key: str
 ) -> None:
     extra = [{"alert": "Extra", "expr": "vector(1)", "labels": {"severity": "info"}}]
-    docs = render({"prometheusRule": {"enabled": True, "additionalRules": extra}}, chart=bare_chart)
+    docs = render({"prometheusRule": {"enabled": True, key: extra}}, chart=bare_chart)
     groups = _one(docs, "PrometheusRule")["spec"]["groups"]
     assert groups == [{"name": f"{FULLNAME}.additional", "rules": extra}]
 
@@ -769,10 +700,10 @@ def test_prometheus_rule_per_alert_toggles_and_overrides(
     values = {
         "prometheusRule": {
             "enabled": True,
-            "labels": {"release": "kube-prometheus-stack"},
+            "additionalLabels": {"release": "kube-prometheus-stack"},
             "additionalRuleLabels": {"team": "messaging"},
             "additionalRuleAnnotations": {"runbook_url": "https://runbooks.example.com"},
-            "rules": {
+            "alertOverrides": {
                 "MessagingExporterTargetStale": {"enabled": False},
                 "MessagingExporterCollectFailing": {
                     "enabled": True,
@@ -812,7 +743,10 @@ def test_a_group_whose_alerts_are_all_disabled_is_dropped(
     render: Callable[..., Any], fixture_chart: Path
 ) -> None:
     values = {
-        "prometheusRule": {"enabled": True, "rules": {"ThuliumCampaignStuck": {"enabled": False}}}
+        "prometheusRule": {
+            "enabled": True,
+            "alertOverrides": {"ThuliumCampaignStuck": {"enabled": False}},
+        }
     }
     groups = _one(render(values, chart=fixture_chart), "PrometheusRule")["spec"]["groups"]
     assert [g["name"] for g in groups] == ["messaging-stats-exporter"]
@@ -823,38 +757,35 @@ def test_a_group_whose_alerts_are_all_disabled_is_dropped(
     [
         (
             {"MessagingExporterCollectFaling": {"enabled": False}},
-            "prometheusRule.rules."
+            "prometheusRule.alertOverrides."
             "MessagingExporterCollectFaling: no alert of that name in files/alerts.yaml",
         ),
         (
+            # values.schema.json knows the settings of an override.
             {"ThuliumCampaignStuck": {"enable": False}},
-            "prometheusRule.rules.ThuliumCampaignStuck.enable: unknown setting",
+            "prometheusRule.alertOverrides.ThuliumCampaignStuck: "
+            "Additional property enable is not allowed",
         ),
     ],
 )
 def test_a_misspelt_override_fails_instead_of_being_ignored(
     render: Callable[..., Any], fixture_chart: Path, override: dict[str, Any], message: str
 ) -> None:
-    values = {"prometheusRule": {"enabled": True, "rules": override}}
+    values = {"prometheusRule": {"enabled": True, "alertOverrides": override}}
     assert message in render(values, chart=fixture_chart, expect_error=True)
 
 
 def test_rendered_rules_pass_promtool(
     render: Callable[..., Any], fixture_chart: Path, tmp_path: Path
 ) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool is not installed (Debian package prometheus)")
     values = yaml.safe_load(CI_VALUES["all-features-values"].read_text())
-    values["prometheusRule"]["rules"] = {
+    values["prometheusRule"]["alertOverrides"] = {
         "ThuliumCampaignStuck": {"for": "3h", "severity": "warning"}
     }
     spec = _one(render(values, chart=fixture_chart), "PrometheusRule")["spec"]
     rules_file = tmp_path / "rules.yaml"
     rules_file.write_text(yaml.safe_dump(spec))
-    result = subprocess.run(
-        [promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, check=False
-    )
+    result = run_promtool("check", "rules", str(rules_file))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -922,7 +853,8 @@ def test_the_charts_own_alerts_and_dashboards_render(
         ]
         assert sorted(a for a in _rules(docs) if a in names) == sorted(names)
         # Every alert can be switched off by name.
-        off = {"prometheusRule": {"enabled": True, "rules": {n: {"enabled": False} for n in names}}}
+        overrides = {n: {"enabled": False} for n in names}
+        off = {"prometheusRule": {"enabled": True, "alertOverrides": overrides}}
         remaining = [d for d in render(off) if d["kind"] == "PrometheusRule"]
         assert all(
             "alert" not in r for d in remaining for g in d["spec"]["groups"] for r in g["rules"]
@@ -944,6 +876,7 @@ def _value_keys(values: dict[str, Any], prefix: str = "") -> Iterator[str]:
         "serviceMonitor",
         "prometheusRule",
         "grafanaDashboard",
+        "networkPolicy",
     }
     for key, value in values.items():
         yield prefix + key
@@ -982,5 +915,5 @@ def test_readme_shows_the_installs() -> None:
     assert "existingSecret" in readme
     assert "create secret generic" in readme
     assert "kube-prometheus-stack" in readme
-    assert "serviceMonitor.labels.release" in readme
-    assert "prometheusRule.rules.<AlertName>" in readme
+    assert "serviceMonitor.additionalLabels.release" in readme
+    assert "prometheusRule.alertOverrides.<AlertName>" in readme

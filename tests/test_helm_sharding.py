@@ -67,8 +67,8 @@ SHARDED_INSTALL = {
             for agency in "abcdef"
         ]
     },
-    "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
-    "prometheusRule": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
+    "serviceMonitor": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"}},
+    "prometheusRule": {"enabled": True, "additionalLabels": {"release": "kube-prometheus-stack"}},
     "grafanaDashboard": {"enabled": True},
 }
 

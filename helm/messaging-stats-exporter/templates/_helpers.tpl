@@ -48,6 +48,26 @@ app.kubernetes.io/name: {{ include "messaging-stats-exporter.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+Labels of the `helm test` pod: the release's labels, but a name of its own, so
+that neither the Service nor the NetworkPolicy takes it for an exporter pod.
+*/}}
+{{- define "messaging-stats-exporter.testLabels" -}}
+helm.sh/chart: {{ include "messaging-stats-exporter.chart" . }}
+{{ include "messaging-stats-exporter.testSelectorLabels" . }}
+app.kubernetes.io/version: {{ .Values.image.tag | default .Chart.AppVersion | trunc 63 | trimSuffix "-" | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: messaging-stats-exporter
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "messaging-stats-exporter.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ printf "%s-test" (include "messaging-stats-exporter.name" .) | trunc 63 | trimSuffix "-" }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
 {{/* Name of the ServiceAccount the pod runs as. */}}
 {{- define "messaging-stats-exporter.serviceAccountName" -}}
 {{- if .Values.serviceAccount.create }}
