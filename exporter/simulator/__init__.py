@@ -32,16 +32,17 @@ them over HTTP, ``/_sim/requests`` lists what was received.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import json
-import pkgutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from functools import cache
 from types import ModuleType
 from typing import Any
 
 from aiohttp import web
+
+from exporter.providers import load_plugins, registry, skip_plugin
 
 FAULTS = (
     "http_500_html",
@@ -123,14 +124,37 @@ class Simulator:
         ]
 
 
+SIMULATORS_GROUP = "messaging_stats_exporter.simulators"
+_PARTS = ("make_state", "register", "demo_targets")
+
+
+@cache
 def provider_modules() -> dict[str, ModuleType]:
-    modules = {}
-    for info in pkgutil.iter_modules(__path__):
-        if info.name.startswith("_"):
+    """Provider name → its simulator part, sorted by name: the modules registered in the
+    entry-point group ``messaging_stats_exporter.simulators`` (name = the provider's name, value =
+    the module), the built-ins and the installed plugins alike.
+
+    A part is left out, and logged, when it fails to import, lacks one of the functions above,
+    claims another name, or belongs to no registered provider (the demo config would name an
+    unknown provider): the others keep working."""
+    modules: dict[str, ModuleType] = {}
+    providers = registry()
+    for entry, module in load_plugins(SIMULATORS_GROUP):
+        problem = None
+        if not isinstance(module, ModuleType):
+            problem = f"{entry.value} is not a module"
+        elif getattr(module, "PROVIDER", None) != entry.name:
+            problem = f"PROVIDER is {getattr(module, 'PROVIDER', None)!r}, not {entry.name!r}"
+        elif missing := [part for part in _PARTS if not callable(getattr(module, part, None))]:
+            problem = f"the module defines no {', '.join(missing)}"
+        elif entry.name in modules:
+            problem = f"the name is already taken by {modules[entry.name].__name__}"
+        elif entry.name not in providers:
+            problem = f"no provider named {entry.name!r} is registered"
+        if problem is not None:
+            skip_plugin(SIMULATORS_GROUP, entry, problem)
             continue
-        module = importlib.import_module(f"{__name__}.{info.name}")
-        if hasattr(module, "PROVIDER"):
-            modules[module.PROVIDER] = module
+        modules[entry.name] = module
     return dict(sorted(modules.items()))
 
 
@@ -243,22 +267,61 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 async def _control_faults(request: web.Request) -> web.Response:
-    """``POST /_sim/faults`` ``{"provider", "account", "fault" (null clears), "delay", ...}``."""
+    """``POST /_sim/faults`` ``{"provider", "account", "fault" (null clears), "delay",
+    "retry_after", "times"}``.
+
+    ``provider`` is a route prefix (``trustlat-atenea`` for Trust.lat's token service) and
+    ``account`` the simulator's account under it, not a target's name. A fault switched on
+    nothing must not look as if it worked: an unknown provider or account is a 404 that names the
+    known ones, an unknown fault or a malformed request a 400 (naming the known faults).
+    """
     sim = request.app[SIMULATOR]
-    payload = await request.json()
-    fault = payload.get("fault")
-    sim.set_fault(
-        payload["provider"],
-        payload["account"],
-        None
-        if fault is None
-        else Fault(
-            fault,
-            delay=float(payload.get("delay", 3600.0)),
-            retry_after=str(payload.get("retry_after", "1")),
-            times=payload.get("times"),
-        ),
-    )
+
+    def refuse(status: int, error: str, **known: list[str]) -> web.Response:
+        return web.json_response({"ok": False, "error": error, **known}, status=status)
+
+    try:
+        payload = await request.json()
+    except ValueError:
+        return refuse(400, "the body is not JSON")
+    if not isinstance(payload, dict) or not all(
+        isinstance(payload.get(key), str) for key in ("provider", "account")
+    ):
+        return refuse(400, 'expected {"provider": ..., "account": ..., "fault": ...}')
+    # route prefix -> (its accounts, the faults it knows)
+    known: dict[str, tuple[list[str], list[str]]] = {}
+    for module in provider_modules().values():
+        faults = sorted({*FAULTS, *module.FAULTS})
+        for prefix, accounts in module.fault_accounts(sim).items():
+            known[prefix] = (list(accounts), faults)
+    provider, account, name = payload["provider"], payload["account"], payload.get("fault")
+    if provider not in known:
+        return refuse(404, f"unknown provider {provider!r}", known_providers=sorted(known))
+    accounts, faults = known[provider]
+    if account not in accounts:
+        return refuse(
+            404,
+            f"unknown account {account!r} of provider {provider!r} (an account of the "
+            "simulator, not a target's name)",
+            known_accounts=accounts,
+        )
+    if name is not None and name not in faults:
+        return refuse(400, f"unknown fault {name!r}", known_faults=faults)
+    try:
+        times = payload.get("times")
+        fault = (
+            None
+            if name is None
+            else Fault(
+                name,
+                delay=float(payload.get("delay", 3600.0)),
+                retry_after=str(payload.get("retry_after", "1")),
+                times=None if times is None else int(times),
+            )
+        )
+    except (TypeError, ValueError):
+        return refuse(400, "delay and times must be numbers")
+    sim.set_fault(provider, account, fault)
     return web.json_response({"ok": True})
 
 
