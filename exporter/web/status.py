@@ -164,13 +164,13 @@ def _failing_summary(rows: Sequence[TargetRow]) -> str:
             continue
         key = (row.provider, row.reason or "unknown")
         groups[key] += 1
-        named = examples.setdefault(key, [])
-        if len(named) < SUMMARY_EXAMPLES:
-            named.append(row.account)
+        kept = examples.setdefault(key, [])
+        if len(kept) < SUMMARY_EXAMPLES:
+            kept.append(row.account)
     if not groups:
         return ""
     ordered = sorted(groups.items(), key=lambda item: (-item[1], item[0]))
-    items = []
+    items: list[str] = []
     for (provider, reason), count in ordered[:SUMMARY_GROUPS]:
         named = ", ".join(escape(account) for account in examples[(provider, reason)])
         more = ", …" if count > SUMMARY_EXAMPLES else ""
