@@ -203,14 +203,14 @@ def check_four_states(root: Node) -> None:
     trs = root.find("tbody").find_all("tr")
     assert [sorted(tr.classes()) for tr in trs] == [["down"], ["stale"], ["pending"], ["up"]]
     down, stale, pending, up = rows
-    assert down[3].startswith("1h 5m ago 2027-01-15 06:55:00 UTC")
+    assert down[3].startswith("1h 5m ago 2027-01-15 06:55:00")
     assert down[4:7] == ["5", "30s", "17"]
     assert down[7].startswith("http_502 HTTP 502 from upstream")
     assert stale[7] == f"timeout {QUOTED}"
     assert stale[3].startswith("2d 2h ago")
     assert pending[3] == "never"
     assert pending[5] == "1m 30s"
-    assert up[3] == "3m 12s ago 2027-01-15 07:56:48 UTC"
+    assert up[3] == "3m 12s ago 2027-01-15 07:56:48"
     assert up[5:7] == ["1m", "42"]
     # The long hostile error is folded, whole in the details and short in the summary.
     details = root.find("tbody").find("details")

@@ -103,9 +103,10 @@ def human_duration(seconds: float, *, units: int = 4) -> str:
     return " ".join(parts)
 
 
-def utc(seconds: float) -> str:
-    """``2027-01-15 08:00:00 UTC``."""
-    return datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+def utc(seconds: float, *, zone: bool = True) -> str:
+    """``2027-01-15 08:00:00 UTC`` (without `` UTC`` where a column header says it)."""
+    text = datetime.fromtimestamp(seconds, tz=UTC).strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text} UTC" if zone else text
 
 
 def age(seconds: float, now: float) -> str:
@@ -114,11 +115,13 @@ def age(seconds: float, now: float) -> str:
 
 
 def _when(seconds: float | None, now: float) -> str:
-    """An age, then the UTC time on the same line (rows stay one line high); ``never`` for None."""
+    """An age, then the UTC time (the header says UTC) on the same line, so rows stay one line
+    high; ``never`` for None."""
     if seconds is None:
         return '<span class="muted">never</span>'
     return (
-        f'<span class="age">{age(seconds, now)}</span> <small class="muted">{utc(seconds)}</small>'
+        f'<span class="age">{age(seconds, now)}</span> '
+        f'<small class="muted">{utc(seconds, zone=False)}</small>'
     )
 
 
@@ -268,7 +271,9 @@ border:1px solid currentColor;white-space:nowrap}
 .failing{border:1px solid var(--down);border-left-width:4px;border-radius:6px;
 padding:8px 14px;margin:0 0 14px;background:var(--down-bg)}
 .failing ul{margin:0;padding-left:18px}
-table{border-collapse:collapse;width:100%;table-layout:auto}
+table{border-collapse:collapse;width:100%;min-width:1000px;table-layout:fixed}
+col.state{width:7.5em}col.provider{width:8em}col.account{width:16%}col.when{width:16em}
+col.failures{width:6.5em}col.interval{width:6em}col.series{width:6em}
 th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 th{position:sticky;top:0;background:var(--head);font-size:12px;text-transform:uppercase;
 letter-spacing:.04em;color:var(--muted);white-space:nowrap;z-index:1}
@@ -276,13 +281,13 @@ tbody tr{border-left:4px solid transparent}
 tr.down{border-left-color:var(--down)}tr.stale{border-left-color:var(--stale)}
 tr.pending{border-left-color:var(--pending)}tr.up{border-left-color:var(--up)}
 tbody tr:hover{background:var(--head)}
-td.state,td.when{white-space:nowrap}td.when .age{display:inline-block;min-width:6.5em}
-td.account{overflow-wrap:anywhere;max-width:22em}
+td.state,td.when{white-space:nowrap}td.when .age{display:inline-block;min-width:7.2em}
+td.account{overflow-wrap:anywhere}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 th.num{text-align:right}
 td.bad{color:var(--down);font-weight:600}
-td.error{max-width:40em;min-width:16em;overflow-wrap:anywhere}
-details summary{cursor:pointer}
+td.error{overflow-wrap:anywhere}
+details summary{cursor:pointer;white-space:nowrap;overflow:hidden;text-overflow:ellipsis}
 details .full{margin-top:4px;white-space:pre-wrap;font:12.5px/1.35 ui-monospace,
 "DejaVu Sans Mono",monospace;background:var(--code);padding:6px 8px;border-radius:4px;
 max-height:16em;overflow:auto}
@@ -290,9 +295,12 @@ max-height:16em;overflow:auto}
 """
 
 _HEAD = (
-    "<tr><th>State</th><th>Provider</th><th>Account</th><th>Last success</th>"
+    '<colgroup><col class="state"><col class="provider"><col class="account"><col class="when">'
+    '<col class="failures"><col class="interval"><col class="series"><col class="error">'
+    "</colgroup>"
+    "<thead><tr><th>State</th><th>Provider</th><th>Account</th><th>Last success (UTC)</th>"
     '<th class="num">Failures</th><th class="num">Interval</th><th class="num">Series</th>'
-    "<th>Last error</th></tr>"
+    "<th>Last error</th></tr></thead>"
 )
 
 
@@ -319,6 +327,6 @@ def render_status_page(view: StatusView) -> str:
         f"<dl>{_facts(view)}</dl>\n"
         f"{_counts(counts, len(rows))}\n"
         f"{_failing_summary(rows)}"
-        f'<table aria-label="Targets"><thead>{_HEAD}</thead><tbody>\n{body}</tbody></table>\n'
+        f'<table aria-label="Targets">{_HEAD}<tbody>\n{body}</tbody></table>\n'
         "</body></html>\n"
     )
