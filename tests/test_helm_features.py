@@ -28,12 +28,12 @@ from tests.test_helm_chart import (
     Manifest,
     _kinds,
     _one,
+    _selects,
     _validate,
     helm,
     kubernetes_validate,
     render,
 )
-from tests.test_helm_sharding import _selects
 
 # The fixtures, imported so that pytest finds them in this module.
 __all__ = ["helm", "kubernetes_validate", "render"]

@@ -35,6 +35,7 @@ from tests.test_helm_chart import (
     _missing,
     _one,
     _run_helm,
+    _selects,
     _validate,
     helm,
     kubernetes_validate,
@@ -91,24 +92,6 @@ def _args(docs: list[Manifest], kind: str = "StatefulSet") -> list[str]:
 
 def _services(docs: list[Manifest]) -> dict[str, Manifest]:
     return {d["metadata"]["name"]: d for d in docs if d["kind"] == "Service"}
-
-
-def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
-    """A Kubernetes LabelSelector (matchLabels and matchExpressions) applied to labels."""
-    if not selector.get("matchLabels", {}).items() <= labels.items():
-        return False
-    for expression in selector.get("matchExpressions", []):
-        key, operator = expression["key"], expression["operator"]
-        values = expression.get("values", [])
-        matched = {
-            "In": key in labels and labels[key] in values,
-            "NotIn": key not in labels or labels[key] not in values,
-            "Exists": key in labels,
-            "DoesNotExist": key not in labels,
-        }[operator]
-        if not matched:
-            return False
-    return True
 
 
 # ---------------------------------------------------------------------------------- sharded render
