@@ -18,13 +18,12 @@ import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
 from exporter.collect.sharding import Sharding
-from exporter.fields import Duration, StrictModel
+from exporter.fields import KEY_PROBLEM, Duration, StrictModel, format_duration, key_problem
 from exporter.providers import registry
 from exporter.providers.base import (
     DEFAULT_INTERVAL,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_STALE_AFTER,
     DEFAULT_TIMEOUT,
     TargetConfig,
 )
@@ -51,6 +50,9 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 class WebConfig(StrictModel):
     listen_address: str = DEFAULT_LISTEN_ADDRESS
     telemetry_path: str = "/metrics"
+    keepalive_timeout: Duration = Field(default=75.0, gt=0)
+    """Seconds an idle client connection is kept open, and the most a connection may take to
+    send its first request."""
 
     @field_validator("listen_address")
     @classmethod
@@ -75,9 +77,20 @@ class LogConfig(StrictModel):
 class Defaults(StrictModel):
     interval: Duration = DEFAULT_INTERVAL
     timeout: Duration = DEFAULT_TIMEOUT
-    stale_after: Duration = DEFAULT_STALE_AFTER
+    stale_after: Duration | None = None
+    """None: each target's own default, the larger of 5m and 3 x its interval."""
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
     max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+
+    @model_validator(mode="after")
+    def _stale_after_covers_an_interval(self) -> Defaults:
+        if self.stale_after is not None and self.stale_after < self.interval:
+            raise key_problem(
+                "stale_after",
+                f"must be at least interval ({format_duration(self.interval)}); "
+                f"it is {format_duration(self.stale_after)}",
+            )
+        return self
 
 
 class Config(StrictModel):
@@ -196,20 +209,27 @@ def expand_env(
     return node, problems
 
 
-def _inherit_defaults(raw: dict[str, Any]) -> None:
-    """Copy every ``defaults`` key a target does not set into it. Only a valid ``defaults`` is
-    copied, so an error in it is reported once, at ``defaults.<key>``."""
+def _inherit_defaults(raw: dict[str, Any]) -> dict[int, set[str]]:
+    """Copy every ``defaults`` key a target does not set into it, and return which keys each
+    target (by index) inherited. Only a valid ``defaults`` is copied, so an error in it is
+    reported once, at ``defaults.<key>``. A key without a value in ``defaults`` (``stale_after``
+    when not given) is left to the target's own default."""
     try:
         defaults = Defaults.model_validate(raw.get("defaults") or {})
     except ValidationError:
-        return
+        return {}
     targets = raw.get("targets")
     if not isinstance(targets, list):
-        return
-    for target in targets:
+        return {}
+    inherited: dict[int, set[str]] = {}
+    for index, target in enumerate(targets):
         if isinstance(target, dict):
             for key in Defaults.model_fields:
-                target.setdefault(key, getattr(defaults, key))
+                value = getattr(defaults, key)
+                if value is not None and key not in target:
+                    target[key] = value
+                    inherited.setdefault(index, set()).add(key)
+    return inherited
 
 
 _MESSAGES = {
@@ -220,6 +240,7 @@ _MESSAGES = {
 
 def _problems_from(error: ValidationError) -> list[ConfigProblem]:
     provider_names = set(registry())
+    known = f"known: {', '.join(sorted(provider_names))}"
     problems = []
     for item in error.errors(include_url=False):
         loc = list(item["loc"])
@@ -229,21 +250,22 @@ def _problems_from(error: ValidationError) -> list[ConfigProblem]:
         # Errors raised by a model validator that already name their key start with the path.
         message = str(item["msg"]).removeprefix("Value error, ")
         kind = item["type"]
+        ctx = item.get("ctx") or {}
         if kind in _MESSAGES:
             message = _MESSAGES[kind]
+        elif kind == KEY_PROBLEM:
+            loc.append(str(ctx["key"]))
+            message = str(ctx["message"])
         elif kind == "union_tag_invalid":
-            message = (
-                f"unknown provider {item['input'].get('provider')!r}; "
-                f"expected one of: {', '.join(sorted(provider_names))}"
-            )
+            message = f"unknown provider {item['input'].get('provider')!r}; {known}"
             loc.append("provider")
         elif kind == "union_tag_not_found":
-            message = f"required key is missing (one of: {', '.join(sorted(provider_names))})"
+            message = f"required key is missing; {known}"
             loc.append("provider")
-        elif kind == "too_short" and (item.get("ctx") or {}).get("min_length") == 1:
+        elif kind == "too_short" and ctx.get("min_length") == 1:
             message = "must not be empty"
         elif kind == "literal_error" and loc[-1:] == ["provider"]:
-            message = f"unknown provider; expected one of: {', '.join(sorted(provider_names))}"
+            message = f"unknown provider {item['input']!r}; {known}"
         path = format_path(loc)
         head, sep, rest = message.partition(": ")
         if sep and (head.startswith("targets[") or head == path):
@@ -275,16 +297,52 @@ def validate_config(
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem("", "the file must be a YAML mapping")], source)
     expanded, problems = expand_env(raw, os.environ if environ is None else environ)
-    _inherit_defaults(expanded)
+    inherited = _inherit_defaults(expanded)
+    if expanded.get("targets") in (None, []):
+        # An exporter without targets serves nothing but its own metrics: surely a mistake
+        # (a file that is empty, or not the one meant).
+        problems.append(ConfigProblem("targets", "at least one target is required"))
     try:
         config = _config_model().model_validate(expanded)
     except ValidationError as exc:
         # A key whose variable is unset has already been reported; its emptiness is no news.
-        unset = {problem.path for problem in problems}
-        problems += [p for p in _problems_from(exc) if p.path not in unset]
+        reported = {problem.path for problem in problems}
+        for problem in _problems_from(exc):
+            if problem.path in reported:
+                continue
+            index = _target_index(problem.path)
+            key = problem.path.rpartition(".")[2]
+            if index is not None and key in inherited.get(index, ()):
+                problem = ConfigProblem(
+                    problem.path, f"{problem.message} (inherited from defaults.{key})"
+                )
+            problems.append(problem)
     if problems:
         raise ConfigError(problems, source)
     return config
+
+
+_TARGET_KEY = re.compile(r"^targets\[(\d+)\]\.[a-z_]+$")
+
+
+def _target_index(path: str) -> int | None:
+    """The index of ``targets[3].stale_after``; None for any other path."""
+    match = _TARGET_KEY.match(path)
+    return int(match.group(1)) if match else None
+
+
+def config_warnings(config: Config) -> list[str]:
+    """What is valid but not what it says, one line each, naming the key: a ``timeout`` longer
+    than the target's ``interval`` is cut to ``interval`` (a run never overlaps the next)."""
+    warnings = []
+    for index, target in enumerate(config.targets):
+        if target.timeout > target.interval:
+            interval = format_duration(target.interval)
+            warnings.append(
+                f"targets[{index}].timeout: {format_duration(target.timeout)} is longer than "
+                f"interval ({interval}); a collection is cut at {interval}"
+            )
+    return warnings
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:

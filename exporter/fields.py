@@ -16,7 +16,21 @@ from pydantic import (
     SecretStr,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 from yarl import URL
+
+KEY_PROBLEM = "key_problem"
+"""The error type of :func:`key_problem`; its context carries ``key`` and ``message``."""
+
+
+def key_problem(key: str, message: str) -> PydanticCustomError:
+    """A problem a model validator finds with one of the model's own keys.
+
+    Raised from a model validator, the error would be located at the model
+    (``targets[0]``); the config loader reads ``key`` from the error's context and reports it at
+    the key itself (``targets[0].token: give either token or token_file, not both``).
+    """
+    return PydanticCustomError(KEY_PROBLEM, "{key}: {message}", {"key": key, "message": message})
 
 
 class StrictModel(BaseModel):
@@ -138,9 +152,9 @@ class SecretsModel(StrictModel):
             inline = getattr(self, key, None)
             from_file = getattr(self, f"{key}_file", None)
             if inline is not None and from_file is not None:
-                raise ValueError(f"give either {key} or {key}_file, not both")
+                raise key_problem(key, f"give either {key} or {key}_file, not both")
             if inline is None and from_file is None and key not in self.OPTIONAL_SECRETS:
-                raise ValueError(f"{key} or {key}_file is required")
+                raise key_problem(key, f"{key} or {key}_file is required")
         return self
 
     def secret(self, key: str) -> str | None:

@@ -695,8 +695,17 @@ def test_config_with_lists_and_auto() -> None:
             {"segments": [{"id": 7, "resource_id": 24}]},
             "targets[0].segments[0].db_id: required key is missing",
         ),
-        ({}, "targets[0]: nothing to collect"),
-        ({"resources": [], "segments": []}, "targets[0]: nothing to collect"),
+        ({}, "targets[0].resources: nothing to collect"),
+        ({"resources": [], "segments": []}, "targets[0].resources: nothing to collect"),
+        (
+            {"resources": "auto", "token_file": "/etc/hostname"},
+            "targets[0].token: give either token or token_file, not both",
+        ),
+        ({"resources": "auto", "token": None}, "targets[0].token: token or token_file is required"),
+        (
+            {"resources": "auto", "task_max_age": "soon"},
+            "targets[0].task_max_age: invalid duration",
+        ),
         (
             {"resources": "auto", "task_poll_interval": "soon"},
             "targets[0].task_poll_interval: invalid duration",

@@ -11,6 +11,7 @@ import pytest
 
 from exporter.config import ConfigError, load_config, parse_config
 from exporter.fields import parse_duration
+from exporter.providers import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -76,7 +77,8 @@ def test_defaults_are_inherited_unless_a_target_sets_its_own() -> None:
     first, second = config.targets
     assert (first.interval, first.timeout, first.max_concurrency) == (120, 10, 2)
     assert (second.interval, second.timeout) == (30, 10)
-    assert first.stale_after == 300
+    # Not given anywhere: the larger of 5m and 3 x the target's own interval.
+    assert (first.stale_after, second.stale_after) == (360, 300)
 
 
 def test_env_vars_are_expanded_everywhere_and_dollar_dollar_is_literal() -> None:
@@ -155,12 +157,12 @@ def test_bad_durations_are_refused(value: object) -> None:
         ),
         pytest.param(
             {"targets": [thulium_target(password_file="/etc/hostname")]},
-            "targets[0]: give either password or password_file, not both",
+            "targets[0].password: give either password or password_file, not both",
             id="both-secret-forms",
         ),
         pytest.param(
             {"targets": [{k: v for k, v in thulium_target().items() if k != "password"}]},
-            "targets[0]: password or password_file is required",
+            "targets[0].password: password or password_file is required",
             id="no-secret",
         ),
         pytest.param(
@@ -170,7 +172,7 @@ def test_bad_durations_are_refused(value: object) -> None:
         ),
         pytest.param(
             {"targets": [thulium_target(provider="smsfly")]},
-            "targets[0].provider: unknown provider",
+            f"targets[0].provider: unknown provider 'smsfly'; known: {', '.join(registry())}",
             id="unknown-provider",
         ),
         pytest.param(

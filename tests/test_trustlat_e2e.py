@@ -15,7 +15,7 @@ import structlog
 from exporter import simulator
 from exporter.logs import setup_logging
 from exporter.simulator.trustlat import SHORT_TOKEN_LIFETIME, TOKEN_SERVICE, TrustlatState
-from tests.conftest import labels, series
+from tests.conftest import free_port, labels, series
 
 NOTIFICATIONS = "trustlat_notifications"
 SCHEDULED = "trustlat_notifications_scheduled"
@@ -228,14 +228,15 @@ async def test_wrong_client_secret_is_auth_and_no_statistics_request(
     )
 
 
-async def test_token_endpoint_down_is_auth_and_spares_the_others(
+async def test_token_endpoint_down_is_http_5xx_and_spares_the_others(
     sim, sim_url, harness, make_config
 ):
     sim.set_fault("trustlat", "acme", "token_endpoint_down")
     h = await harness(make_config(trust_targets(sim_url, sim), defaults={"timeout": "0.3s"}))
     await h.collect()
     scraped = await h.scrape()
-    assert errors_of(scraped, "trustlat-acme") == {"auth": 1}
+    # The token service failed; nothing says the credentials are wrong.
+    assert errors_of(scraped, "trustlat-acme") == {"http_5xx": 1}
     assert statistics_requests(sim) == []
     acme_state = {s.config.name: s for s in h.exporter.store.targets}["trustlat-acme"]
     assert acme_state.latest is not None
@@ -273,24 +274,74 @@ async def test_each_fault_of_the_statistics_api_gives_its_reason(
 @pytest.mark.parametrize(
     ("fault", "reason"),
     [
-        ("http_500_html", "auth"),
-        ("malformed_json", "auth"),
-        ("wrong_shape", "auth"),
-        ("reset", "auth"),
-        ("auth", "auth"),
-        ("hang", "timeout"),  # the deadline ended the run, not the token service
+        # Only a refusal of the credentials is auth; a token service that fails, cannot be
+        # reached or answers nonsense gives the reason of that failure.
+        ("http_500_html", "http_5xx"),
+        ("http_503", "http_5xx"),
+        ("malformed_json", "parse"),
+        ("wrong_shape", "parse"),
+        ("huge_body", "parse"),
+        ("reset", "connection"),
+        ("rate_limited", "rate_limited"),
+        ("auth", "auth"),  # 401 invalid_client
+        ("hang", "timeout"),  # the deadline ended the run
     ],
 )
 async def test_each_fault_of_the_token_service_gives_its_reason(
     sim, sim_url, harness, make_config, fault, reason
 ):
-    h = await harness(make_config(trust_targets(sim_url, sim), defaults={"timeout": "0.4s"}))
-    sim.set_fault(TOKEN_SERVICE, "acme", fault)
+    h = await harness(
+        make_config(
+            trust_targets(sim_url, sim),
+            defaults={"timeout": "0.4s", "max_response_bytes": 1_048_576},
+        )
+    )
+    sim.set_fault(TOKEN_SERVICE, "acme", simulator.Fault(fault, retry_after="30"))
     await h.collect()
     scraped = await h.scrape()
     assert errors_of(scraped, "trustlat-acme") == {reason: 1}
     assert statistics_requests(sim) == []
     assert scraped[(SUCCESS, INITECH)] == 1
+    acme_state = {s.config.name: s for s in h.exporter.store.targets}["trustlat-acme"]
+    assert acme_state.latest is not None
+    assert "token endpoint" in (acme_state.latest.error or "")
+
+
+async def test_a_refused_grant_is_auth(sim, sim_url, harness, make_config):
+    """OAuth2's 400 invalid_grant refuses the credentials: auth, not http_4xx."""
+    sim.set_fault("trustlat", "acme", "invalid_grant")
+    h = await harness(make_config(trust_targets(sim_url, sim)))
+    await h.collect()
+    scraped = await h.scrape()
+    assert errors_of(scraped, "trustlat-acme") == {"auth": 1}
+    assert (
+        series(scraped, REQUESTS)[labels(provider="trustlat", endpoint="oauth/token", code="400")]
+        == 1
+    )
+
+
+async def test_a_token_endpoint_that_cannot_be_reached_is_connection(
+    sim, sim_url, harness, make_config
+):
+    closed = free_port()  # bound and released: nothing listens there
+    config_targets = trust_targets(sim_url, sim)
+    config_targets[0]["token_url"] = f"http://127.0.0.1:{closed}/oauth/token/"
+    h = await harness(make_config(config_targets, defaults={"timeout": "1s"}))
+    await h.collect()
+    scraped = await h.scrape()
+    assert errors_of(scraped, "trustlat-acme") == {"connection": 1}
+    assert statistics_requests(sim) == []
+
+
+async def test_a_wrong_token_url_is_http_4xx(sim, sim_url, harness, make_config):
+    """A 404 (or a 400 other than a refusal of the credentials) says the URL or the request is
+    wrong, not the credentials."""
+    config_targets = trust_targets(sim_url, sim)
+    config_targets[0]["token_url"] = f"{sim_url}/{TOKEN_SERVICE}/nobody/oauth/token/"
+    h = await harness(make_config(config_targets))
+    await h.collect()
+    scraped = await h.scrape()
+    assert errors_of(scraped, "trustlat-acme") == {"http_4xx": 1}
 
 
 @pytest.fixture

@@ -283,20 +283,43 @@ def test_fixed_token_config(tmp_path):
 @pytest.mark.parametrize(
     ("keys", "message"),
     [
-        ({"company_id": 1}, "targets[0]: give either client_id and client_secret"),
+        ({"company_id": 1}, "targets[0].client_id: give either client_id and client_secret"),
         (
             {"company_id": 1, "access_token": "t", "client_id": "i"},
-            "targets[0]: give either access_token",
+            "targets[0].access_token: give either access_token",
         ),
         (
             {"company_id": 1, "access_token": "t", "token_url": "https://a.example/"},
-            "targets[0]: give either access_token",
+            "targets[0].access_token: give either access_token",
         ),
-        ({"company_id": 1, "client_id": "i"}, "client_secret or client_secret_file is required"),
-        ({"company_id": 1, "client_secret": "s"}, "client_id is required with client_secret"),
+        (
+            {"company_id": 1, "access_token_file": "/etc/hostname", "client_id": "i"},
+            "targets[0].access_token_file: give either access_token",
+        ),
+        (
+            {"company_id": 1, "client_id": "i"},
+            "targets[0].client_secret: client_secret or client_secret_file is required",
+        ),
+        (
+            {"company_id": 1, "client_secret": "s"},
+            "targets[0].client_id: client_id is required with client_secret",
+        ),
         (
             {"company_id": 1, "client_id": "i", "client_secret": "s", "client_secret_file": "/x"},
             "client_secret_file",
+        ),
+        (
+            {
+                "company_id": 1,
+                "client_id": "i",
+                "client_secret": "s",
+                "client_secret_file": "/etc/hostname",
+            },
+            "targets[0].client_secret: give either client_secret or client_secret_file, not both",
+        ),
+        (
+            {"company_id": 1, "access_token": "t", "access_token_file": "/etc/hostname"},
+            "targets[0].access_token: give either access_token or access_token_file, not both",
         ),
         ({"company_id": "1/../2", "access_token": "t"}, "targets[0].company_id"),
         ({"company_id": -1, "access_token": "t"}, "targets[0].company_id"),

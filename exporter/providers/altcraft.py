@@ -20,10 +20,12 @@ API pages: ``shared/reference/providers/altcraft-resources-refresh-counters.txt`
 * A missing counter is "not reported": no sample, never a 0. ``all`` is the profiles figure;
   ``*_sendable`` counters are a metric of their own, never mixed with the plain statuses.
 
-A recount costs the provider work: an object whose task is still running is never refreshed again
+A recount costs the provider work: an object whose task is still running is not refreshed again
 (its task id is kept and polled at the next run), and an object is refreshed at most once per
-``interval``. One failing object fails the run (``collect_success`` 0, with its reason) while the
-objects that worked are delivered as fresh samples.
+``interval``. A task still unfinished ``task_max_age`` after it was started is abandoned (logged,
+that run fails with reason ``timeout``) and the next run starts a new recount, so a task Altcraft
+lost or stuck is not polled for ever. One failing object fails the run (``collect_success`` 0,
+with its reason) while the objects that worked are delivered as fresh samples.
 
 The scheduler hands over its ``clock`` (to tell a run off the grid from one an interval later) and
 calls ``inherit`` on a reload that changes the target, so running tasks are carried over.
@@ -55,7 +57,14 @@ from pydantic_core import PydanticCustomError
 from exporter.clock import Clock, SystemClock
 from exporter.collect.errors import CollectError, ParseError, Reason
 from exporter.collect.http import ProviderClient, decode_json
-from exporter.fields import Duration, NonEmptySecret, SecretFile, StrictModel, format_duration
+from exporter.fields import (
+    Duration,
+    NonEmptySecret,
+    SecretFile,
+    StrictModel,
+    format_duration,
+    key_problem,
+)
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
 
 log = structlog.get_logger("exporter.providers.altcraft")
@@ -75,6 +84,9 @@ SEGMENT_PROFILES = "altcraft_segment_profiles"
 
 DEFAULT_TASK_POLL_INTERVAL = 2.0
 DEFAULT_DISCOVERY_INTERVAL = 3600.0
+MIN_TASK_MAX_AGE = 3600.0
+TASK_MAX_AGE_INTERVALS = 3
+"""``task_max_age`` defaults to the larger of ``MIN_TASK_MAX_AGE`` and this many intervals."""
 REFRESH_SLACK = 0.05
 """An object is refreshed again once ``interval * (1 - REFRESH_SLACK)`` has passed: the runs come
 on a fixed grid ``interval`` apart, and a few milliseconds of jitter must not skip a refresh."""
@@ -152,16 +164,28 @@ class AltcraftTarget(TargetConfig):
     token: NonEmptySecret | None = None
     token_file: SecretFile | None = None
     task_poll_interval: Duration = DEFAULT_TASK_POLL_INTERVAL
+    task_max_age: Duration = MIN_TASK_MAX_AGE
+    """A recount task still unfinished this long after it was started is abandoned; the next run
+    starts a new one. Defaults to :func:`default_task_max_age` of ``interval``."""
     resources: Annotated[tuple[ResourceRef, ...] | Literal["auto"], WrapValidator(_resources)] = ()
     segments: Annotated[tuple[SegmentRef, ...], WrapValidator(_segments)] = ()
     discovery_interval: Duration = DEFAULT_DISCOVERY_INTERVAL
 
     SECRETS = ("token",)
 
+    @classmethod
+    def interval_defaults(cls, interval: float) -> dict[str, float]:
+        return {
+            **super().interval_defaults(interval),
+            "task_max_age": default_task_max_age(interval),
+        }
+
     @model_validator(mode="after")
     def _something_to_collect(self) -> AltcraftTarget:
         if not self.resources and not self.segments:
-            raise ValueError("nothing to collect: give resources (a list, or auto) or segments")
+            raise key_problem(
+                "resources", "nothing to collect: give resources (a list, or auto) or segments"
+            )
         return self
 
     def summary(self) -> str:
@@ -169,9 +193,15 @@ class AltcraftTarget(TargetConfig):
         extra = f" discovery_interval={format_duration(self.discovery_interval)}"
         return (
             f"{super().summary()} resources={resources} segments={len(self.segments)} "
-            f"task_poll_interval={format_duration(self.task_poll_interval)}"
+            f"task_poll_interval={format_duration(self.task_poll_interval)} "
+            f"task_max_age={format_duration(self.task_max_age)}"
             + (extra if self.resources == "auto" else "")
         )
+
+
+def default_task_max_age(interval: float) -> float:
+    """The larger of 1h and 3 x ``interval``: a recount is given a few runs to finish."""
+    return max(MIN_TASK_MAX_AGE, TASK_MAX_AGE_INTERVALS * interval)
 
 
 # -- Go durations ----------------------------------------------------------------------------------
@@ -560,7 +590,7 @@ class ObjectState:
 
     task_id: str | None = None
     last_refresh: float | None = None
-    """Clock time the last refresh task was started."""
+    """Clock time the last refresh task was started: while ``task_id`` is set, that task's."""
     last_outcome: tuple[Sample, ...] | CollectError | None = None
     last_status: str = ""
     last_progress: float | None = None
@@ -816,12 +846,44 @@ class Altcraft(Provider[AltcraftTarget]):
                     Reason.PROVIDER_ERROR,
                     f"{obj}: task {task_id} ended with status {status.status[:60]!r}",
                 )
+            self._abandon_if_too_old(obj, state)
             wait = self.config.task_poll_interval
             if poll_until is not None and asyncio.get_running_loop().time() + wait > poll_until:
                 # The next answer would come too late for this run: stop here, so the objects that
                 # worked are delivered. The task is kept and polled again at the next run.
                 raise TimeoutError
             await asyncio.sleep(wait)
+
+    def _abandon_if_too_old(self, obj: CountedObject, state: ObjectState) -> None:
+        """A task still unfinished ``task_max_age`` after it was started is not polled again: it
+        is forgotten, this run fails with reason ``timeout`` (the metrics contract's reason for a
+        task that never completes), and the next run starts a new recount."""
+        if state.last_refresh is None or state.task_id is None:
+            return
+        age = (self.clock or _SYSTEM_CLOCK).time() - state.last_refresh
+        if age < self.config.task_max_age:
+            return
+        task_id = state.task_id
+        state.task_id = None
+        progress = f" at {state.last_progress:g}%" if state.last_progress is not None else ""
+        log.warning(
+            "altcraft task abandoned",
+            provider=self.name,
+            account=self.config.name,
+            object=str(obj),
+            task_id=task_id,
+            status=state.last_status[:60],
+            progress=state.last_progress,
+            age_seconds=round(age, 3),
+            task_max_age_seconds=self.config.task_max_age,
+        )
+        raise CollectError(
+            Reason.TIMEOUT,
+            f"{obj}: task {task_id} still {state.last_status[:60] or 'unfinished'}{progress} "
+            f"{format_duration(round(age, 3))} after it was started (task_max_age "
+            f"{format_duration(self.config.task_max_age)}); abandoned, the next run starts a "
+            "new recount",
+        )
 
     # -- discovery ---------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, V
 from exporter.collect.errors import ParseError
 from exporter.collect.http import basic_auth, decode_json
 from exporter.fields import NonEmptySecret, SecretFile
-from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig
+from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, as_written
 
 RECORDS = "thulium_outbound_campaign_records"
 COMPLETION = "thulium_outbound_campaign_completion_ratio"
@@ -70,7 +70,8 @@ def parse_outbound_stats(body: object) -> list[Sample]:
                 f"campaign {campaign.id!r}: completion_percent {percent} not in 0..100"
             )
         samples.append(Sample(RECORDS, (campaign.id,), float(campaign.records_count)))
-        samples.append(Sample(COMPLETION, (campaign.id,), percent / 100))
+        # As the ratio a person would write: 24.48 % is 0.2448, not 0.24480000000000002.
+        samples.append(Sample(COMPLETION, (campaign.id,), float(as_written(percent) / 100)))
     samples.append(Sample(ACTIVE, (), float(len(seen))))
     return samples
 

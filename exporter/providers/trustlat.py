@@ -13,8 +13,11 @@ and what this module does about it:
 * The token comes from Atenea: ``POST {token_url}`` with ``{client_id, client_secret, grant_type:
   "client_credentials"}`` answers ``{access_token, token_type: "Bearer", expires_in, created_at}``
   (a Doorkeeper-style answer: ``created_at`` in Unix seconds). The token is kept for the target's
-  lifetime and renewed before it expires, and once after a 401 from the statistics endpoint. Any
-  failure to get a token is reason ``auth``. A fixed ``access_token`` is the alternative.
+  lifetime and renewed before it expires, and once after a 401 from the statistics endpoint. A
+  token endpoint that refuses the credentials (401, 403, or OAuth's 400 ``invalid_client`` /
+  ``invalid_grant`` / ``unauthorized_client``) is reason ``auth``; one that cannot be reached,
+  times out, fails (5xx) or answers nonsense gives the reason of that failure, as any other
+  endpoint would. A fixed ``access_token`` is the alternative.
 """
 
 from __future__ import annotations
@@ -42,9 +45,16 @@ from yarl import URL
 from exporter.clock import Clock
 from exporter.collect.errors import CollectError, ParseError, Reason
 from exporter.collect.http import HttpError, ProviderClient, decode_json
-from exporter.fields import NonEmptySecret, SecretFile
+from exporter.fields import NonEmptySecret, SecretFile, key_problem
 from exporter.logs import redactor
-from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
+from exporter.providers.base import (
+    MetricSpec,
+    Provider,
+    Sample,
+    TargetConfig,
+    as_written,
+    label_value,
+)
 
 NOTIFICATIONS = "trustlat_notifications"
 SCHEDULED = "trustlat_notifications_scheduled"
@@ -116,20 +126,24 @@ class TrustlatTarget(TargetConfig):
         secret = self.client_secret is not None or self.client_secret_file is not None
         if fixed:
             if self.client_id is not None or secret or self.token_url is not None:
-                raise ValueError(
+                raise key_problem(
+                    "access_token" if self.access_token is not None else "access_token_file",
                     "give either access_token (a fixed token) or client_id and client_secret "
-                    "(OAuth2 client credentials, with an optional token_url), not both"
+                    "(OAuth2 client credentials, with an optional token_url), not both",
                 )
             return self
         if self.client_id is None and not secret:
-            raise ValueError(
+            raise key_problem(
+                "client_id",
                 "give either client_id and client_secret (OAuth2 client credentials) or "
-                "access_token (a fixed token)"
+                "access_token (a fixed token)",
             )
         if self.client_id is None:
-            raise ValueError("client_id is required with client_secret")
+            raise key_problem("client_id", "client_id is required with client_secret")
         if not secret:
-            raise ValueError("client_secret or client_secret_file is required with client_id")
+            raise key_problem(
+                "client_secret", "client_secret or client_secret_file is required with client_id"
+            )
         return self
 
     @property
@@ -285,9 +299,34 @@ def parse_token(body: object, requested_at: float) -> AccessToken:
     created_at = requested_at if answer.created_at is None else _timestamp(answer.created_at)
     return AccessToken(
         answer.access_token,
-        created_at + expires_in,
+        # Added as the decimals Atenea wrote, so the served expiry reads as their sum.
+        float(as_written(created_at) + as_written(expires_in)),
         min(created_at, requested_at) + expires_in,
     )
+
+
+REFUSED_GRANT_ERRORS = frozenset({"invalid_client", "invalid_grant", "unauthorized_client"})
+"""OAuth2 error codes (RFC 6749, 5.2) by which a token endpoint refuses the credentials
+themselves; other codes (``invalid_request``, ``unsupported_grant_type``, ...) say the request was
+malformed, which is no reason to suspect the credentials."""
+
+
+def oauth_error(body: object) -> str | None:
+    """The ``error`` code of an OAuth2 error answer (``{"error": "invalid_client", ...}``)."""
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return str(body["error"]).strip()[:60] or None
+    return None
+
+
+def token_failure_reason(reason: Reason, status: int | None, error_code: str | None) -> Reason:
+    """The reason of a failed token request. ``auth`` only when the endpoint refused the
+    credentials: HTTP 401 or 403, or an OAuth2 error code of :data:`REFUSED_GRANT_ERRORS` (400
+    by RFC 6749; also taken from an answer of another status). Otherwise ``reason``, as the HTTP
+    client classified the failure (``connection``, ``timeout``, ``http_5xx``, ``http_4xx``,
+    ``rate_limited``, ``parse``)."""
+    if status in (401, 403) or error_code in REFUSED_GRANT_ERRORS:
+        return Reason.AUTH
+    return reason
 
 
 def _error_text(body: bytes) -> str | None:
@@ -365,9 +404,19 @@ class Trustlat(Provider[TrustlatTarget]):
         return self._scrub(text) if text else None
 
     async def _fetch_token(self) -> AccessToken:
-        """A new token from Atenea; every failure but the deadline's is reason ``auth``."""
+        """A new token from Atenea; a failure's reason is :func:`token_failure_reason`'s."""
         config = self.config
         requested_at = time.time()
+        error_codes: list[str] = []  # the OAuth2 error code of the last failed attempt, if any
+
+        def error_text(body: bytes) -> str | None:
+            try:
+                code = oauth_error(decode_json(body))
+            except CollectError:
+                code = None
+            error_codes[:] = [code] if code is not None else []
+            return self._scrubbed_error_text(body)
+
         try:
             body = await self.client.post_json(
                 config.effective_token_url,
@@ -378,18 +427,29 @@ class Trustlat(Provider[TrustlatTarget]):
                     "grant_type": "client_credentials",
                 },
                 headers={"Accept": "application/json"},
-                error_text=self._scrubbed_error_text,
+                error_text=error_text,
             )
-            token = parse_token(body, requested_at)
         except CollectError as exc:
-            if exc.reason is Reason.TIMEOUT:
-                raise
+            status = exc.status if isinstance(exc, HttpError) else None
+            reason = token_failure_reason(
+                exc.reason, status, error_codes[-1] if error_codes else None
+            )
             raise CollectError(
-                Reason.AUTH, f"no access token from the token endpoint: {exc.message}"
+                reason, f"no access token from the token endpoint: {exc.message}"
             ) from None
+        code = oauth_error(body)
+        if code is not None:
+            # An OAuth2 error answer sent with a success status.
+            raise CollectError(
+                token_failure_reason(Reason.PROVIDER_ERROR, None, code),
+                f"no access token from the token endpoint: OAuth2 error {self._scrub(code)!r}",
+            )
+        try:
+            token = parse_token(body, requested_at)
         except ParseError as exc:
             raise CollectError(
-                Reason.AUTH, f"no access token from the token endpoint: unexpected answer: {exc}"
+                Reason.PARSE,
+                f"no access token from the token endpoint: unexpected answer: {exc}",
             ) from None
         redactor.add_runtime_secret(token.value)
         return token

@@ -288,17 +288,21 @@ async def _control_faults(request: web.Request) -> web.Response:
         isinstance(payload.get(key), str) for key in ("provider", "account")
     ):
         return refuse(400, 'expected {"provider": ..., "account": ..., "fault": ...}')
-    # route prefix -> (its accounts, the faults it knows)
-    known: dict[str, tuple[list[str], list[str]]] = {}
-    for module in provider_modules().values():
-        faults = sorted({*FAULTS, *module.FAULTS})
-        for prefix, accounts in module.fault_accounts(sim).items():
-            known[prefix] = (list(accounts), faults)
+    # route prefix -> (its accounts, None where the part does not list them; the faults it knows)
+    # A part may define ``FAULTS`` (its own faults) and ``fault_accounts(sim)`` (route prefix ->
+    # accounts); a plugin's part without them gets the common faults on any account.
+    known: dict[str, tuple[list[str] | None, list[str]]] = {}
+    for part, module in provider_modules().items():
+        faults = sorted({*FAULTS, *getattr(module, "FAULTS", ())})
+        listing = getattr(module, "fault_accounts", None)
+        prefixes = listing(sim) if callable(listing) else {part: None}
+        for prefix, accounts in prefixes.items():
+            known[prefix] = (None if accounts is None else list(accounts), faults)
     provider, account, name = payload["provider"], payload["account"], payload.get("fault")
     if provider not in known:
         return refuse(404, f"unknown provider {provider!r}", known_providers=sorted(known))
     accounts, faults = known[provider]
-    if account not in accounts:
+    if accounts is not None and account not in accounts:
         return refuse(
             404,
             f"unknown account {account!r} of provider {provider!r} (an account of the "

@@ -48,6 +48,8 @@ from exporter.simulator import SIMULATOR, Simulator, request_fault
 PROVIDER = "altcraft"
 API = "/altcraft/{account}/api/v1.1"
 TASK_FAULTS = ("task_unknown", "task_never_completes", "task_error", "empty_result")
+FAULTS = TASK_FAULTS
+"""The faults of this provider besides the common ones."""
 STUCK_PROGRESS = 42
 MAX_TASKS = 10_000
 
@@ -506,6 +508,12 @@ async def get_resource(request: web.Request) -> web.Response:
             }
         )
     )
+
+
+def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
+    """The accounts a fault can be switched on, by route prefix."""
+    state: AltcraftState = sim.state[PROVIDER]
+    return {PROVIDER: sorted(state.accounts)}
 
 
 def register(app: web.Application, sim: Simulator) -> None:

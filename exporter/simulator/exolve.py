@@ -37,6 +37,8 @@ from aiohttp import web
 from exporter.simulator import SIMULATOR, Simulator, request_fault
 
 PROVIDER = "exolve"
+FAULTS = ("incoming_500", "counts_as_numbers")
+"""The faults of this provider besides the common ones."""
 
 ENUMS: dict[str, tuple[str, ...]] = {
     "direction": ("DIRECTION_INCOMING", "DIRECTION_OUTGOING"),
@@ -255,6 +257,12 @@ async def get_count(request: web.Request) -> web.Response:
     if name == "counts_as_numbers":
         return web.json_response({"count": count})
     return web.json_response({"count": str(count)})
+
+
+def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
+    """The accounts a fault can be switched on, by route prefix."""
+    state: ExolveState = sim.state[PROVIDER]
+    return {PROVIDER: sorted(state.applications)}
 
 
 def register(app: web.Application, sim: Simulator) -> None:

@@ -10,12 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 
 from exporter.simulator import SIMULATOR, Simulator, request_fault
-from exporter.tlsauth import basic_credentials
 
 PROVIDER = "thulium"
+FAULTS: tuple[str, ...] = ()
+"""The faults of this provider besides the common ones: none."""
 
 
 @dataclass
@@ -65,7 +67,11 @@ def _error(status: int, message: str, code: int) -> web.Response:
 
 
 def _credentials(request: web.Request) -> tuple[str, str] | None:
-    return basic_credentials(request.headers.get("Authorization", ""))
+    try:
+        auth = aiohttp.BasicAuth.decode(request.headers.get("Authorization", ""), "utf-8")
+    except ValueError:
+        return None
+    return auth.login, auth.password
 
 
 async def outbound_stats(request: web.Request) -> web.Response:
@@ -94,6 +100,12 @@ async def outbound_stats(request: web.Request) -> web.Response:
         for campaign in tenant.campaigns
     ]
     return web.json_response(body)
+
+
+def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
+    """The accounts a fault can be switched on, by route prefix."""
+    state: ThuliumState = sim.state[PROVIDER]
+    return {PROVIDER: sorted(state.tenants)}
 
 
 def register(app: web.Application, sim: Simulator) -> None:

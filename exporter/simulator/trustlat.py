@@ -20,6 +20,8 @@ fault                    what the client gets
 ``token_expired``        the statistics API answers 401 to every token issued before the
                          fault was first seen (a token that expired or was revoked early)
 ``token_endpoint_down``  the token service answers HTTP 503
+``invalid_grant``        the token service answers 400 ``invalid_grant`` (OAuth2's refusal of
+                         the grant itself, as for revoked credentials)
 ``short_expiry``         tokens are issued with ``expires_in`` of ``SHORT_TOKEN_LIFETIME``
 =======================  ===================================================================
 """
@@ -38,6 +40,8 @@ from exporter.simulator import SIMULATOR, Simulator, request_fault
 PROVIDER = "trustlat"
 TOKEN_SERVICE = "trustlat-atenea"  # noqa: S105
 TOKEN_LIFETIME = 7200
+FAULTS = ("token_expired", "token_endpoint_down", "invalid_grant", "short_expiry")
+"""The faults of this provider besides the common ones."""
 SHORT_TOKEN_LIFETIME = 5
 
 
@@ -154,6 +158,15 @@ async def token(request: web.Request) -> web.Response:
             },
             status=400,
         )
+    if _fault_name(sim, PROVIDER, account) == "invalid_grant":
+        return web.json_response(
+            {
+                "error": "invalid_grant",
+                "error_description": "The provided authorization grant is invalid, expired or "
+                "revoked.",
+            },
+            status=400,
+        )
     own = request_fault(request)  # a fault of the token service itself
     refused = "auth" in (_fault_name(sim, PROVIDER, account), own.name if own else None)
     if (
@@ -240,6 +253,18 @@ async def statistics(request: web.Request) -> web.Response:
             "message": "Ok",
         }
     )
+
+
+def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
+    """The accounts a fault can be switched on, by route prefix: the statistics API's, and the
+    token service's (only the companies that use client credentials have a token route)."""
+    state: TrustlatState = sim.state[PROVIDER]
+    return {
+        PROVIDER: sorted(state.companies),
+        TOKEN_SERVICE: sorted(
+            name for name, company in state.companies.items() if company.client_id is not None
+        ),
+    }
 
 
 def register(app: web.Application, sim: Simulator) -> None:
