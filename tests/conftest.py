@@ -18,7 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import simulator
 from exporter.config import Config, validate_config
-from exporter.web.app import Exporter, build_app, make_exporter
+from exporter.service import Exporter, make_exporter
+from exporter.web.app import build_app
 
 
 class FakeClock:
@@ -123,10 +124,6 @@ async def harness(
 ) -> Callable[[Config], Awaitable[ExporterHarness]]:
     async def start(config: Config) -> ExporterHarness:
         exporter = make_exporter(config, clock=clock, autostart=False)
-        # These tests ask what a collection makes of an answer: a scrape right after it must see
-        # it. What a scrape gets while a stream of scrapes meets a changing store (the newest
-        # build of the last second) is test_exposition's.
-        exporter.exposition.reuse_window = 0
         client = await aiohttp_client(build_app(exporter))
         return ExporterHarness(exporter, client)
 

@@ -138,7 +138,8 @@ async def test_fault(sim, sim_url, harness, make_config, clock, captured_logs, p
 
 
 async def test_metrics_answer_while_a_target_hangs(sim, sim_url, aiohttp_client, make_config):
-    from exporter.web.app import build_app, make_exporter
+    from exporter.service import make_exporter
+    from exporter.web.app import build_app
 
     targets = simulator.demo_targets(sim_url, sim)
     victim = targets[0]
@@ -164,3 +165,110 @@ async def test_metrics_answer_while_a_target_hangs(sim, sim_url, aiohttp_client,
     assert hanging.latest is None
     scraped = parse_exposition(text)
     assert all(value == 1 for value in series(scraped, SUCCESS).values())
+
+
+# -- switching faults over HTTP ------------------------------------------------------------------
+
+
+async def post_fault(sim_url: str, payload: Any) -> tuple[int, Any]:
+    import aiohttp
+
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{sim_url}/_sim/faults", json=payload) as response,
+    ):
+        return response.status, await response.json()
+
+
+async def test_a_fault_on_a_known_account_is_switched_and_cleared(sim, sim_url):
+    status, answer = await post_fault(
+        sim_url, {"provider": "thulium", "account": "acme", "fault": "http_503", "times": 2}
+    )
+    assert (status, answer) == (200, {"ok": True})
+    assert sim.fault("thulium", "acme") == simulator.Fault("http_503", times=2)
+    status, _ = await post_fault(sim_url, {"provider": "thulium", "account": "acme", "fault": None})
+    assert status == 200
+    assert sim.fault("thulium", "acme") is None
+
+
+async def test_a_target_name_for_an_account_is_a_404_naming_the_accounts(sim, sim_url):
+    # "thulium-acme" is the demo target's name; the simulator's account is "acme".
+    status, answer = await post_fault(
+        sim_url, {"provider": "thulium", "account": "thulium-acme", "fault": "http_503"}
+    )
+    assert status == 404
+    assert answer["ok"] is False
+    assert "thulium-acme" in answer["error"]
+    assert answer["known_accounts"] == ["acme", "globex"]
+    assert sim.faults == {}
+
+
+@pytest.mark.parametrize(
+    ("provider", "accounts"),
+    [
+        ("altcraft", ["media", "prod"]),
+        ("exolve", ["alerts", "shop"]),
+        ("trustlat", ["acme", "initech"]),
+        # Trust.lat's token service: only the company with client credentials has one.
+        ("trustlat-atenea", ["acme"]),
+    ],
+)
+async def test_every_provider_names_its_own_accounts(sim, sim_url, provider, accounts):
+    status, answer = await post_fault(
+        sim_url, {"provider": provider, "account": "nobody", "fault": "http_503"}
+    )
+    assert (status, answer["known_accounts"]) == (404, accounts)
+    for account in accounts:
+        status, _ = await post_fault(
+            sim_url, {"provider": provider, "account": account, "fault": "http_503"}
+        )
+        assert status == 200
+        assert sim.fault(provider, account) == simulator.Fault("http_503")
+
+
+async def test_an_unknown_provider_is_a_404_naming_the_providers(sim, sim_url):
+    status, answer = await post_fault(
+        sim_url, {"provider": "smsfly", "account": "acme", "fault": "http_503"}
+    )
+    assert status == 404
+    assert "smsfly" in answer["error"]
+    assert answer["known_providers"] == [
+        "altcraft",
+        "exolve",
+        "thulium",
+        "trustlat",
+        "trustlat-atenea",
+    ]
+    assert sim.faults == {}
+
+
+async def test_an_unknown_fault_is_a_400_naming_the_faults(sim, sim_url):
+    status, answer = await post_fault(
+        sim_url, {"provider": "altcraft", "account": "prod", "fault": "task_never_ends"}
+    )
+    assert status == 400
+    assert "task_never_ends" in answer["error"]
+    assert "task_never_completes" in answer["known_faults"]
+    assert set(FAULTS) <= set(answer["known_faults"])
+    assert sim.faults == {}
+    # A provider's own fault is known for its accounts only.
+    status, _ = await post_fault(
+        sim_url, {"provider": "thulium", "account": "acme", "fault": "task_never_completes"}
+    )
+    assert status == 400
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ["thulium", "acme"],
+        {"provider": "thulium"},
+        {"provider": "thulium", "account": 1, "fault": "hang"},
+        {"provider": "thulium", "account": "acme", "fault": "hang", "delay": "soon"},
+    ],
+)
+async def test_a_malformed_request_is_a_400(sim, sim_url, payload):
+    status, answer = await post_fault(sim_url, payload)
+    assert status == 400
+    assert answer["ok"] is False
+    assert sim.faults == {}

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Histogram
 
 from exporter.collect.errors import CollectError, Reason
 from exporter.collect.http import ProviderClient, new_session, request_duration_histogram
-from exporter.histogram import RequestHistogram
+from exporter.collect.turns import Turnstile
 
 
 class Upstream:
@@ -41,9 +41,7 @@ async def upstream(
     return up, str(server.make_url("")).rstrip("/")
 
 
-def provider_client(
-    session: Any, histogram: RequestHistogram, account: str = "acct"
-) -> ProviderClient:
+def provider_client(session: Any, histogram: Histogram, account: str = "acct") -> ProviderClient:
     """A client of provider "test" with 5 s to its deadline."""
     made = ProviderClient(
         session,
@@ -52,6 +50,7 @@ def provider_client(
         histogram=histogram,
         max_concurrency=2,
         max_response_bytes=4096,
+        turnstile=Turnstile(),
     )
     made.deadline = asyncio.get_running_loop().time() + 5
     return made

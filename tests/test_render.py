@@ -4,7 +4,6 @@ for arbitrary names, help texts, label values and floats; promtool accepts a lar
 from __future__ import annotations
 
 import math
-import zlib
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -17,7 +16,7 @@ from prometheus_client.openmetrics.parser import (
 )
 from prometheus_client.parser import text_string_to_metric_families as parse_text
 
-from exporter.metrics.render import FamilyFormat, deflate_piece, format_value, gzip_member
+from exporter.metrics.render import FamilyFormat, format_value
 from tests.conftest import run_promtool
 from tests.strategies import legacy_names, texts
 
@@ -126,16 +125,6 @@ def test_names_outside_the_legacy_set_are_refused():
         except ValueError:
             continue
         raise AssertionError(f"{name} {labels} accepted")
-
-
-@given(st.lists(st.binary(max_size=3000), max_size=8))
-def test_deflated_pieces_make_one_gzip_member(pieces):
-    body = b"".join(pieces)
-    packed = gzip_member([deflate_piece(p) for p in pieces], zlib.crc32(body), len(body))
-    assert zlib.decompress(packed, wbits=31) == body  # one member, CRC and length checked
-    import gzip
-
-    assert gzip.decompress(packed) == body
 
 
 def test_promtool_accepts_a_large_exposition():

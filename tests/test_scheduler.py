@@ -7,7 +7,8 @@ from hypothesis import strategies as st
 
 from exporter import simulator
 from exporter.collect.scheduler import FIRST_RUN_SPREAD, first_delay
-from exporter.web.app import build_app, make_exporter
+from exporter.service import make_exporter
+from exporter.web.app import build_app
 from tests.conftest import eventually
 
 

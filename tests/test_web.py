@@ -10,7 +10,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 
 from exporter import simulator
 from exporter.config import load_config
-from exporter.web.app import build_app, make_exporter
+from exporter.service import make_exporter
+from exporter.web.app import build_app
 from tests.conftest import labels, parse_exposition
 
 
@@ -23,13 +24,18 @@ async def test_metrics_are_rendered_once_per_change(sim, sim_url, harness, make_
     h = await harness(make_config(demo(sim_url, sim)))
     await h.collect()
     first = await h.scrape_text()
-    renders = h.exporter.exposition.renders
+    gzipped = await h.client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert gzipped.headers["Content-Encoding"] == "gzip"
+    builds = h.exporter.exposition.builds
     for _ in range(5):
         assert await h.scrape_text() == first
-    assert h.exporter.exposition.renders == renders
+        response = await h.client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+        assert await response.text() == first
+    assert h.exporter.exposition.builds == builds
     await h.collect()
     await h.scrape_text()
-    assert h.exporter.exposition.renders == renders + 1
+    await h.client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert h.exporter.exposition.builds == builds + 2  # identity, then gzip from it
 
 
 async def test_scrapes_never_reach_a_provider(sim, sim_url, harness, make_config):

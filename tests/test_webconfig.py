@@ -15,8 +15,9 @@ import yaml
 
 from exporter.collect.http import basic_auth
 from exporter.config import ConfigError
-from exporter.web.app import build_app, make_exporter
-from exporter.web.webconfig import load_web_config, ssl_context
+from exporter.service import make_exporter
+from exporter.web.app import build_app
+from exporter.web.webconfig import WebSettings, load_web_config
 
 
 @pytest.fixture(scope="module")
@@ -51,13 +52,21 @@ def creds(user: str, password: str) -> dict[str, str]:
 HASH = bcrypt.hashpw(b"right-password", bcrypt.gensalt(rounds=4)).decode()
 
 
+QUIET_TARGET = {
+    "name": "thulium-quiet",
+    "provider": "thulium",
+    "base_url": "http://127.0.0.1:9/api",
+    "username": "u",
+    "password": "p",
+}
+
+
 async def serve(aiohttp_server: Any, make_config: Any, web_config_path: Path) -> Any:
-    web_config = load_web_config(web_config_path)
-    exporter = make_exporter(make_config([]), autostart=False)
-    tls = web_config.tls_server_config
-    return await aiohttp_server(
-        build_app(exporter, web_config), ssl=ssl_context(tls) if tls else None
-    )
+    """The exporter's app with this web config, as ``serve`` builds it (the TLS context handed to
+    the server); no collections run."""
+    settings = WebSettings(web_config_path, load_web_config(web_config_path))
+    exporter = make_exporter(make_config([QUIET_TARGET]), autostart=False)
+    return await aiohttp_server(build_app(exporter, settings), ssl=settings.context)
 
 
 def client_context(ca: trustme.CA, client_cert: trustme.LeafCert | None = None) -> ssl.SSLContext:

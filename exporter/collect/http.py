@@ -19,11 +19,11 @@ from typing import Any
 
 import aiohttp
 import structlog
+from prometheus_client import CollectorRegistry, Histogram
 from yarl import URL
 
 from exporter.collect.errors import CollectError, Reason, reason_for_status
-from exporter.collect.turns import turnstile
-from exporter.histogram import RequestHistogram
+from exporter.collect.turns import Turnstile
 
 log = structlog.get_logger("exporter.collect.http")
 
@@ -51,8 +51,8 @@ def new_session(user_agent: str) -> aiohttp.ClientSession:
     )
 
 
-def request_duration_histogram(registry: Any) -> RequestHistogram:
-    return RequestHistogram(
+def request_duration_histogram(registry: CollectorRegistry) -> Histogram:
+    return Histogram(
         "messaging_exporter_provider_request_duration_seconds",
         "Duration of every HTTP request made to a provider, token requests included; code is the "
         "HTTP status, or connection/timeout when no answer came.",
@@ -133,10 +133,12 @@ class ProviderClient:
         *,
         provider: str,
         account: str,
-        histogram: RequestHistogram,
+        histogram: Histogram,
         max_concurrency: int,
         max_response_bytes: int,
+        turnstile: Turnstile,
     ) -> None:
+        self._turnstile = turnstile
         self._session = session
         self.provider = provider
         self.account = account
@@ -258,7 +260,7 @@ class ProviderClient:
                 )
         # What follows (decoding, parsing, recording, rendering) waits for its own loop turn when
         # many answers arrived together: the loop polls its sockets between two collections.
-        await turnstile.turn()
+        await self._turnstile.turn()
         reason = reason_for_status(status)
         if reason is None:
             return HttpResponse(status, response_headers, body)

@@ -1,28 +1,33 @@
 """One asyncio task per target: first run soon after start (spread over a few seconds), then every
 ``interval`` on a fixed grid; each run bounded by the target's deadline and turned into a
-:class:`~exporter.metrics.store.Snapshot`."""
+:class:`~exporter.collect.snapshot.Snapshot`, handed to the ``record`` callable the scheduler was
+given (the store's: the scheduler knows nothing of what is downstream)."""
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import aiohttp
 import structlog
+from prometheus_client import Histogram
 
 from exporter.clock import Clock
 from exporter.collect.errors import CollectError, ParseError, Reason
 from exporter.collect.http import ProviderClient
-from exporter.collect.turns import turnstile
-from exporter.histogram import RequestHistogram
-from exporter.metrics.store import Snapshot, Store
-from exporter.providers import registry
+from exporter.collect.snapshot import Snapshot
+from exporter.collect.turns import Turnstile
 from exporter.providers.base import Provider, TargetConfig
 
 log = structlog.get_logger("exporter.collect.scheduler")
+
+Record = Callable[[Snapshot], None]
+"""Where a finished collection's snapshot goes."""
+ProviderTable = Mapping[str, type[Provider[Any]]]
+"""Provider name → provider class."""
 
 START_BATCH = 64
 """Collection tasks started per loop iteration: a task's start and first step cost ~10 µs, so a
@@ -45,14 +50,17 @@ class TargetRunner:
     def __init__(
         self,
         config: TargetConfig,
+        provider_cls: type[Provider[Any]],
         session: aiohttp.ClientSession,
-        store: Store,
-        histogram: RequestHistogram,
+        record: Record,
+        histogram: Histogram,
         clock: Clock,
+        turnstile: Turnstile,
         limit: asyncio.Semaphore | None = None,
     ) -> None:
         self.config = config
-        self._store = store
+        self._record = record
+        self._turnstile = turnstile
         self._clock = clock
         self._limit = limit
         self._failing = False
@@ -63,8 +71,8 @@ class TargetRunner:
             histogram=histogram,
             max_concurrency=config.max_concurrency,
             max_response_bytes=config.max_response_bytes,
+            turnstile=turnstile,
         )
-        provider_cls: type[Provider[Any]] = registry()[config.provider]
         self.provider = provider_cls(config, self.client, clock)
 
     async def run_once(self) -> Snapshot:
@@ -78,7 +86,7 @@ class TargetRunner:
     async def _run(self) -> Snapshot:
         # Starting a collection (building and sending its first request) takes its own loop turn
         # too: many starting together (a cycle's beginning, --once) do not stall the loop.
-        await turnstile.turn()
+        await self._turnstile.turn()
         config = self.config
         loop = asyncio.get_running_loop()
         started_at = self._clock.time()
@@ -114,7 +122,7 @@ class TargetRunner:
             reason=reason,
             error=error,
         )
-        self._store.record(snapshot)
+        self._record(snapshot)
         fields: dict[str, Any] = {
             "provider": config.provider,
             "account": config.name,
@@ -151,14 +159,18 @@ class TargetRunner:
 class Scheduler:
     def __init__(
         self,
-        store: Store,
+        providers: ProviderTable,
+        record: Record,
         session: aiohttp.ClientSession,
-        histogram: RequestHistogram,
+        histogram: Histogram,
         clock: Clock,
         max_concurrent_collections: int | None = None,
+        turnstile: Turnstile | None = None,
     ) -> None:
-        self._store = store
+        self._providers = providers
+        self._record = record
         self._session = session
+        self._turnstile = turnstile or Turnstile()
         self._histogram = histogram
         self._clock = clock
         # Bounds how many collections finish in the same loop iteration (the follow-up work of
@@ -180,11 +192,17 @@ class Scheduler:
                 if name in wanted:
                     replaced[name] = self.runners[name].provider
                 self._stop(name)
-        self._store.set_targets(configs)
         for name, config in wanted.items():
             if name not in self.runners:
                 runner = TargetRunner(
-                    config, self._session, self._store, self._histogram, self._clock, self._limit
+                    config,
+                    self._providers[config.provider],
+                    self._session,
+                    self._record,
+                    self._histogram,
+                    self._clock,
+                    self._turnstile,
+                    self._limit,
                 )
                 previous = replaced.get(name)
                 if previous is not None and previous.name == runner.provider.name:

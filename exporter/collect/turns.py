@@ -14,7 +14,8 @@ from collections import deque
 
 
 class Turnstile:
-    """One pass per event-loop iteration, first come first served."""
+    """One pass per event-loop iteration, first come first served. The scheduler makes one and
+    hands it to every target's provider client."""
 
     def __init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -44,7 +45,3 @@ class Turnstile:
                 self._loop.call_soon(self._next)
                 return
         self._busy = False
-
-
-turnstile = Turnstile()
-"""The process's turnstile: every provider answer passes it (``ProviderClient._attempt``)."""

@@ -7,22 +7,14 @@ a sample costs a float formatting and a concatenation, and only when its target'
 
 ``tests/test_render.py`` proves the equality: a property test compares both renderings of arbitrary
 families and samples, and promtool checks a large exposition.
-
-The gzip side: :func:`deflate_piece` compresses a piece of the exposition on its own, ending on a
-byte boundary without closing the stream, so pieces compressed at different times concatenate into
-one valid deflate stream; :func:`gzip_member` wraps such a stream as one gzip member.
 """
 
 from __future__ import annotations
 
 import math
 import re
-import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-GZIP_LEVEL = 6
 
 _LEGACY_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LEGACY_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
@@ -111,25 +103,3 @@ class FamilyFormat:
 
     def header(self, openmetrics: bool) -> bytes:
         return self.openmetrics_header if openmetrics else self.text_header
-
-
-GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
-"""A gzip member's header: deflate, no flags, no mtime, unknown OS (as ``gzip.compress(mtime=0)``
-writes it, but for the OS byte)."""
-DEFLATE_END = b"\x03\x00"
-"""A final, empty, fixed-Huffman deflate block: what ends a stream of :func:`deflate_piece`s."""
-
-
-def deflate_piece(data: bytes, level: int = GZIP_LEVEL) -> bytes:
-    """``data`` as raw deflate blocks with no final block, ending byte-aligned (a sync flush), and
-    referring to nothing before it: pieces concatenate into one stream in any order."""
-    if not data:
-        return b""
-    packer = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
-    return packer.compress(data) + packer.flush(zlib.Z_SYNC_FLUSH)
-
-
-def gzip_member(pieces: Sequence[bytes], crc: int, size: int) -> bytes:
-    """One gzip member from deflated pieces of a body whose CRC-32 and length are given."""
-    trailer = struct.pack("<II", crc & 0xFFFFFFFF, size & 0xFFFFFFFF)
-    return b"".join((GZIP_HEADER, *pieces, DEFLATE_END, trailer))

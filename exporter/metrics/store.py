@@ -1,36 +1,38 @@
-"""Snapshots of collections, what each target currently shows, and the metrics built from them.
+"""What each target currently shows, and its samples rendered for the exposition.
 
-Only the scheduler writes here (``record``); only the exposition reads. A scrape never reaches a
-provider: it serves what the store holds.
+Only the scheduler's snapshots write here (:meth:`Store.record`); the exposition reads. A scrape
+never reaches a provider: it serves what the store holds.
 
-Two views of the same metrics: :class:`StoreCollector` gives prometheus_client fresh families on
-every collect (``--once`` and the reference the tests compare with); for ``/metrics`` each target
-keeps its samples rendered per family (:attr:`TargetState.blocks`), re-rendered when a collection of
-that target ends or when its failing samples go stale, so a new snapshot of one target re-renders
-that target only (see ``exporter/exposition.py``).
+Each target keeps its samples rendered per family (:attr:`TargetState.blocks`), re-rendered when a
+collection of that target ends or when its failing samples go stale, so a new snapshot of one
+target re-renders that target only. The store is handed the providers' metric descriptions; it
+calls nothing upstream.
 """
 
 from __future__ import annotations
 
 import math
 import platform
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 import structlog
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.clock import Clock
 from exporter.collect.errors import Reason
+from exporter.collect.snapshot import Snapshot
 from exporter.metrics.render import FamilyFormat, format_value
-from exporter.providers import registry
-from exporter.providers.base import MetricSpec, Sample, TargetConfig
+from exporter.providers.base import MetricSpec, TargetConfig
 
 log = structlog.get_logger("exporter.metrics.store")
 
 SeriesKey = tuple[str, tuple[str, ...]]
+TargetStateName = Literal["up", "down", "stale", "pending"]
+Subscriber = Callable[[], None]
 
 SUCCESS = FamilyFormat(
     "messaging_exporter_collect_success",
@@ -66,21 +68,6 @@ TARGET_SELF_FAMILIES = (SUCCESS, DURATION, LAST_SUCCESS, INTERVAL, ERRORS)
 """The exporter's own families with a series per target, after the provider families."""
 
 
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """The outcome of one collection of one target. ``samples`` are fresh: every sample of the
-    target when ``ok``, the parts that worked when not."""
-
-    target: str
-    provider: str
-    ok: bool
-    samples: tuple[Sample, ...]
-    started_at: float
-    duration: float
-    reason: Reason | None = None
-    error: str | None = None
-
-
 @dataclass(slots=True)
 class TargetState:
     config: TargetConfig
@@ -107,29 +94,35 @@ class TargetState:
     line_keys: tuple[SeriesKey, ...] = ()
     # The sum of ``errors`` when they were last rendered.
     error_count: int = 0
+    consecutive_failures: int = 0
+    served: int = 0
+    """Provider series served as of the last render."""
 
-    def visible(self, now: float) -> Iterator[tuple[SeriesKey, float]]:
-        """The series to serve: all of them after a success; after a failure, those delivered
-        less than ``stale_after`` ago."""
+    def visible(self, now: float) -> tuple[Iterable[tuple[SeriesKey, float]], float]:
+        """The staleness rule: the series to serve at ``now`` (all of them after a success; after a
+        failure, those delivered less than ``stale_after`` ago), and when the next of those goes
+        stale (``inf`` if none will)."""
         if self.latest is None or self.latest.ok:
-            yield from self.series.items()
-            return
-        horizon = now - self.config.stale_after
-        seen = self.seen
-        for key, value in self.series.items():
-            if seen[key] > horizon:
-                yield key, value
-
-    def expiry(self, now: float) -> float:
-        """When the next served series goes stale, after ``now`` (``inf`` if none will)."""
-        if self.latest is None or self.latest.ok:
-            return math.inf
+            return self.series.items(), math.inf
         stale_after = self.config.stale_after
         horizon = now - stale_after
-        return min(
-            (seen + stale_after for seen in self.seen.values() if seen > horizon),
-            default=math.inf,
-        )
+        seen = self.seen
+        fresh = [(key, value) for key, value in self.series.items() if seen[key] > horizon]
+        if not fresh:
+            return fresh, math.inf
+        expires = min(seen[key] for key, _ in fresh) + stale_after
+        # Never "due" already: a boundary rounding the other way must not re-render forever.
+        return fresh, max(expires, math.nextafter(now, math.inf))
+
+    @property
+    def state(self) -> TargetStateName:
+        """``pending`` before the first collection, ``up`` after a success; after a failure
+        ``stale`` when none of its series are served any more, else ``down``."""
+        if self.latest is None:
+            return "pending"
+        if self.latest.ok:
+            return "up"
+        return "stale" if self.series and not self.served else "down"
 
 
 def _prefix(block: bytes, family: FamilyFormat, values: Sequence[str]) -> bytes:
@@ -138,25 +131,26 @@ def _prefix(block: bytes, family: FamilyFormat, values: Sequence[str]) -> bytes:
 
 
 class Store:
-    def __init__(self, clock: Clock) -> None:
+    """Every target's state and rendered samples. ``metrics`` are the providers' metric
+    descriptions, by provider name: the families a provider's samples may belong to."""
+
+    def __init__(self, clock: Clock, metrics: Mapping[str, Sequence[MetricSpec]]) -> None:
         self._clock = clock
         self._targets: dict[str, TargetState] = {}
         self.generation = 0
-        self.on_change: Callable[[], None] | None = None
-        """Called after every change of :attr:`generation` (the exposition schedules a build)."""
+        """Counts changes of what the exposition shows from the store."""
+        self._subscribers: list[Subscriber] = []
         self.config_reload_successful = True
-        self.epoch = 0
-        """Counts changes no scrape may miss, however recent the bytes it could reuse: the outcome
-        of a config reload (an operator waits for it). Each is a generation too."""
+        self.last_reload: float | None = None
+        """When the config was last (re)loaded, Unix seconds."""
         self.shard = (0, 1)
         self.skipped_targets = 0
         self._specs: dict[str, dict[str, MetricSpec]] = {
-            name: {spec.name: spec for spec in provider.metrics}
-            for name, provider in registry().items()
+            name: {spec.name: spec for spec in specs} for name, specs in metrics.items()
         }
         provider_families: dict[str, FamilyFormat] = {}
-        for specs in self._specs.values():
-            for spec in specs.values():
+        for specs_of_one in self._specs.values():
+            for spec in specs_of_one.values():
                 provider_families[spec.name] = FamilyFormat(
                     spec.name, "gauge", spec.help, ("account", *spec.labels)
                 )
@@ -168,10 +162,13 @@ class Store:
         only when some target has samples in them), then the exporter's own."""
         self.provider_family_count = len(provider_families)
         self._slots = {family.name: slot for slot, family in enumerate(self.families)}
-        self.layout = 0
-        """Counts changes of the set or order of the targets."""
-        self._dirty: set[str] = set()
         self._expiring: dict[str, float] = {}
+
+    def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
+        """Call ``subscriber`` after every change of :attr:`generation`; returns the call that
+        ends the subscription."""
+        self._subscribers.append(subscriber)
+        return lambda: self._subscribers.remove(subscriber)
 
     def set_targets(self, configs: Sequence[TargetConfig]) -> None:
         """Track exactly these targets; kept ones keep their state unless their config changed."""
@@ -185,8 +182,6 @@ class Store:
             fresh[config.name] = state
         self._targets = fresh
         self._expiring = {name: t for name, t in self._expiring.items() if name in fresh}
-        self._dirty.clear()
-        self.layout += 1
         self._changed()
 
     @property
@@ -222,7 +217,9 @@ class Store:
             state.series = delivered
             state.seen = {}
             state.last_success = finished
+            state.consecutive_failures = 0
         else:
+            state.consecutive_failures += 1
             seen = state.seen
             if state.latest is None or state.latest.ok:
                 seen = dict.fromkeys(state.series, state.last_success or 0.0)
@@ -232,19 +229,18 @@ class Store:
                 state.errors[snapshot.reason] = state.errors.get(snapshot.reason, 0) + 1
         state.latest = replace(snapshot, samples=()) if snapshot.samples else snapshot
         self._render(state, self._clock.time())
-        self._dirty.add(snapshot.target)
         self._changed()
 
     def reloaded(self, ok: bool) -> None:
-        """A config reload ended, well or not."""
+        """A config (re)load ended, well or not."""
         self.config_reload_successful = ok
-        self.epoch += 1
+        self.last_reload = self._clock.time()
         self._changed()
 
     def _changed(self) -> None:
         self.generation += 1
-        if self.on_change is not None:
-            self.on_change()
+        for subscriber in list(self._subscribers):
+            subscriber()
 
     def expire(self) -> None:
         """Count a generation when a failing target's samples have gone stale since the last one."""
@@ -256,13 +252,7 @@ class Store:
             return
         for name in due:
             self._render(self._targets[name], now)
-            self._dirty.add(name)
         self._changed()
-
-    def take_dirty(self) -> set[str]:
-        """The targets re-rendered since the last call (after a ``layout`` change: all of them)."""
-        dirty, self._dirty = self._dirty, set()
-        return dirty
 
     # -- rendering -----------------------------------------------------------------------------
 
@@ -286,23 +276,8 @@ class Store:
                 key: line[: line.rindex(b" ") + 1]
                 for key, line in zip(state.line_keys, old_lines, strict=False)
             }
-        expires = math.inf
         latest = state.latest
-        if latest is None or latest.ok:
-            visible: Iterable[tuple[SeriesKey, float]] = state.series.items()
-        else:
-            stale_after = state.config.stale_after
-            horizon = now - stale_after
-            fresh: list[tuple[SeriesKey, float]] = []
-            seen = state.seen
-            for key, value in state.series.items():
-                seen_at = seen[key]
-                if seen_at > horizon:
-                    fresh.append((key, value))
-                    expires = min(expires, seen_at + stale_after)
-            visible = fresh
-            # Never "due" already: a boundary rounding the other way must not re-render forever.
-            expires = max(expires, math.nextafter(now, math.inf))
+        visible, expires = state.visible(now)
         # Per provider family slot: its lines and their series' keys.
         shown: dict[int, tuple[list[bytes], list[SeriesKey]]] = {}
         for key, value in visible:
@@ -323,6 +298,7 @@ class Store:
             blocks[slot] = old[slot] if old and old[slot] == block else block
             line_keys += slot_keys
         state.line_keys = tuple(line_keys)
+        state.served = len(line_keys)
         pair = (state.config.provider, account)
         if old:
             success, duration, last_success, interval, errors = old[base:]
@@ -372,46 +348,6 @@ class Store:
         else:
             self._expiring[account] = expires
 
-    # -- metrics -------------------------------------------------------------------------------
-
-    def provider_families(self) -> Iterator[Metric]:
-        now = self._clock.time()
-        families: dict[str, GaugeMetricFamily] = {}
-        for provider_name in registry():
-            for spec in self._specs[provider_name].values():
-                families[spec.name] = GaugeMetricFamily(
-                    spec.name, spec.help, labels=("account", *spec.labels)
-                )
-        used: dict[str, GaugeMetricFamily] = {}
-        for state in self._targets.values():
-            account = state.config.name
-            for (metric, labels), value in state.visible(now):
-                family = families[metric]
-                family.add_metric((account, *labels), value)
-                used[metric] = family
-        # Families in the providers' declared order, only those with samples.
-        return (family for name, family in families.items() if name in used)
-
-    def self_families(self) -> Iterator[Metric]:
-        targets = list(self._targets.values())
-        success, duration, last_success, interval = (
-            GaugeMetricFamily(family.name, family.help, labels=family.labels)
-            for family in (SUCCESS, DURATION, LAST_SUCCESS, INTERVAL)
-        )
-        errors = CounterMetricFamily(ERRORS.name, ERRORS.help, labels=ERRORS.labels)
-        for state in targets:
-            key = (state.config.provider, state.config.name)
-            if state.latest is not None:
-                success.add_metric(key, 1.0 if state.latest.ok else 0.0)
-                duration.add_metric(key, state.latest.duration)
-            if state.last_success is not None:
-                last_success.add_metric(key, state.last_success)
-            interval.add_metric(key, state.config.interval)
-            for reason in Reason:
-                errors.add_metric((*key, str(reason)), float(state.errors.get(reason, 0)))
-        yield from (success, duration, last_success, interval, errors)
-        yield from self.global_families()
-
     def global_families(self) -> Iterator[Metric]:
         """The exporter's own families that have no series per target (small: rendered by
         prometheus_client). The exposition caches their rendering by every value read here
@@ -443,9 +379,9 @@ class Store:
         yield from (build, reload_ok, shard, assigned)
 
 
-class StoreCollector(Collector):
-    """prometheus_client's view of the store: fresh families from the current snapshots on every
-    render, so series that are gone are gone."""
+class ExporterInfo(Collector):
+    """The exporter's own families that have no series per target, rendered by prometheus_client
+    with the rest of the registry."""
 
     def __init__(self, store: Store) -> None:
         self._store = store
@@ -454,5 +390,4 @@ class StoreCollector(Collector):
         return []  # registering must not trigger a collection
 
     def collect(self) -> Iterable[Metric]:
-        yield from self._store.provider_families()
-        yield from self._store.self_families()
+        yield from self._store.global_families()

@@ -1,0 +1,177 @@
+"""The exporter assembled: config → scheduler → providers → store → exposition, and what changes
+them at run time (the collection loop's start and stop, config reloads). The web app serves from
+it; nothing here knows of HTTP serving."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import aiohttp
+import prometheus_client
+import structlog
+from prometheus_client import CollectorRegistry, Histogram
+
+from exporter import __version__
+from exporter.clock import Clock, SystemClock
+from exporter.collect.http import new_session, request_duration_histogram
+from exporter.collect.scheduler import Scheduler
+from exporter.collect.sharding import Sharding, split
+from exporter.config import Config, ConfigError, load_config
+from exporter.logs import redactor, setup_logging
+from exporter.metrics.exposition import Exposition
+from exporter.metrics.store import ExporterInfo, Store
+from exporter.providers import registry
+from exporter.providers.base import TargetConfig
+
+log = structlog.get_logger("exporter.service")
+
+USER_AGENT = f"messaging-stats-exporter/{__version__}"
+
+
+@dataclass
+class Exporter:
+    """Everything the collection loop, the routes and the lifecycle share."""
+
+    config: Config
+    clock: Clock
+    store: Store
+    registry: CollectorRegistry
+    histogram: Histogram
+    exposition: Exposition
+    config_path: Path | None = None
+    environ: Mapping[str, str] | None = None
+    shard_override: Sharding | None = None
+    autostart: bool = True
+    """Start the collection loop with the app (tests drive collections themselves)."""
+    assigned: list[TargetConfig] = field(default_factory=list)
+    scheduler: Scheduler | None = None
+    session: aiohttp.ClientSession | None = None
+    reload_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def sharding(self) -> Sharding:
+        return self.shard_override or self.config.sharding
+
+    def apply(self, config: Config) -> None:
+        """Run the targets of ``config`` that this shard owns: unchanged ones keep their state
+        and schedule, removed ones leave, new ones start."""
+        self.config = config
+        redactor.set_secrets(config.secret_values())
+        sharding = self.sharding
+        self.assigned, skipped = split(
+            config.targets, [target.name for target in config.targets], sharding
+        )
+        self.store.shard = (sharding.index, sharding.count)
+        self.store.skipped_targets = skipped
+        if self.scheduler is not None:
+            self.scheduler.set_targets(self.assigned)
+        self.store.set_targets(self.assigned)
+        if self.scheduler is not None and self.autostart:
+            self.scheduler.start()
+
+    def new_scheduler(self, session: aiohttp.ClientSession) -> Scheduler:
+        return Scheduler(
+            registry(),
+            self.store.record,
+            session,
+            self.histogram,
+            self.clock,
+            self.config.max_concurrent_collections,
+        )
+
+    async def collecting(self) -> AsyncIterator[None]:
+        """The collection loop, from the first ``yield`` until the generator is closed (an aiohttp
+        ``cleanup_ctx``)."""
+        self.session = new_session(USER_AGENT)
+        self.scheduler = self.new_scheduler(self.session)
+        self.apply(self.config)
+        try:
+            yield
+        finally:
+            await self.scheduler.stop()
+            await self.exposition.aclose()
+            await self.session.close()
+
+    async def collect_once(self) -> bool:
+        """Collect every assigned target once (``--once``); True if all succeeded."""
+        async with new_session(USER_AGENT) as session:
+            scheduler = self.new_scheduler(session)
+            scheduler.set_targets(self.assigned)
+            snapshots = await scheduler.run_all_once()
+        return all(snapshot.ok for snapshot in snapshots)
+
+    async def reload(self) -> str | None:
+        """Load the config file again; on an error keep the running config and return the error."""
+        if self.config_path is None:
+            reason = "this exporter runs the built-in demo config, which has no file to reload"
+            log.warning("config reload refused", reason=reason)
+            return reason
+        async with self.reload_lock:
+            try:
+                # Off the loop: the file and its *_file secrets are read from disk.
+                config = await asyncio.to_thread(load_config, self.config_path, self.environ)
+            except ConfigError as exc:
+                self.store.reloaded(ok=False)
+                log.error("config reload failed; the previous config stays", error=str(exc))
+                return str(exc)
+            old = self.config
+            before = {target.name: target for target in old.targets}
+            after = {target.name: target for target in config.targets}
+            if config.log != old.log:
+                setup_logging(config.log.level, config.log.format)
+            self.apply(config)
+            self.store.reloaded(ok=True)
+            log.info(
+                "config reloaded",
+                targets=len(config.targets),
+                added=sorted(after.keys() - before.keys()),
+                removed=sorted(before.keys() - after.keys()),
+                changed=sorted(
+                    name for name in after.keys() & before.keys() if after[name] != before[name]
+                ),
+            )
+            if config.web != old.web:
+                log.warning(
+                    "web settings changed; they apply after a restart",
+                    keys=[
+                        f"web.{key}"
+                        for key in type(config.web).model_fields
+                        if getattr(config.web, key) != getattr(old.web, key)
+                    ],
+                )
+            return None
+
+
+def make_exporter(
+    config: Config,
+    *,
+    clock: Clock | None = None,
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    shard: Sharding | None = None,
+    autostart: bool = True,
+) -> Exporter:
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    clock = clock or SystemClock()
+    store = Store(clock, {name: provider.metrics for name, provider in registry().items()})
+    collectors = CollectorRegistry(auto_describe=False)
+    collectors.register(ExporterInfo(store))
+    histogram = request_duration_histogram(collectors)
+    exporter = Exporter(
+        config=config,
+        clock=clock,
+        store=store,
+        registry=collectors,
+        histogram=histogram,
+        exposition=Exposition(store, collectors),
+        config_path=config_path,
+        environ=environ,
+        shard_override=shard,
+        autostart=autostart,
+    )
+    exporter.apply(config)
+    store.reloaded(ok=True)
+    return exporter

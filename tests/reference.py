@@ -1,0 +1,71 @@
+"""prometheus_client's view of a store, for the tests: fresh families from every target's visible
+series at each collect, rendered by prometheus_client itself. The exposition's bytes must equal
+what this renders, with the rest of the exporter's registry."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from exporter.collect.errors import Reason
+from exporter.metrics.store import DURATION, ERRORS, INTERVAL, LAST_SUCCESS, SUCCESS, Store
+from exporter.service import Exporter
+
+
+class StoreReference(Collector):
+    def __init__(self, store: Store, clock_time: float) -> None:
+        self._store = store
+        self._now = clock_time
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        store = self._store
+        gauges: dict[str, GaugeMetricFamily] = {}
+        for family in store.families[: store.provider_family_count]:
+            gauges[family.name] = GaugeMetricFamily(family.name, family.help, labels=family.labels)
+        used: set[str] = set()
+        for state in store.targets:
+            visible, _ = state.visible(self._now)
+            for (metric, labels), value in visible:
+                gauges[metric].add_metric((state.config.name, *labels), value)
+                used.add(metric)
+        yield from (family for name, family in gauges.items() if name in used)
+        success, duration, last_success, interval = (
+            GaugeMetricFamily(family.name, family.help, labels=family.labels)
+            for family in (SUCCESS, DURATION, LAST_SUCCESS, INTERVAL)
+        )
+        errors = CounterMetricFamily(ERRORS.name, ERRORS.help, labels=ERRORS.labels)
+        for state in store.targets:
+            key = (state.config.provider, state.config.name)
+            if state.latest is not None:
+                success.add_metric(key, 1.0 if state.latest.ok else 0.0)
+                duration.add_metric(key, state.latest.duration)
+            if state.last_success is not None:
+                last_success.add_metric(key, state.last_success)
+            interval.add_metric(key, state.config.interval)
+            for reason in Reason:
+                errors.add_metric((*key, str(reason)), float(state.errors.get(reason, 0)))
+        yield from (success, duration, last_success, interval, errors)
+
+
+class _Others(Collector):
+    """The exporter's registry as one collector."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self._registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        yield from self._registry.collect()
+
+
+def reference_registry(exporter: Exporter) -> CollectorRegistry:
+    """A registry that renders what the exporter's ``/metrics`` must show."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(StoreReference(exporter.store, exporter.clock.time()))
+    registry.register(_Others(exporter.registry))
+    return registry
