@@ -517,3 +517,28 @@ def test_the_builtins_register_through_the_same_entry_points() -> None:
         }
     assert list(registry()) == BUILTINS
     assert list(simulator.provider_modules()) == BUILTINS
+
+
+def test_the_example_dockerfile_is_hadolint_clean() -> None:
+    """The derived image of the docs: linted with the exporter's own hadolint settings."""
+    beside = Path(sys.executable).parent / "hadolint"
+    hadolint = shutil.which("hadolint") or (str(beside) if beside.is_file() else None)
+    if hadolint is None:
+        message = "hadolint is not installed: run .ci/install-chart-tools"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message} (CI must lint the Dockerfiles)")
+        pytest.skip(message)
+    dockerfile = PLUGIN / "Dockerfile"
+    result = subprocess.run(
+        [hadolint, "--config", str(REPO / ".hadolint.yaml"), "--no-color", str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # It installs the plugin next to the exporter, in the exporter's virtualenv, as root, and
+    # leaves the exporter's user in place.
+    text = dockerfile.read_text(encoding="utf-8")
+    assert "python -m pip install --no-cache-dir /tmp/acme-sms" in text
+    assert text.rstrip().splitlines()[-1] == "USER 10001:10001"
