@@ -301,6 +301,82 @@ async def test_a_task_that_never_completes_is_polled_across_runs_never_restarted
     assert len(task_ids) == 1
 
 
+def segment_7_task_ids(sim) -> list[str]:
+    """The task ids of segment 7's refreshes, in the order they were polled first."""
+    ids: dict[str, None] = {}
+    for r in requests(sim, "prod", "tasks/status"):
+        if altcraft(sim).tasks[r.body["task_id"]].object_id == 7:
+            ids[r.body["task_id"]] = None
+    return list(ids)
+
+
+@pytest.mark.parametrize(
+    ("task_max_age", "max_age_seconds"),
+    [
+        (None, 3600.0),  # the default: the larger of 1h and 3 x interval (60 s)
+        ("5m", 300.0),
+    ],
+)
+async def test_a_task_older_than_task_max_age_is_abandoned_and_a_new_one_started(
+    sim, sim_url, harness, make_config, clock, task_max_age, max_age_seconds
+):
+    extra = {} if task_max_age is None else {"task_max_age": task_max_age}
+    h = await start(harness, make_config, clock, targets(sim_url, sim, **extra), timeout="0.3s")
+    altcraft(sim).object_faults[("prod", "segment", 7)] = "task_never_completes"
+    await h.collect()  # the refresh starts; its task never completes
+    (first_task,) = segment_7_task_ids(sim)
+
+    # Just younger than task_max_age: polled again, not abandoned, never restarted.
+    clock.advance(max_age_seconds - 1)
+    with structlog.testing.capture_logs() as logs:
+        await h.collect()
+    assert not [e for e in logs if e["event"] == "altcraft task abandoned"]
+    assert refreshes(sim, "prod", "segment", 7) == 1
+    assert errors_of(await h.scrape(), PROD)["timeout"] == 2
+
+    # task_max_age after its start: polled once more, then abandoned; this run fails.
+    clock.advance(1)
+    polls_before = len(requests(sim, "prod", "tasks/status"))
+    with structlog.testing.capture_logs() as logs:
+        await h.collect()
+    scraped = await h.scrape()
+    assert scraped[(SUCCESS, labels(provider="altcraft", account=PROD))] == 0
+    assert errors_of(scraped, PROD)["timeout"] == 3
+    assert refreshes(sim, "prod", "segment", 7) == 1  # the new one waits for the next run
+    assert len(requests(sim, "prod", "tasks/status")) > polls_before
+    (abandoned,) = [e for e in logs if e["event"] == "altcraft task abandoned"]
+    assert abandoned["log_level"] == "warning"
+    assert abandoned["provider"] == "altcraft"
+    assert abandoned["account"] == PROD
+    assert abandoned["task_id"] == first_task
+    assert abandoned["age_seconds"] == max_age_seconds
+    assert abandoned["task_max_age_seconds"] == max_age_seconds
+    assert PROD_TOKEN not in str(logs)
+    snapshot = h.exporter.store.targets[0].latest
+    assert snapshot is not None
+    assert snapshot.reason == "timeout"
+    assert f"task {first_task} still processing at 42%" in (snapshot.error or "")
+    assert "abandoned" in (snapshot.error or "")
+    # The other objects of the target are delivered as usual.
+    assert only(scraped, resource_24()) == resource_24()
+
+    # The next run starts a new recount, which completes once Altcraft works again.
+    polls_before = len(requests(sim, "prod", "tasks/status"))
+    clock.advance(INTERVAL)
+    del altcraft(sim).object_faults[("prod", "segment", 7)]
+    await h.collect()
+    scraped = await h.scrape()
+    assert scraped[(SUCCESS, labels(provider="altcraft", account=PROD))] == 1
+    assert refreshes(sim, "prod", "segment", 7) == 2
+    assert segment_7_task_ids(sim)[0] == first_task
+    assert len(segment_7_task_ids(sim)) == 2
+    assert only(scraped, segment_7()) == segment_7()
+    # The abandoned task is never polled again.
+    later_polls = [r.body["task_id"] for r in requests(sim, "prod", "tasks/status")[polls_before:]]
+    assert later_polls
+    assert first_task not in later_polls
+
+
 async def test_a_reload_that_changes_the_target_keeps_its_running_task(
     sim, sim_url, harness, make_config, clock
 ):

@@ -4,6 +4,7 @@ pages' own examples), discovery answers, and the target's config."""
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from exporter.providers.altcraft import (
     SEGMENT_SUBSCRIPTIONS,
     SEGMENT_UPDATED,
     AltcraftTarget,
+    CountedObject,
     GoDurationError,
     parse_count_duration,
     parse_database_ids,
@@ -40,105 +42,18 @@ from exporter.providers.altcraft import (
 )
 from exporter.providers.base import Sample
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "providers"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "providers" / "altcraft"
 
-# The "Checking the task status" response examples of the two API pages, as printed there.
-RESOURCE_PAGE_ANSWER: dict[str, Any] = {
-    "data": {
-        "status": "completed",
-        "progress": 100,
-        "result": [
-            {
-                "channels": [
-                    {
-                        "channel": "sms",
-                        "status": {
-                            "all": 1336,
-                            "complained": 0,
-                            "hardbounced": 0,
-                            "invalid": 0,
-                            "subscribed": 0,
-                            "subscribed_sendable": 0,
-                            "suspended": 0,
-                            "unconfirmed": 0,
-                            "unconfirmed_sendable": 0,
-                            "unsubscribed": 0,
-                        },
-                    },
-                    {
-                        "channel": "push",
-                        "status": {
-                            "all": 1336,
-                            "complained": 0,
-                            "hardbounced": 0,
-                            "invalid": 0,
-                            "subscribed": 0,
-                            "subscribed_sendable": 0,
-                            "suspended": 0,
-                            "unconfirmed": 0,
-                            "unconfirmed_sendable": 0,
-                            "unsubscribed": 0,
-                        },
-                    },
-                    {
-                        "channel": "email",
-                        "status": {
-                            "all": 1336,
-                            "complained": 0,
-                            "hardbounced": 434,
-                            "invalid": 0,
-                            "subscribed": 842,
-                            "subscribed_sendable": 842,
-                            "suspended": 0,
-                            "unconfirmed": 0,
-                            "unconfirmed_sendable": 0,
-                            "unsubscribed": 60,
-                        },
-                    },
-                ],
-                "in_progress": False,
-                "last_count_time": "counted at 2024-04-19T13:31:08Z in 231.374251ms",
-                "list_id": 1,
-                "refresh_task_id": "",
-                "updated": "2024-04-19T13:31:08.927Z",
-            }
-        ],
-    },
-    "error": 0,
-    "error_text": "Successful operation",
-}
 
-SEGMENT_PAGE_ANSWER: dict[str, Any] = {
-    "data": {
-        "status": "completed",
-        "progress": 100,
-        "result": [
-            {
-                "channels": [
-                    {
-                        "channel": "email",
-                        "status": {"subscribed_sendable": 209, "unconfirmed_sendable": 0},
-                    },
-                    {
-                        "channel": "push",
-                        "status": {"subscribed_sendable": 0, "unconfirmed_sendable": 0},
-                    },
-                    {
-                        "channel": "sms",
-                        "status": {"subscribed_sendable": 0, "unconfirmed_sendable": 0},
-                    },
-                ],
-                "in_progress": False,
-                "list_id": 1,
-                "refresh_task_id": "",
-                "resource_id": 27,
-                "updated": "2024-04-20T09:30:01.583Z",
-            }
-        ],
-    },
-    "error": 0,
-    "error_text": "Successful operation",
-}
+def page_example(name: str) -> dict[str, Any]:
+    """A request or response example of the Altcraft API pages, as printed there."""
+    example: dict[str, Any] = json.loads((FIXTURES / name).read_text(encoding="utf-8"))
+    return example
+
+
+# The "Checking the task status" response examples of the two API pages.
+RESOURCE_PAGE_ANSWER = page_example("resources-tasks-status.response.json")
+SEGMENT_PAGE_ANSWER = page_example("segments-tasks-status.response.json")
 
 json_values = st.recursive(
     st.none()
@@ -326,15 +241,44 @@ def test_rfc3339(text: str, timestamp: float | None) -> None:
 # -- the pages' examples -------------------------------------------------------------------------
 
 
-def test_the_reference_pages_hold_the_examples_used_here() -> None:
-    if not REFERENCE.is_dir():
-        pytest.skip("the shared reference pages are not next to this checkout")
-    resource_page = (REFERENCE / "altcraft-resources-refresh-counters.txt").read_text()
-    segment_page = (REFERENCE / "altcraft-segments-refresh-counters.txt").read_text()
-    assert '"last_count_time": "counted at 2024-04-19T13:31:08Z in 231.374251ms"' in resource_page
-    assert '"hardbounced": 434' in resource_page
-    assert '"subscribed_sendable": 209' in segment_page
-    assert '"resource_id": 27' in segment_page
+def test_the_page_examples_hold_what_the_tests_rely_on() -> None:
+    resource = json.dumps(RESOURCE_PAGE_ANSWER)
+    segment = json.dumps(SEGMENT_PAGE_ANSWER)
+    assert '"last_count_time": "counted at 2024-04-19T13:31:08Z in 231.374251ms"' in resource
+    assert '"hardbounced": 434' in resource
+    assert '"subscribed_sendable": 209' in segment
+    assert '"resource_id": 27' in segment
+
+
+@pytest.mark.parametrize(
+    ("kind", "task_id"),
+    [
+        ("resources", "c9c3ec48-1bef-4969-9c1a-df39f0c179bb"),
+        ("segments", "55a345c8-3d79-47ef-b03e-b84ce8e0c126"),
+    ],
+)
+def test_refresh_answers_of_the_pages_give_their_task_id(kind: str, task_id: str) -> None:
+    envelope = parse_envelope(page_example(f"{kind}-refresh-counters.response.json"))
+    assert (envelope.error, envelope.error_text) == (0, "Successful operation")
+    assert parse_task_id(envelope.data) == task_id
+
+
+@pytest.mark.parametrize(
+    ("obj", "example"),
+    [
+        (CountedObject("resource", 24, 24, 1), "resources-refresh-counters.request.json"),
+        (CountedObject("segment", 7, 24, 1), "segments-refresh-counters.request.json"),
+    ],
+)
+def test_refresh_requests_send_what_the_pages_send(obj: CountedObject, example: str) -> None:
+    """The page's request, less its optional keys (format, feedback) and the token, which every
+    call adds."""
+    page = page_example(example)
+    expected = {
+        key: value for key, value in page.items() if key not in ("token", "format", "feedback")
+    }
+    assert obj.refresh_body() == expected
+    assert set(page_example("resources-tasks-status.request.json")) == {"token", "task_id"}
 
 
 def test_resource_page_example_gives_exactly_these_samples() -> None:

@@ -147,3 +147,18 @@ async def test_a_wrong_password_is_reason_auth(sim, sim_url, harness, make_confi
     scraped = await h.scrape()
     key = (ERRORS, labels(provider="thulium", account="thulium-acme", reason="auth"))
     assert scraped[key] == 1
+
+
+async def test_the_ratio_is_served_as_written(sim, sim_url, harness, make_config):
+    """24.48 % is served as 0.2448, not as the binary quotient 0.24480000000000002."""
+    thulium(sim).tenants["acme"].campaigns = [Campaign("00001", 1324, 24.48)]
+    h = await harness(make_config(targets(sim_url, sim)))
+    await h.collect()
+    text = await h.scrape_text()
+    line = next(
+        line
+        for line in text.splitlines()
+        if line.startswith(COMPLETION) and 'account="thulium-acme"' in line
+    )
+    assert line.endswith(" 0.2448"), line
+    assert "0.24480000000000002" not in text

@@ -144,3 +144,40 @@ def test_error_text_never_raises(body: bytes) -> None:
 def test_error_text_reads_the_documented_error_body() -> None:
     body = json.dumps({"errors": [{"message": "Unauthorized", "code": 401}]}).encode()
     assert error_text(body) == "Unauthorized (code 401)"
+
+
+# -- the ratio as a person would write it ------------------------------------------------------
+
+
+def completion(percent: float) -> float:
+    body = [{"id": "00001", "records_count": 1, "completion_percent": percent}]
+    (ratio,) = [s.value for s in parse_outbound_stats(body) if s.metric == COMPLETION]
+    return ratio
+
+
+@pytest.mark.parametrize(
+    ("percent", "written"),
+    [
+        (24.48, "0.2448"),  # 24.48 / 100 is 0.24480000000000002
+        (14.87, "0.1487"),
+        (57.1, "0.571"),
+        (33.33, "0.3333"),
+        (0.07, "0.0007"),
+        (99.99, "0.9999"),
+        (23, "0.23"),
+        (100, "1.0"),
+        (0, "0.0"),
+    ],
+)
+def test_completion_ratio_is_the_decimal_a_person_would_write(percent: float, written: str) -> None:
+    assert repr(completion(percent)) == written
+
+
+@given(st.integers(min_value=0, max_value=10_000), st.sampled_from([1, 10, 100, 1000]))
+def test_every_decimal_percent_moves_its_point_two_places(digits: int, scale: int) -> None:
+    """A percent written with up to three decimals is the same digits as a ratio: the point
+    moves, nothing else changes (``24.48`` → ``0.2448``)."""
+    percent = digits / scale
+    if percent > 100:
+        return
+    assert completion(percent) == float(f"{percent!r}e-2")

@@ -16,11 +16,14 @@ from exporter.providers.trustlat import (
     ACTIONS,
     CAMPAIGNS,
     NOTIFICATIONS,
+    REFUSED_GRANT_ERRORS,
     SCHEDULED,
     TrustlatTarget,
     envelope_error,
+    oauth_error,
     parse_statistics,
     parse_token,
+    token_failure_reason,
 )
 
 # The two answers of the API page, as printed there.
@@ -347,3 +350,77 @@ def test_error_texts_from_trust_have_our_secrets_removed():
     provider = Trustlat(config, client=None)  # type: ignore[arg-type]  # no request is made
     body = b'{"error": "invalid_client", "error_description": "bad secret the-client-secret"}'
     assert provider._scrubbed_error_text(body) == "invalid_client: bad secret <redacted>"
+
+
+# -- why a token request failed ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("reason", "status", "code", "expected"),
+    [
+        # The endpoint refused the credentials.
+        (Reason.AUTH, 401, "invalid_client", Reason.AUTH),
+        (Reason.AUTH, 403, None, Reason.AUTH),
+        (Reason.HTTP_4XX, 400, "invalid_client", Reason.AUTH),
+        (Reason.HTTP_4XX, 400, "invalid_grant", Reason.AUTH),
+        (Reason.HTTP_4XX, 400, "unauthorized_client", Reason.AUTH),
+        # Anything else keeps the reason of the failure itself.
+        (Reason.HTTP_4XX, 400, "unsupported_grant_type", Reason.HTTP_4XX),
+        (Reason.HTTP_4XX, 400, "invalid_request", Reason.HTTP_4XX),
+        (Reason.HTTP_4XX, 404, None, Reason.HTTP_4XX),
+        (Reason.HTTP_5XX, 500, None, Reason.HTTP_5XX),
+        (Reason.HTTP_5XX, 503, None, Reason.HTTP_5XX),
+        (Reason.RATE_LIMITED, 429, None, Reason.RATE_LIMITED),
+        (Reason.CONNECTION, None, None, Reason.CONNECTION),
+        (Reason.TIMEOUT, None, None, Reason.TIMEOUT),
+        (Reason.PARSE, None, None, Reason.PARSE),
+    ],
+)
+def test_token_failure_reason(
+    reason: Reason, status: int | None, code: str | None, expected: Reason
+) -> None:
+    assert token_failure_reason(reason, status, code) is expected
+
+
+def test_the_refusing_oauth_errors() -> None:
+    assert {"invalid_client", "invalid_grant"} <= REFUSED_GRANT_ERRORS
+    assert "unsupported_grant_type" not in REFUSED_GRANT_ERRORS
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (
+            {"error": "invalid_client", "error_description": "Client authentication failed"},
+            "invalid_client",
+        ),
+        ({"error": " invalid_grant "}, "invalid_grant"),
+        ({"error": ""}, None),
+        ({"error": 401}, None),
+        ({"access_token": "abc"}, None),
+        (["invalid_client"], None),
+        (None, None),
+    ],
+)
+def test_oauth_error(body: object, code: str | None) -> None:
+    assert oauth_error(body) == code
+
+
+# -- the expiry as Atenea wrote it -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("created_at", "expires_in", "expires_at"),
+    [
+        ("2024-04-19T13:31:08.927Z", 7200, "1713540668.927"),
+        (1700251078.531, 1.3, "1700251079.831"),  # the float sum is 1700251079.8309999
+        (1713533468.1, 7200.2, "1713540668.3"),
+        (1713533468, 7200, "1713540668.0"),
+    ],
+)
+def test_the_expiry_is_the_sum_of_the_decimals_given(
+    created_at: object, expires_in: float, expires_at: str
+) -> None:
+    body = {"access_token": "abc", "expires_in": expires_in, "created_at": created_at}
+    token = parse_token(body, 1713533400.0)
+    assert repr(token.expires_at) == expires_at

@@ -1,0 +1,396 @@
+"""The config's cross-key rules: at least one target, stale_after against interval (and its
+default), the warning for a timeout longer than interval, secret pairs and unknown providers
+reported at the key itself, and Altcraft's task_max_age."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from exporter.config import ConfigError, config_warnings, load_config, validate_config
+from exporter.providers import registry
+from exporter.providers.altcraft import AltcraftTarget
+
+ROOT = Path(__file__).resolve().parent.parent
+NO_TARGETS = "targets: at least one target is required"
+
+
+def thulium(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "thulium-acme",
+        "provider": "thulium",
+        "base_url": "https://acme.thulium.com/api",
+        "username": "api_user",
+        "password": "secret-password",
+        **extra,
+    }
+
+
+def altcraft(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "altcraft-prod",
+        "provider": "altcraft",
+        "base_url": "https://altcraft.example.com/api/v1.1",
+        "token": "t0ken-value",
+        "resources": [{"id": 24, "list_id": 1}],
+        **extra,
+    }
+
+
+def problems(data: object) -> list[str]:
+    with pytest.raises(ConfigError) as caught:
+        validate_config(data, environ={})
+    return [str(problem) for problem in caught.value.problems]
+
+
+def check_config(path: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+        cwd=ROOT,
+        check=False,
+    )
+
+
+# -- at least one target -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "# nothing but a comment\n", "targets: []\n", "targets:\n", "web: {telemetry_path: /m}\n"],
+    ids=["empty", "comment-only", "empty-list", "null", "no-targets-key"],
+)
+def test_a_config_without_targets_is_refused(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, environ={})
+    assert [str(problem) for problem in caught.value.problems] == [NO_TARGETS]
+
+
+def test_no_targets_is_reported_with_the_other_problems() -> None:
+    found = problems({"targets": [], "log": {"level": "loud"}})
+    assert NO_TARGETS in found
+    assert any(problem.startswith("log.level:") for problem in found)
+
+
+@pytest.mark.parametrize("text", ["", "targets: []\n"], ids=["empty-file", "empty-list"])
+def test_check_config_exits_2_without_targets(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    result = check_config(path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert NO_TARGETS in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# -- stale_after -------------------------------------------------------------------------------
+
+
+def test_stale_after_shorter_than_the_targets_interval_is_refused() -> None:
+    found = problems({"targets": [thulium(interval="10m", stale_after="5m")]})
+    assert found == ["targets[0].stale_after: must be at least interval (10m); it is 5m"]
+
+
+def test_stale_after_inherited_from_defaults_is_checked_against_the_targets_interval() -> None:
+    found = problems(
+        {
+            "defaults": {"stale_after": "5m"},
+            "targets": [thulium(), thulium(name="slow", interval="10m")],
+        }
+    )
+    assert found == [
+        "targets[1].stale_after: must be at least interval (10m); it is 5m "
+        "(inherited from defaults.stale_after)"
+    ]
+
+
+def test_stale_after_shorter_than_interval_in_defaults_is_reported_once_there() -> None:
+    found = problems(
+        {
+            "defaults": {"interval": "10m", "stale_after": "5m"},
+            "targets": [thulium(), thulium(name="b")],
+        }
+    )
+    assert found == ["defaults.stale_after: must be at least interval (10m); it is 5m"]
+
+
+def test_stale_after_equal_to_interval_is_fine() -> None:
+    config = validate_config({"targets": [thulium(interval="10m", stale_after="10m")]})
+    assert config.targets[0].stale_after == 600
+
+
+@pytest.mark.parametrize(
+    ("interval", "stale_after"),
+    [("30s", 300), ("60s", 300), ("100s", 300), ("2m", 360), ("10m", 1800), ("1h", 10800)],
+)
+def test_stale_after_defaults_to_the_larger_of_5m_and_3_intervals(
+    interval: str, stale_after: float
+) -> None:
+    config = validate_config({"targets": [thulium(interval=interval)]})
+    assert config.targets[0].stale_after == stale_after
+
+
+def test_the_default_stale_after_follows_each_targets_own_interval() -> None:
+    config = validate_config(
+        {
+            "defaults": {"interval": "10m"},
+            "targets": [thulium(), thulium(name="fast", interval="30s")],
+        }
+    )
+    assert [target.stale_after for target in config.targets] == [1800, 300]
+
+
+def test_stale_after_given_in_defaults_is_inherited() -> None:
+    config = validate_config(
+        {"defaults": {"stale_after": "20m"}, "targets": [thulium(), thulium(name="b")]}
+    )
+    assert [target.stale_after for target in config.targets] == [1200, 1200]
+
+
+def test_the_example_config_yaml_passes_check_config(tmp_path: Path) -> None:
+    """config.yaml has a 10m Altcraft interval with the default stale_after: still valid."""
+    text = (ROOT / "config.yaml").read_text()
+    for secret_path in ("/run/secrets/thulium-password", "/run/secrets/trust-secret"):
+        local = tmp_path / Path(secret_path).name
+        local.write_text("example-secret-from-file\n")
+        text = text.replace(secret_path, str(local))
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    env = {
+        "ALTCRAFT_TOKEN": "example-altcraft-token",
+        "TRUST_CLIENT_ID": "example-client-id",
+        "EXOLVE_API_KEY": "example-exolve-key",
+    }
+    result = check_config(path, env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    altcraft_target = next(
+        t for t in load_config(path, environ=env).targets if t.provider == "altcraft"
+    )
+    assert altcraft_target.interval == 600
+    assert altcraft_target.stale_after == 1800
+
+
+# -- timeout longer than interval ----------------------------------------------------------------
+
+
+def test_a_timeout_longer_than_interval_is_a_warning_naming_the_key() -> None:
+    config = validate_config(
+        {
+            "targets": [
+                thulium(name="a"),
+                thulium(name="b", interval="10s", timeout="10s"),
+                thulium(name="c", interval="1m", timeout="2m"),
+                thulium(name="d", interval="1500ms", timeout="2s"),
+            ]
+        }
+    )
+    assert config_warnings(config) == [
+        "targets[2].timeout: 2m is longer than interval (1m); a collection is cut at 1m",
+        "targets[3].timeout: 2s is longer than interval (1.5s); a collection is cut at 1.5s",
+    ]
+    assert config.targets[2].deadline == 60
+
+
+def test_a_timeout_inherited_from_defaults_warns_for_each_target_it_is_too_long_for() -> None:
+    config = validate_config(
+        {
+            "defaults": {"timeout": "45s"},
+            "targets": [thulium(name="a", interval="30s"), thulium(name="b")],
+        }
+    )
+    assert config_warnings(config) == [
+        "targets[0].timeout: 45s is longer than interval (30s); a collection is cut at 30s"
+    ]
+
+
+def test_a_sound_config_has_no_warnings() -> None:
+    assert config_warnings(validate_config({"targets": [thulium()]})) == []
+
+
+# -- secret pairs, at the key itself ---------------------------------------------------------------
+
+
+def exolve(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "exolve-sms",
+        "provider": "exolve",
+        "base_url": "https://api.exolve.ru/messaging/v1",
+        "api_key": "key-value",
+        **extra,
+    }
+
+
+def trustlat(**extra: Any) -> dict[str, Any]:
+    return {
+        "name": "trust",
+        "provider": "trustlat",
+        "base_url": "https://api.trust.lat",
+        "company_id": 1,
+        **extra,
+    }
+
+
+# Every provider's secret pairs: (a target with the inline key given, the key).
+SECRET_PAIRS = [
+    pytest.param(thulium(), "password", id="thulium-password"),
+    pytest.param(altcraft(), "token", id="altcraft-token"),
+    pytest.param(exolve(), "api_key", id="exolve-api_key"),
+    pytest.param(trustlat(client_id="c", client_secret="s"), "client_secret", id="trust-secret"),
+    pytest.param(trustlat(access_token="t"), "access_token", id="trustlat-access_token"),
+]
+
+
+def test_every_secret_of_every_provider_is_in_the_pairs_tested() -> None:
+    tested = {("thulium", "password"), ("altcraft", "token"), ("exolve", "api_key")}
+    tested |= {("trustlat", "client_secret"), ("trustlat", "access_token")}
+    declared = {
+        (name, key)
+        for name, provider in registry().items()
+        for key in provider.config_model.SECRETS
+    }
+    assert declared == tested
+
+
+@pytest.mark.parametrize(("target", "key"), SECRET_PAIRS)
+def test_both_forms_of_a_secret_name_the_key(target: dict[str, Any], key: str) -> None:
+    found = problems({"targets": [{**target, f"{key}_file": "/etc/hostname"}]})
+    assert found == [f"targets[0].{key}: give either {key} or {key}_file, not both"]
+
+
+@pytest.mark.parametrize(
+    ("target", "key"),
+    [
+        pytest.param(thulium(), "password", id="thulium-password"),
+        pytest.param(altcraft(), "token", id="altcraft-token"),
+        pytest.param(exolve(), "api_key", id="exolve-api_key"),
+    ],
+)
+def test_a_missing_secret_names_the_key(target: dict[str, Any], key: str) -> None:
+    del target[key]
+    found = problems({"targets": [target]})
+    assert found == [f"targets[0].{key}: {key} or {key}_file is required"]
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        pytest.param(
+            trustlat(),
+            "targets[0].client_id: give either client_id and client_secret",
+            id="neither-way",
+        ),
+        pytest.param(
+            trustlat(client_id="c"),
+            "targets[0].client_secret: client_secret or client_secret_file is required",
+            id="client-id-alone",
+        ),
+        pytest.param(
+            trustlat(client_secret="s"),
+            "targets[0].client_id: client_id is required with client_secret",
+            id="secret-alone",
+        ),
+        pytest.param(
+            trustlat(access_token="t", client_id="c", client_secret="s"),
+            "targets[0].access_token: give either access_token (a fixed token) or client_id",
+            id="both-ways",
+        ),
+    ],
+)
+def test_trustlats_ways_to_authenticate_name_the_key(target: dict[str, Any], expected: str) -> None:
+    found = problems({"targets": [target]})
+    assert len(found) == 1, found
+    assert found[0].startswith(expected), found
+
+
+def test_secret_values_stay_out_of_the_problems() -> None:
+    found = problems({"targets": [thulium(password_file="/etc/hostname")]})
+    assert not any("secret-password" in problem for problem in found)
+
+
+# -- unknown provider ----------------------------------------------------------------------------
+
+
+def known() -> str:
+    return ", ".join(sorted(registry()))
+
+
+@pytest.mark.parametrize(
+    ("provider", "expected"),
+    [
+        ("foo", "targets[0].provider: unknown provider 'foo'; known: {known}"),
+        ("Thulium", "targets[0].provider: unknown provider 'Thulium'; known: {known}"),
+        (7, "targets[0].provider: unknown provider 7; known: {known}"),
+    ],
+)
+def test_an_unknown_provider_names_the_key_and_the_known_providers(
+    provider: object, expected: str
+) -> None:
+    found = problems({"targets": [thulium(), thulium(name="b", provider=provider)]})
+    assert found == [expected.replace("targets[0]", "targets[1]").format(known=known())]
+
+
+def test_a_missing_provider_names_the_known_providers() -> None:
+    target = thulium()
+    del target["provider"]
+    assert problems({"targets": [target]}) == [
+        f"targets[0].provider: required key is missing; known: {known()}"
+    ]
+
+
+def test_the_known_providers_are_the_registrys() -> None:
+    assert known() == "altcraft, exolve, thulium, trustlat"
+
+
+def test_check_config_names_an_unknown_provider(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"targets": [thulium(provider="foo")]}))
+    result = check_config(path)
+    assert result.returncode == 2
+    assert f"targets[0].provider: unknown provider 'foo'; known: {known()}" in result.stderr
+
+
+# -- Altcraft's task_max_age ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("interval", "task_max_age"),
+    [("1m", 3600), ("10m", 3600), ("20m", 3600), ("30m", 5400), ("2h", 21600)],
+)
+def test_task_max_age_defaults_to_the_larger_of_1h_and_3_intervals(
+    interval: str, task_max_age: float
+) -> None:
+    config = validate_config({"targets": [altcraft(interval=interval)]})
+    target = config.targets[0]
+    assert isinstance(target, AltcraftTarget)
+    assert target.task_max_age == task_max_age
+
+
+def test_task_max_age_default_follows_the_interval_inherited_from_defaults() -> None:
+    config = validate_config({"defaults": {"interval": "40m"}, "targets": [altcraft()]})
+    target = config.targets[0]
+    assert isinstance(target, AltcraftTarget)
+    assert target.task_max_age == 7200
+
+
+def test_task_max_age_given_is_kept_and_summarised() -> None:
+    config = validate_config({"targets": [altcraft(task_max_age="15m")]})
+    target = config.targets[0]
+    assert isinstance(target, AltcraftTarget)
+    assert target.task_max_age == 900
+    assert "task_max_age=15m" in target.summary()
+
+
+def test_task_max_age_is_an_altcraft_key_only() -> None:
+    assert problems({"targets": [thulium(task_max_age="1h")]}) == [
+        "targets[0].task_max_age: unknown key"
+    ]
