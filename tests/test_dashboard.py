@@ -81,6 +81,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 EXTRA_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "messaging_exporter_collect_interval_seconds": ("exporter", ("provider", "account")),
 }
+KNOWN_METRICS = METRICS | EXTRA_METRICS
+"""Every metric a query may use."""
 HISTOGRAMS = {"messaging_exporter_provider_request_duration_seconds"}
 PROVIDERS = ("altcraft", "thulium", "trustlat", "exolve")
 ROWS = {"Overview": "exporter", "Altcraft": "altcraft", "Thulium": "thulium"}
@@ -126,11 +128,11 @@ class Query:
 
     @property
     def providers(self) -> set[str]:
-        return {METRICS[metric][0] for metric in self.metrics}
+        return {KNOWN_METRICS[metric][0] for metric in self.metrics}
 
 
 _METRIC_RE = re.compile(
-    r"\b(" + "|".join(sorted(METRICS, key=len, reverse=True)) + r")(_bucket|_sum|_count)?\b"
+    r"\b(" + "|".join(sorted(KNOWN_METRICS, key=len, reverse=True)) + r")(_bucket|_sum|_count)?\b"
 )
 
 
@@ -249,7 +251,7 @@ def test_queries_filter_by_account_and_provider_where_the_metric_has_them() -> N
     for query in dashboard_queries():
         for match in _METRIC_RE.finditer(query.expr):
             metric = match.group(1)
-            labels = METRICS[metric][1]
+            labels = KNOWN_METRICS[metric][1]
             rest = query.expr[match.end() :]
             selector = rest[1 : rest.index("}")] if rest.startswith("{") else ""
             if "account" in labels:
@@ -264,6 +266,73 @@ def test_substitution_fills_every_variable() -> None:
     assert substitute('x{account=~"$account"}[$__rate_interval]', "1m", account="a|b") == (
         'x{account=~"a|b"}[1m]'
     )
+
+
+# The exporter's own per-target metrics: the overview's success, duration, errors and staleness
+# panels are built on these alone, so they show every provider, a plugin's included.
+OVERVIEW_TARGET_METRICS = {
+    "messaging_exporter_collect_success",
+    "messaging_exporter_collect_duration_seconds",
+    "messaging_exporter_collect_errors_total",
+    "messaging_exporter_last_success_timestamp_seconds",
+    "messaging_exporter_collect_interval_seconds",
+}
+# Providers the overview must not name: the built-ins and the example plugin.
+KNOWN_PROVIDERS = (*PROVIDERS, "acme")
+
+
+def _strings(value: Any) -> list[str]:
+    """Every string in a panel's JSON that decides what it shows (queries, legends, titles,
+    overrides, links); descriptions are prose, and may name a provider as an example."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for key, item in value.items() if key != "description" for s in _strings(item)]
+    if isinstance(value, list):
+        return [s for item in value for s in _strings(item)]
+    return []
+
+
+def overview_queries() -> list[Query]:
+    return [query for query in dashboard_queries() if query.row == "Overview"]
+
+
+def test_the_overview_names_no_provider() -> None:
+    """No provider is written into the overview: not in a query, a selector, a legend, a title or
+    an override. Which providers it shows is the provider variable's choice."""
+    word = re.compile(r"\b(" + "|".join(KNOWN_PROVIDERS) + r")\b", re.I)
+    fixed_selector = re.compile(r'\bprovider\s*(=~|!~|!=|=)\s*"(?!\$provider")')
+    for row, panel in panels_by_row(load_dashboard()):
+        if row != "Overview":
+            continue
+        for text in _strings(panel):
+            assert not word.search(text), f"{panel['title']}: names a provider in {text!r}"
+        for target in panel["targets"]:
+            assert not fixed_selector.search(target["expr"]), f"{panel['title']}: {target['expr']}"
+
+
+def test_the_overview_uses_the_exporters_own_metrics_for_every_target() -> None:
+    used: set[str] = set()
+    for query in overview_queries():
+        assert query.providers == {"exporter"}, query.name
+        used |= query.metrics
+    assert used >= OVERVIEW_TARGET_METRICS
+
+
+def test_the_provider_variable_is_a_query_over_the_exporters_metrics() -> None:
+    """The variable's values come from Prometheus, so a new provider is offered as soon as its
+    targets are collected: no list of providers, no regex, no custom variable."""
+    variables = load_dashboard()["templating"]["list"]
+    assert not [v["name"] for v in variables if v["type"] == "custom"]
+    (provider,) = [v for v in variables if v["name"] == "provider"]
+    assert provider["type"] == "query"
+    query = "label_values(messaging_exporter_collect_success, provider)"
+    assert provider["definition"] == query
+    assert provider["query"]["query"] == query
+    assert provider["options"] == []
+    assert provider["regex"] == ""
+    assert provider["refresh"] in (1, 2)  # on dashboard load or time range change, never "never"
+    assert provider["current"]["value"] == ["$__all"]
 
 
 # ---------------------------------------------------------------------------------- promtool
@@ -383,6 +452,7 @@ SYNTHETIC: list[tuple[str, str, str]] = [
             ("messaging_exporter_collect_success", "1x20"),
             ("messaging_exporter_collect_duration_seconds", "0.2x20"),
             ("messaging_exporter_last_success_timestamp_seconds", "0+60x20"),
+            ("messaging_exporter_collect_interval_seconds", "60x20"),
         )
     ),
     *(
@@ -469,6 +539,70 @@ def test_every_query_returns_data_on_spec_shaped_series(tmp_path: Path) -> None:
         ],
     }
     path = tmp_path / "dashboard_test.yaml"
+    path.write_text(yaml.safe_dump(unit_test, width=1000), encoding="utf-8")
+    result = run_promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+_PLUGIN_TARGET = 'provider="acme", account="acme-shop"'
+PLUGIN_ONLY: list[tuple[str, str, str]] = [
+    ("messaging_exporter_collect_success", _PLUGIN_TARGET, "1x20"),
+    ("messaging_exporter_collect_duration_seconds", _PLUGIN_TARGET, "0.1x20"),
+    ("messaging_exporter_last_success_timestamp_seconds", _PLUGIN_TARGET, "0+60x20"),
+    ("messaging_exporter_collect_interval_seconds", _PLUGIN_TARGET, "60x20"),
+    ("messaging_exporter_collect_errors_total", f'{_PLUGIN_TARGET}, reason="timeout"', "0+1x20"),
+    *(
+        (
+            "messaging_exporter_provider_request_duration_seconds_bucket",
+            f'provider="acme", endpoint="v1/stats", code="200", le="{le}"',
+            "0+1x20",
+        )
+        for le in ("0.1", "+Inf")
+    ),
+    (
+        "messaging_exporter_provider_request_duration_seconds_sum",
+        'provider="acme", endpoint="v1/stats", code="200"',
+        "0+0.05x20",
+    ),
+    (
+        "messaging_exporter_provider_request_duration_seconds_count",
+        'provider="acme", endpoint="v1/stats", code="200"',
+        "0+1x20",
+    ),
+    ("messaging_exporter_build_info", 'version="0.1.0", python_version="3.11.7"', "1x20"),
+    ("messaging_exporter_config_last_reload_successful", "", "1x20"),
+    ("messaging_exporter_shard_info", 'index="0", count="1"', "1x20"),
+    ("messaging_exporter_targets", 'state="assigned"', "1x20"),
+    ("messaging_exporter_targets", 'state="skipped"', "0x20"),
+]
+
+
+def test_the_overview_shows_a_plugin_provider(tmp_path: Path) -> None:
+    """An exporter whose only provider is a plugin's ("acme", unknown to the dashboard): every
+    overview query returns data, with the provider variable at All and at "acme"."""
+    unit_test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    {"series": f"{name}{{{_JOB}{', ' if labels else ''}{labels}}}", "values": v}
+                    for name, labels, v in PLUGIN_ONLY
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": f"count({substitute(q.expr, provider=provider)}) > bool 0",
+                        "eval_time": "15m",
+                        "exp_samples": [{"labels": "{}", "value": 1}],
+                    }
+                    for q in overview_queries()
+                    for provider in (ALL, "acme")
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "plugin_overview_test.yaml"
     path.write_text(yaml.safe_dump(unit_test, width=1000), encoding="utf-8")
     result = run_promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
