@@ -22,6 +22,7 @@ from exporter.collect.sharding import Sharding, ordinal_from_hostname
 from exporter.config import (
     Config,
     ConfigError,
+    config_warnings,
     load_config,
     parse_listen_address,
     validate_config,
@@ -150,6 +151,8 @@ def _shard(args: argparse.Namespace) -> Sharding | None:
 
 def _check_config(config: Config, path: str) -> int:
     print(f"{path}: OK, {len(config.targets)} target(s)")
+    for warning in config_warnings(config):
+        print(f"warning: {warning}")
     for target in config.targets:
         print(
             f"  {target.summary()} interval={format_duration(target.interval)} "
@@ -213,6 +216,8 @@ async def _serve(
 ) -> int:
     """Collect and serve until SIGTERM or SIGINT; SIGHUP reloads the config."""
     host, port = parse_listen_address(listen or config.web.listen_address)
+    for warning in config_warnings(config):
+        log.warning("config", problem=warning)
     exporter = make_exporter(config, config_path=path, shard=shard)
     settings = (
         WebSettings(web_config_path, web_config)

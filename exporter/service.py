@@ -19,7 +19,7 @@ from exporter.clock import Clock, SystemClock
 from exporter.collect.http import new_session, request_duration_histogram
 from exporter.collect.scheduler import Scheduler
 from exporter.collect.sharding import Sharding, split
-from exporter.config import Config, ConfigError, load_config
+from exporter.config import Config, ConfigError, config_warnings, load_config
 from exporter.logs import redactor, setup_logging
 from exporter.metrics.exposition import Exposition
 from exporter.metrics.store import ExporterInfo, Store
@@ -142,6 +142,8 @@ class Exporter:
                         if getattr(config.web, key) != getattr(old.web, key)
                     ],
                 )
+            for warning in config_warnings(config):
+                log.warning("config", problem=warning)
             return None
 
 

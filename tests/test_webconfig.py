@@ -3,6 +3,7 @@ checked with a real TLS client against certificates made at run time."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import yaml
 from exporter.collect.http import basic_auth
 from exporter.config import ConfigError
 from exporter.service import make_exporter
-from exporter.web.app import build_app
+from exporter.web.app import WEB_SETTINGS, build_app
 from exporter.web.webconfig import WebSettings, load_web_config
 
 
@@ -205,3 +206,88 @@ def test_client_auth_without_a_ca_is_refused(tmp_path, certs):
     )
     with pytest.raises(ConfigError, match="client_ca_file"):
         load_web_config(path)
+
+
+async def test_an_unknown_user_costs_one_bcrypt_as_a_wrong_password_does(
+    aiohttp_server, make_config, tmp_path, monkeypatch
+):
+    path = write(tmp_path, {"basic_auth_users": {"prometheus": HASH}})
+    server = await serve(aiohttp_server, make_config, path)
+    checks: list[bytes] = []
+    checkpw = bcrypt.checkpw
+
+    def counted(password: bytes, hashed: bytes) -> bool:
+        checks.append(hashed)
+        return checkpw(password, hashed)
+
+    monkeypatch.setattr(bcrypt, "checkpw", counted)
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as session:
+        for user, password, status in (
+            ("nobody", "x", 401),
+            ("prometheus", "wrong", 401),
+            ("prometheus", "right-password", 200),
+        ):
+            checks.clear()
+            async with session.get("/metrics", headers=creds(user, password)) as response:
+                assert response.status == status
+            assert len(checks) == 1, (user, password)
+        # The success is cached: 300 failed attempts (more than the cache holds) do not evict it.
+        for index in range(300):
+            async with session.get("/metrics", headers=creds("prometheus", f"w{index}")) as r:
+                assert r.status == 401
+        checks.clear()
+        async with session.get(
+            "/metrics", headers=creds("prometheus", "right-password")
+        ) as response:
+            assert response.status == 200
+        assert checks == []
+
+
+async def test_a_renewed_certificate_is_served_without_a_restart(
+    aiohttp_server, make_config, tmp_path, certs, ca
+):
+    path = write(
+        tmp_path,
+        {"tls_server_config": {"cert_file": str(certs["cert"]), "key_file": str(certs["key"])}},
+    )
+    server = await serve(aiohttp_server, make_config, path)
+
+    async def served_certificate() -> bytes:
+        _, writer = await asyncio.open_connection(
+            "127.0.0.1", server.port, ssl=client_context(ca), server_hostname="localhost"
+        )
+        try:
+            return writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        finally:
+            writer.close()
+
+    first = await served_certificate()
+    renewed = ca.issue_cert("127.0.0.1", "localhost")
+    renewed.private_key_pem.write_to_path(str(certs["key"]))
+    renewed.cert_chain_pems[0].write_to_path(str(certs["cert"]))
+    expected = ssl.PEM_cert_to_DER_cert(renewed.cert_chain_pems[0].bytes().decode())
+    assert expected != first
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10  # the files are looked at once a second
+    while (got := await served_certificate()) != expected:
+        assert loop.time() < deadline, "the renewed certificate was never served"
+        await asyncio.sleep(0.1)
+    assert got == expected
+
+
+async def test_a_broken_new_web_config_keeps_the_last_good_one(
+    aiohttp_server, make_config, tmp_path
+):
+    path = write(tmp_path, {"basic_auth_users": {"prometheus": HASH}})
+    server = await serve(aiohttp_server, make_config, path)
+    settings = server.app[WEB_SETTINGS]
+    path.write_text("basic_auth_users: {prometheus: plaintext}\n")
+    assert await settings.check() is False
+    async with aiohttp.ClientSession(f"http://127.0.0.1:{server.port}") as session:
+        async with session.get("/metrics", headers=creds("prometheus", "right-password")) as r:
+            assert r.status == 200
+        other = bcrypt.hashpw(b"new-password", bcrypt.gensalt(rounds=4)).decode()
+        write(tmp_path, {"basic_auth_users": {"prometheus": other}})
+        assert await settings.check() is True
+        async with session.get("/metrics", headers=creds("prometheus", "new-password")) as r:
+            assert r.status == 200
