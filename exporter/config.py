@@ -1,7 +1,7 @@
 """The configuration file: YAML → ``${VAR}`` expansion → ``defaults`` inheritance → pydantic models.
 
 Every problem is reported as ``key.path[0].key: what is wrong``, all of them at once, and the CLI
-exits with status 2 (see ``shared/spec/config.md``).
+exits with status 2 (see ``docs/configuration.md``).
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ EXPECTED_ALERTS = {
     "MessagingExporterCollectFailing",  # target down: collect_success == 0 for a while
     "MessagingExporterDataStale",  # last success older than a few intervals
     "MessagingExporterConfigReloadFailed",
-    # sharding (issue 10): targets of a shard collected by nobody, whose series simply vanish
+    # sharding: targets of a shard collected by nobody, whose series simply vanish
     "MessagingExporterShardTargetsUncovered",
     "AltcraftCountersStale",  # altcraft_*_counters_updated_timestamp_seconds old
     "AltcraftHardBounceRatioHigh",

@@ -23,7 +23,7 @@ from tests.conftest import run_promtool
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "helm" / "messaging-stats-exporter" / "files" / "dashboard.json"
 
-# The metrics contract (shared/spec/metrics.md): every metric, its labels, and the provider it
+# The metrics contract (docs/metrics.md): every metric, its labels, and the provider it
 # belongs to ("exporter" for the exporter's own). A histogram is listed under its base name.
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "altcraft_resource_subscriptions": (

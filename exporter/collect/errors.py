@@ -1,7 +1,7 @@
 """Why a collection failed: the one table of reasons every provider and the HTTP client share.
 
 The reasons are part of the metrics contract (``messaging_exporter_collect_errors_total{reason}``);
-see ``shared/spec/metrics.md``.
+see ``docs/metrics.md``.
 """
 
 from __future__ import annotations
