@@ -7,17 +7,21 @@
 #       -v "$PWD/secrets:/etc/messaging-stats-exporter/secrets:ro" messaging-stats-exporter
 #
 # The exporter is one process and writes nothing to the filesystem: a read-only root needs no tmpfs.
-# PYTHON_IMAGE picks the base of both stages (any Debian-based python:3.11+ image; .ci/build-image
-# builds one with debootstrap where no registry is reachable, and builds with podman).
+# PYTHON_IMAGE picks the base of both stages: any Debian-based image with Python 3.11+, its venv
+# module and a `python` command, such as the official python:3.1x-slim. Where no registry is
+# reachable, .ci/build-image makes one with debootstrap and builds this file with podman.
 #
 # Behind a TLS-inspecting proxy whose CA is not in the base image, give pip that CA (a PEM bundle)
-# as the build secret "cabundle". It is mounted for the pip step only, never stored in a layer:
+# as the build secret "cabundle" (BuildKit, docker's default builder, or podman/buildah). It is
+# mounted for the pip step only and never stored in a layer or the image:
 #
-#   docker build --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt -t messaging-stats-exporter .
-#   podman build --format docker --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt ...
+#   docker build --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt \
+#       -t messaging-stats-exporter .
+#   podman build --format docker --secret id=cabundle,src=/etc/ssl/certs/ca-certificates.crt \
+#       -t messaging-stats-exporter .
 #
-# Without the secret pip uses the base image's trust store. (podman needs --format docker to keep the
-# HEALTHCHECK, which the OCI image format has no field for.)
+# Without the secret pip uses the base image's trust store. (podman needs --format docker to keep
+# the HEALTHCHECK, which the OCI image format has no field for.)
 ARG PYTHON_IMAGE=python:3.12-slim
 
 # ---------------------------------------------------------------- build: a virtualenv with the package
