@@ -1,16 +1,19 @@
-"""The three processes the bench drives, each started as ``python -m bench.servers <role> ...``.
+"""The processes the bench drives, each started as ``python -m bench.servers <role> ...``; each
+prints ``READY <port>`` on stdout when it listens.
 
-* ``sim``: the provider simulator with ``--targets`` Thulium tenants (4 or 5 campaigns each) and
-  ``POST /_bench/latency?seconds=`` to change its injected latency between phases.
-* ``exporter``: the real exporter app (``make_exporter`` + ``build_app``, JSON logs at info to a
-  file, no background loop) pointed at the simulator, behind its serving process started as
-  ``serve`` starts it, plus bench-only routes (on a port of the collecting process's own) to run a
-  collection cycle and report its duration, both processes' CPU time and memory and the event
-  loop's lag. It prints ``READY <serving port> <bench port>``.
+* ``sim``: the provider simulator with ``--targets`` Thulium tenants (4 or 5 campaigns each: 10,000
+  provider series for 1,000) and ``POST /_bench/latency?seconds=`` to change its injected latency.
+* ``exporter``: the exporter in one process, started as ``serve`` starts it (``make_exporter`` and
+  ``build_app``, the same ``AppRunner`` settings, ``gc.collect(); gc.freeze()`` once listening),
+  pointed at the simulator, with the collection loop not started by itself
+  (``autostart=False``), plus bench-only routes under ``/_bench/``: run collection cycles and
+  report their duration, the process's CPU time, RSS and the event loop's lag (measured inside
+  the process by :class:`LagMonitor`), and feed synthetic cycles for the memory phase.
 * ``reference``: a plain aiohttp server answering pre-rendered bytes (fetched from the exporter's
   ``/metrics`` once) under ``/identity``, ``/gzip``, ``/om`` and ``/om-gzip``.
-
-Each prints ``READY <port>`` on stdout when it listens.
+* ``peer``: what a typical Python exporter does: prometheus_client's own aiohttp handler
+  (``prometheus_client.aiohttp.make_aiohttp_handler``) over a custom collector that builds the
+  same families and samples (parsed once from the exporter's ``/metrics``) at every scrape.
 """
 
 from __future__ import annotations
@@ -19,83 +22,45 @@ import argparse
 import asyncio
 import contextlib
 import gc
-import math
+import logging
 import os
 import random
 import resource
 import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from exporter import front
-from exporter.front import ServingProcess
-
 TENANT_USER, TENANT_PASSWORD = "bench", "bench-password"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
+INTERVAL = 5.0
+"""Every target's interval: a started scheduler collects each target every 5 s on its grid."""
 
 
 def tenant(index: int) -> str:
     return f"t{index:04d}"
 
 
-SERVING: ServingProcess | None = None
-"""The exporter's serving process (the exporter role), as ``serve`` starts it."""
-SERVING_PORT = 0
-EXPORTER_ROLE = False
-
-
-def rss_bytes(pid: int | str = "self") -> int:
-    with open(f"/proc/{pid}/statm") as statm:
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def pss_bytes(pid: int | str = "self") -> int:
-    """Proportional set size: each page shared by n processes counts 1/n."""
-    with open(f"/proc/{pid}/smaps_rollup") as rollup:
-        for line in rollup:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no Pss in smaps_rollup")
-
-
-def memory() -> dict[str, int]:
-    """The exporter's memory: each process's RSS, and ``pair``, the sum of their PSS (every
-    page once, as a cgroup's memory limit counts them: the pages both map, such as the
-    interpreter's library, are not counted twice)."""
-    result = {"collecting": rss_bytes(), "pair": pss_bytes()}
-    if SERVING is not None:
-        result["serving"] = rss_bytes(SERVING.pid)
-        result["pair"] += pss_bytes(SERVING.pid)
-    return result
-
-
 def cpu_seconds() -> float:
-    """CPU time of the process, and of the exporter's serving process."""
+    """CPU time of the process, every thread of it (the gzip worker included)."""
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    total = usage.ru_utime + usage.ru_stime
-    if SERVING is not None:
-        with open(f"/proc/{SERVING.pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+    return usage.ru_utime + usage.ru_stime
 
 
-async def serve(app: web.Application) -> None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=0.1)
+async def listen(app: web.Application, backlog: int = 128, **options: Any) -> web.AppRunner:
+    runner = web.AppRunner(app, **options)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=1024)
-    await site.start()
-    port = runner.addresses[0][1]
-    if SERVING is None:
-        print(f"READY {port} {port}" if EXPORTER_ROLE else f"READY {port}", flush=True)
-    else:
-        # Scrapes go to the serving process; the bench's own routes come here directly.
-        await web.SockSite(runner, SERVING.collector).start()
-        print(f"READY {SERVING_PORT} {port}", flush=True)
-    await asyncio.Event().wait()
+    await web.TCPSite(runner, "127.0.0.1", 0, backlog=backlog).start()
+    print(f"READY {runner.addresses[0][1]}", flush=True)
+    return runner
 
 
 # -- simulator ------------------------------------------------------------------------------------
@@ -134,17 +99,19 @@ def sim_app(targets: int) -> web.Application:
 
 
 class LagMonitor:
-    """How late a 5 ms timer fires: the longest stall of the event loop in a window; and the
-    longest pause of the garbage collector in it, to tell the two apart."""
+    """How late a 5 ms timer fires: the longest stall of the event loop in a window, the loop's
+    own CPU time in the longest stalls (a stall the exporter's code caused, as opposed to the
+    process waiting for one of the machine's two cores), and the longest pause of the garbage
+    collector. Keeps maxima only (no list that grows with the run)."""
 
     PERIOD = 0.005
 
     def __init__(self) -> None:
         self.max_lag = 0.0
         self.max_busy = 0.0
-        self.lags: list[float] = []
         self.max_gc = 0.0
-        self.gc_runs = 0
+        self.full_gcs = 0
+        self.ticks = 0
         self._gc_started = 0.0
         gc.callbacks.append(self._gc)
 
@@ -153,14 +120,20 @@ class LagMonitor:
             self._gc_started = time.perf_counter()
         else:
             self.max_gc = max(self.max_gc, time.perf_counter() - self._gc_started)
-            self.gc_runs += info["generation"] == 2
+            self.full_gcs += info["generation"] == 2
 
     def reset(self) -> None:
-        self.max_busy = 0.0
-        self.max_lag = 0.0
-        self.lags = []
-        self.max_gc = 0.0
-        self.gc_runs = 0
+        self.max_lag = self.max_busy = self.max_gc = 0.0
+        self.full_gcs = self.ticks = 0
+
+    def report(self) -> dict[str, float]:
+        return {
+            "max_lag": self.max_lag,
+            "max_busy": max(0.0, self.max_busy),
+            "max_gc_pause": self.max_gc,
+            "full_gcs": self.full_gcs,
+            "ticks": self.ticks,
+        }
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -168,26 +141,19 @@ class LagMonitor:
             before, cpu_before = loop.time(), time.thread_time()
             await asyncio.sleep(self.PERIOD)
             lag = loop.time() - before - self.PERIOD
-            self.lags.append(lag)
+            self.ticks += 1
             self.max_lag = max(self.max_lag, lag)
-            # The loop's own CPU time in the interval: a stall our code caused, as opposed to
-            # the process waiting for a core (two cores shared with wrk and the simulator).
             if lag > 0.002:
                 self.max_busy = max(self.max_busy, time.thread_time() - cpu_before - self.PERIOD)
 
 
-def exporter_app(sim_url: str, targets: int) -> web.Application:
-    from bench import synthetic
-    from exporter.collect.scheduler import FIRST_RUN_SPREAD
+def exporter_config(sim_url: str, targets: int) -> Any:
     from exporter.config import validate_config
-    from exporter.logs import setup_logging
-    from exporter.metrics.store import Snapshot
-    from exporter.web.app import EXPORTER, build_app, make_exporter
 
-    setup_logging("info", "json", stream=sys.stderr)
-    config = validate_config(
+    return validate_config(
         {
-            "defaults": {"interval": "10m", "timeout": "30s"},
+            "log": {"level": "info", "format": "json"},
+            "defaults": {"interval": f"{INTERVAL:g}s", "timeout": "4s"},
             "targets": [
                 {
                     "name": f"thulium-{tenant(i)}",
@@ -200,161 +166,225 @@ def exporter_app(sim_url: str, targets: int) -> web.Application:
             ],
         }
     )
+
+
+async def run_exporter(sim_url: str, targets: int) -> None:
+    from bench import synthetic
+    from exporter.cli import SHUTDOWN_TIMEOUT
+    from exporter.collect.scheduler import FIRST_RUN_SPREAD, Scheduler
+    from exporter.logs import setup_logging
+    from exporter.metrics.store import Snapshot
+    from exporter.providers import registry
+    from exporter.service import make_exporter
+    from exporter.web.app import build_app
+
+    config = exporter_config(sim_url, targets)
+    setup_logging(config.log.level, config.log.format, stream=sys.stderr)
     exporter = make_exporter(config, autostart=False)
     app = build_app(exporter)
-    if SERVING is not None:
-        front.Feed.attach(app, exporter.exposition, exporter.store, SERVING.feed)
     monitor = LagMonitor()
-    background: set[asyncio.Task[Any]] = set()
+    burst: Scheduler | None = None
 
-    async def start_monitor(app: web.Application) -> None:
-        task = asyncio.create_task(monitor.run())
-        background.add(task)
+    def burst_scheduler() -> Scheduler:
+        """A scheduler without the exporter-wide limit: every collection starts at once (the
+        session's connector, 256 connections, bounds the requests in flight)."""
+        nonlocal burst
+        if burst is None:
+            assert exporter.session is not None
+            burst = Scheduler(
+                registry(), exporter.store.record, exporter.session, exporter.histogram,
+                exporter.clock, None,
+            )  # fmt: skip
+            burst.set_targets(exporter.assigned)
+        return burst
 
-    app.on_startup.append(start_monitor)
+    async def collected_since(begun: float) -> None:
+        """Wait until every target has a collection that started at ``begun`` or later (checked
+        every 20 ms, each target until it has one: the bench's own cost stays negligible)."""
+        pending = list(exporter.store.targets)
+        while pending:
+            await asyncio.sleep(0.02)
+            pending = [s for s in pending if s.latest is None or s.latest.started_at < begun]
 
-    def report(started: float, cpu: float, requests: int) -> dict[str, Any]:
-        lags = sorted(monitor.lags) or [0.0]
+    async def one_cycle(mode: str) -> float:
+        """One collection of every target; its duration. ``burst``: all at once; ``limited``:
+        ``run_all_once``, bounded by ``max_concurrent_collections``; ``scheduled``: the
+        scheduler's tasks as ``serve`` runs them (first runs spread over the first seconds), until
+        every target was collected once (the tasks go on: see ``load``)."""
+        scheduler = exporter.scheduler
+        assert scheduler is not None
+        started = time.perf_counter()
+        if mode == "burst":
+            await burst_scheduler().run_all_once()
+        elif mode == "limited":
+            await scheduler.run_all_once()
+        else:
+            begun = exporter.clock.time()
+            scheduler.start()
+            await collected_since(begun)
+        return time.perf_counter() - started
+
+    def stats(cpu: float, requests: int, started: float) -> dict[str, Any]:
         return {
-            "duration": time.perf_counter() - started,
+            "wall": time.perf_counter() - started,
             "cpu": cpu_seconds() - cpu,
             "requests": requests,
-            "max_lag": monitor.max_lag,
-            "max_busy": max(0.0, monitor.max_busy),
-            "max_gc_pause": monitor.max_gc,
-            "full_gcs": monitor.gc_runs,
-            "p99_lag": lags[min(len(lags) - 1, math.ceil(0.99 * len(lags)) - 1)],
-            "rss": memory(),
+            **monitor.report(),
+            "rss": rss_bytes(),
             "series": sum(len(state.series) for state in exporter.store.targets),
             "failed": sum(
                 1 for s in exporter.store.targets if s.latest is not None and not s.latest.ok
             ),
+            "generation": exporter.store.generation,
+            "builds": exporter.exposition.builds,
         }
 
     async def cycle(request: web.Request) -> web.Response:
-        """One collection of every target: ``mode=burst`` all at once (``run_all_once``, bounded
-        by the scheduler's ``max_concurrent_collections`` and the connector's limit),
-        ``mode=scheduled`` as ``serve`` runs them (the
-        scheduler's tasks, first runs spread over the first seconds)."""
-        scheduler = exporter.scheduler
-        assert scheduler is not None
+        """One cycle (see ``one_cycle``), nothing else running; a ``scheduled`` one is stopped
+        after its pass (the stop is not measured)."""
         mode = request.query.get("mode", "burst")
-        concurrency = int(request.query.get("concurrency", "0"))
         monitor.reset()
         cpu, started = cpu_seconds(), time.perf_counter()
-        if mode == "burst" and not concurrency:
-            await scheduler.run_all_once()
-        elif mode == "burst":
-            # What a global limit on concurrent collections in the scheduler would do: that
-            # many workers, each collecting the next target when done with one.
-            queue = list(scheduler.runners.values())
-            queue.reverse()
-
-            async def worker() -> None:
-                while queue:
-                    await queue.pop().run_once()
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        else:
-            begun = exporter.clock.time()
-            scheduler.start()
-            while any(  # noqa: ASYNC110  (polling keeps the exporter's code untouched)
-                s.latest is None or s.latest.started_at < begun for s in exporter.store.targets
-            ):
-                await asyncio.sleep(0.01)
-            # The tasks stay until /_bench/stop, after the scrapes: in ``serve`` they sleep until
-            # the next interval; cancelling a thousand (~5-10 ms in one loop iteration) is the
-            # bench's teardown, not a cycle's work.
-        result = report(started, cpu, len(exporter.store.targets))
-        connector = exporter.session.connector if exporter.session else None
-        result["connector_limit"] = connector.limit if connector else 0
-        result["collection_limit"] = exporter.config.max_concurrent_collections
-        result["spread"] = FIRST_RUN_SPREAD
+        duration = await one_cycle(mode)
+        result = stats(cpu, len(exporter.store.targets), started)
+        result["duration"] = duration
+        if mode == "scheduled":
+            assert exporter.scheduler is not None
+            await exporter.scheduler.stop()
+        result["limits"] = {
+            "connector": exporter.session.connector.limit if exporter.session else 0,
+            "collections": exporter.config.max_concurrent_collections,
+            "spread": min(FIRST_RUN_SPREAD, INTERVAL),
+        }
         return web.json_response(result)
 
-    async def stop(request: web.Request) -> web.Response:
-        """Stop the scheduler's tasks a ``mode=scheduled`` cycle left running."""
-        assert exporter.scheduler is not None
-        await exporter.scheduler.stop()
-        return web.json_response({"stopped": True})
+    async def load(request: web.Request) -> web.Response:
+        """Collections for ``seconds`` (scraped meanwhile by the bench): ``burst`` and ``limited``
+        cycles back to back; ``scheduled``: the scheduler's tasks on their 5 s grid (a first pass
+        spread over 5 s, then every target every 5 s). The loop's lag is measured over the whole
+        window; the tasks' cancelling afterwards is not."""
+        mode = request.query["mode"]
+        seconds = float(request.query["seconds"])
+        monitor.reset()
+        cpu, started = cpu_seconds(), time.perf_counter()
+        durations = []
+        requests = 0
+        if mode == "scheduled":
+            durations.append(await one_cycle(mode))
+            await asyncio.sleep(max(0.0, seconds - (time.perf_counter() - started)))
+            requests = -1  # counted by the histogram, not here
+        else:
+            while time.perf_counter() - started < seconds:
+                durations.append(await one_cycle(mode))
+                requests += len(exporter.store.targets)
+        result = stats(cpu, requests, started)
+        result["durations"] = durations
+        if mode == "scheduled":
+            assert exporter.scheduler is not None
+            await exporter.scheduler.stop()
+        return web.json_response(result)
 
     async def synthetic_cycles(request: web.Request) -> web.Response:
         """Cycles without a network: every target records a new snapshot (new values, one series
-        in ten replaced by a new one), then a gzip scrape; RSS after the cycles in ``at``."""
+        in ten replaced by a new one), then a scrape builds each format, identity and gzip; RSS
+        after the cycles in ``at`` (after a ``gc.collect()``)."""
         count = int(request.query["cycles"])
+        first = int(request.query.get("first", "1"))
         marks = {int(mark) for mark in request.query.get("at", "").split(",") if mark}
         rng = random.Random(11)
-        store = exporter.store
+        store, exposition = exporter.store, exporter.exposition
         rss: dict[int, int] = {}
         started = time.perf_counter()
-        for number in range(1, count + 1):
+        for number in range(first, first + count):
             now = exporter.clock.time()
             for index, state in enumerate(store.targets):
                 snap = synthetic.snapshot(state.config.name, index, rng, now)
                 if number % 10 == index % 10:  # churn: a campaign ends, another starts
+                    samples = tuple(
+                        s
+                        if s.labels != ("00001",)
+                        else type(s)(s.metric, (f"9{number:04d}",), s.value)
+                        for s in snap.samples
+                    )
                     snap = Snapshot(
                         **{
                             **{f: getattr(snap, f) for f in Snapshot.__slots__},
-                            "samples": tuple(
-                                s
-                                if s.labels != ("00001",)
-                                else type(s)(s.metric, (f"9{number:04d}",), s.value)
-                                for s in snap.samples
-                            ),
+                            "samples": samples,
                         }
                     )
                 store.record(snap)
-            await exporter.exposition.get_async("", "gzip")
+            await exposition.get("", "gzip")
+            await exposition.get(OPENMETRICS, "gzip")
             await asyncio.sleep(0)
             if number in marks:
                 gc.collect()
-                rss[number] = memory()["pair"]
+                rss[number] = rss_bytes()
         return web.json_response(
             {"rss": rss, "duration": time.perf_counter() - started, "cycles": count}
         )
 
-    async def freeze(request: web.Request) -> web.Response:
-        """``gc.freeze()``: what ``serve`` could do once started (objects of the imports and the
-        config are not scanned by every full collection)."""
+    async def stats_route(request: web.Request) -> web.Response:
         gc.collect()
-        gc.freeze()
-        return web.json_response({"frozen": gc.get_freeze_count()})
+        return web.json_response(
+            {
+                "rss": rss_bytes(),
+                "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                "cpu": cpu_seconds(),
+                "generation": exporter.store.generation,
+                "builds": exporter.exposition.builds,
+            }
+        )
 
-    async def stats(request: web.Request) -> web.Response:
-        gc.collect()
-        now = memory()
-        return web.json_response({"rss": now["pair"], "memory": now, "cpu": cpu_seconds()})
+    async def start_monitor(app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(monitor.run())
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
 
+    app.cleanup_ctx.append(start_monitor)
     app.router.add_post("/_bench/cycle", cycle)
-    app.router.add_post("/_bench/stop", stop)
+    app.router.add_post("/_bench/load", load)
     app.router.add_post("/_bench/synthetic", synthetic_cycles)
-    app.router.add_get("/_bench/stats", stats)
-    app.router.add_post("/_bench/freeze", freeze)
-    app[EXPORTER]
-    return app
+    app.router.add_get("/_bench/stats", stats_route)
+
+    # As ``exporter.cli._serve`` starts it.
+    await listen(
+        app,
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        keepalive_timeout=config.web.keepalive_timeout,
+        access_log=logging.getLogger("aiohttp.access"),
+    )
+    gc.collect()
+    gc.freeze()
+    await asyncio.Event().wait()
 
 
-# -- reference ------------------------------------------------------------------------------------
+# -- reference and peer ---------------------------------------------------------------------------
+
+
+async def fetch(url: str, accept: str, encoding: str) -> tuple[bytes, dict[str, str]]:
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.get(url, headers={"Accept": accept, "Accept-Encoding": encoding}) as response,
+    ):
+        body = await response.read()
+        headers = {"Content-Type": response.headers["Content-Type"]}
+        if "Content-Encoding" in response.headers:
+            headers["Content-Encoding"] = response.headers["Content-Encoding"]
+        return body, headers
 
 
 async def reference_app(exporter_url: str) -> web.Application:
-    bodies: dict[str, tuple[bytes, dict[str, str]]] = {}
-    async with aiohttp.ClientSession(auto_decompress=False) as session:
+    bodies = {
+        route: await fetch(f"{exporter_url}/metrics", accept, encoding)
         for route, accept, encoding in (
             ("identity", "", "identity"),
             ("gzip", "", "gzip"),
             ("om", OPENMETRICS, "identity"),
             ("om-gzip", OPENMETRICS, "gzip"),
-        ):
-            async with session.get(
-                f"{exporter_url}/metrics",
-                headers={"Accept": accept, "Accept-Encoding": encoding},
-            ) as response:
-                body = await response.read()
-                headers = {"Content-Type": response.headers["Content-Type"]}
-                if "Content-Encoding" in response.headers:
-                    headers["Content-Encoding"] = response.headers["Content-Encoding"]
-                bodies[route] = (body, headers)
+        )
+    }
 
     def answer(route: str) -> Any:
         body, headers = bodies[route]
@@ -370,35 +400,65 @@ async def reference_app(exporter_url: str) -> web.Application:
     return app
 
 
+async def peer_app(exporter_url: str) -> web.Application:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.aiohttp import make_aiohttp_handler
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+    from prometheus_client.parser import text_string_to_metric_families
+
+    body, _ = await fetch(f"{exporter_url}/metrics", "", "identity")
+    parsed = list(text_string_to_metric_families(body.decode()))
+
+    class Collector:
+        """The exporter's samples, kept as data and turned into families at every scrape."""
+
+        def __init__(self) -> None:
+            self.data = []
+            for family in parsed:
+                names = tuple(family.samples[0].labels) if family.samples else ()
+                rows = [(tuple(s.labels.values()), s.value) for s in family.samples]
+                self.data.append((family, names, rows))
+
+        def collect(self) -> Any:
+            for family, names, rows in self.data:
+                if family.type == "gauge":
+                    made = GaugeMetricFamily(family.name, family.documentation, labels=names)
+                elif family.type == "counter":
+                    made = CounterMetricFamily(family.name, family.documentation, labels=names)
+                else:  # the request-duration histogram: as parsed
+                    yield family
+                    continue
+                for values, value in rows:
+                    made.add_metric(values, value)
+                yield made
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Collector())  # type: ignore[arg-type]
+    app = web.Application()
+    app.router.add_get("/metrics", make_aiohttp_handler(registry))
+    return app
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("role", choices=("sim", "exporter", "reference"))
+    parser.add_argument("role", choices=("sim", "exporter", "reference", "peer"))
     parser.add_argument("--targets", type=int, default=1000)
     parser.add_argument("--url", default="")
-    parser.add_argument(
-        "--single-process",
-        action="store_true",
-        help="exporter: one process, as --single-process runs it (to compare its memory)",
-    )
     args = parser.parse_args()
 
-    global SERVING, SERVING_PORT, EXPORTER_ROLE
-    EXPORTER_ROLE = args.role == "exporter"
-    if args.role == "exporter" and not args.single_process:
-        # As ``serve`` does: the listening socket goes to the serving process.
-        sockets = front.bind("127.0.0.1", 0, backlog=1024)
-        SERVING_PORT = sockets[0].getsockname()[1]
-        SERVING = front.spawn_front(sockets, "/metrics", None, "info", "json", backlog=1024)
-        assert SERVING is not None
-
     async def run() -> None:
+        if args.role == "exporter":
+            await run_exporter(args.url, args.targets)
+            return
         if args.role == "sim":
             app = sim_app(args.targets)
-        elif args.role == "exporter":
-            app = exporter_app(args.url, args.targets)
-        else:
+        elif args.role == "reference":
             app = await reference_app(args.url)
-        await serve(app)
+        else:
+            app = await peer_app(args.url)
+        # The simulator takes up to 256 connections at once (the exporter's connector limit).
+        await listen(app, 1024, access_log=None, handle_signals=True, shutdown_timeout=0.1)
+        await asyncio.Event().wait()
 
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(run())

@@ -1,15 +1,11 @@
-"""What the collecting process keeps per series and per page, and that keeping less changes no byte:
-a series' line prefix lives only in its target's blocks, a block rendering the same bytes stays the
-same object, pages are joined from the blocks when needed and only changed ones are deflated again.
-(The byte-for-byte equality under any history is ``tests/test_exposition.py``'s property test.)"""
+"""What the store keeps per series, and that keeping less changes no byte: a series' line prefix
+lives only in its target's blocks, a block rendering the same bytes stays the same object, and a
+success keeps no time per series. (The byte-for-byte equality under any history is
+``tests/test_exposition.py``'s property test; a body built once per change is tested there too.)"""
 
 from __future__ import annotations
 
-import pytest
-
 from exporter.collect.errors import Reason
-from exporter.metrics import exposition as exposition_module
-from exporter.metrics.render import deflate_piece
 from exporter.metrics.store import Snapshot, TargetState
 from exporter.providers.base import Sample
 from tests.conftest import FakeClock
@@ -69,35 +65,6 @@ def test_a_block_rendering_the_same_bytes_stays_the_same_object() -> None:
     records = store.families.index(next(f for f in store.families if f.name == RECORDS))
     assert state.blocks[records] is not before[records]
     assert state.blocks[records] != before[records]
-
-
-def test_only_the_pages_that_changed_are_deflated_again(monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = FakeClock()
-    exporter = new_exporter(clock, [f"t{i}" for i in range(100)])  # 4 groups of 32
-    store, exposition = exporter.store, exporter.exposition
-    for state in store.targets:
-        store.record(snapshot(state, clock, 1.0, labels=["c1", "c2"]))
-    exposition.get("", "gzip")
-    deflated: list[bytes] = []
-
-    def counting(data: bytes, level: int = exposition_module.GZIP_LEVEL) -> bytes:
-        deflated.append(data)
-        return deflate_piece(data, level)
-
-    monkeypatch.setattr(exposition_module, "deflate_piece", counting)
-    state = store.targets[40]  # the second group
-    store.record(snapshot(state, clock, 1.0, labels=["c1", "c2"]))  # nothing to see changed
-    exposition.get("", "gzip")
-    assert len(deflated) == 1  # the tail only
-    deflated.clear()
-    store.record(snapshot(state, clock, 5.0, labels=["c1", "c2"]))
-    exposition.get("", "gzip")
-    # The records and completion pages of the second group, and the tail.
-    assert len(deflated) == 3
-    assert b'account="t40"' in deflated[0]
-    assert b'account="t63"' in deflated[0]
-    assert b'account="t64"' not in deflated[0]
-    check_all(exporter)
 
 
 def test_after_a_success_every_series_was_seen_then() -> None:
