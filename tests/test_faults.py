@@ -232,13 +232,10 @@ async def test_an_unknown_provider_is_a_404_naming_the_providers(sim, sim_url):
     )
     assert status == 404
     assert "smsfly" in answer["error"]
-    assert answer["known_providers"] == [
-        "altcraft",
-        "exolve",
-        "thulium",
-        "trustlat",
-        "trustlat-atenea",
-    ]
+    assert answer["known_providers"] == sorted(answer["known_providers"])
+    assert {"altcraft", "exolve", "thulium", "trustlat", "trustlat-atenea"} <= set(
+        answer["known_providers"]
+    )
     assert sim.faults == {}
 
 
