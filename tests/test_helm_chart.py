@@ -467,13 +467,10 @@ def test_config_map_holds_values_config(render: Callable[..., Any]) -> None:
     assert rendered["targets"][1]["api_key"] == "${KEY}"
 
 
-def test_the_default_config_passes_the_exporters_check(
-    render: Callable[..., Any], tmp_path: Path
-) -> None:
-    """What the chart mounts by default is a config the exporter accepts (--check-config)."""
+def _check_config(text: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
     config = tmp_path / "config.yaml"
-    config.write_text(_one(render(), "ConfigMap")["data"]["config.yaml"])
-    result = subprocess.run(
+    config.write_text(text)
+    return subprocess.run(
         [sys.executable, "-m", "exporter", "--check-config", "--config", str(config)],
         capture_output=True,
         text=True,
@@ -481,6 +478,31 @@ def test_the_default_config_passes_the_exporters_check(
         cwd=REPO,
         check=False,
     )
+
+
+def test_the_default_config_is_refused_for_want_of_targets(
+    render: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The chart's defaults name no target: the exporter refuses to start collecting nothing,
+    saying which key to fill in."""
+    result = _check_config(_one(render(), "ConfigMap")["data"]["config.yaml"], tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "targets: at least one target is required" in result.stderr
+
+
+def test_the_default_settings_with_a_target_pass_the_exporters_check(
+    render: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The chart's defaults with one target are a config the exporter accepts."""
+    target = {
+        "name": "thulium-main",
+        "provider": "thulium",
+        "base_url": "https://example.thulium.com/api",
+        "username": "u",
+        "password": "p",
+    }
+    docs = render({"config": {"targets": [target]}})
+    result = _check_config(_one(docs, "ConfigMap")["data"]["config.yaml"], tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
