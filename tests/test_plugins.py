@@ -316,12 +316,23 @@ class Plugins:
         monkeypatch.syspath_prepend(str(modules))
         monkeypatch.setattr("exporter.providers.entry_points", entry_points)
 
-    def add(self, group: str, name: str, value: str, source: str | None = None) -> None:
-        """One more entry point; ``source`` is the text of the module ``value``, written for it."""
+    def add(
+        self,
+        group: str,
+        name: str,
+        value: str,
+        source: str | None = None,
+        dist: importlib.metadata.Distribution | None = None,
+    ) -> None:
+        """One more entry point; ``source`` is the text of the module ``value``, written for it;
+        ``dist`` the distribution that registers it (none by default)."""
         if source is not None:
             (self.modules / f"{value}.py").write_text(source, encoding="utf-8")
             self.written.append(value)
-        self.extra.setdefault(group, []).append(importlib.metadata.EntryPoint(name, value, group))
+        entry = importlib.metadata.EntryPoint(name, value, group)
+        if dist is not None:
+            entry = entry._for(dist)  # how importlib.metadata ties an entry point to its package
+        self.extra.setdefault(group, []).append(entry)
 
     def load(self) -> list[dict[str, Any]]:
         """Read both registries afresh; what was logged meanwhile."""
@@ -443,6 +454,17 @@ def test_an_unusable_provider_plugin_is_logged_and_the_others_keep_working(
     # The built-ins' simulator parts stay; none is logged.
     assert list(simulator.provider_modules()) == BUILTINS
     assert not [e for e in logs if e.get("group") == SIMULATORS_GROUP]
+
+
+def test_a_package_whose_metadata_has_no_name_still_registers(
+    plugins: Plugins, tmp_path: Path
+) -> None:
+    """Metadata being rewritten (a reinstall meanwhile) can lack its name for a moment."""
+    nameless = importlib.metadata.PathDistribution(tmp_path / "nameless-0.1.dist-info")
+    assert nameless.name is None
+    plugins.add(PROVIDERS_GROUP, "fine", "plugin_fine", _provider("fine", "fine_things"), nameless)
+    assert plugins.load() == []
+    assert list(registry()) == sorted([*BUILTINS, "fine"])
 
 
 SIM_PARTS = """

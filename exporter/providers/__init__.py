@@ -55,7 +55,10 @@ def _logger() -> Any:
 
 
 def _distribution(entry: EntryPoint) -> str:
-    return entry.dist.name if entry.dist is not None else "?"
+    """The name of the package that registered the entry point; "?" when its metadata does not
+    say (a package being reinstalled meanwhile has metadata without a name for a moment)."""
+    name = entry.dist.name if entry.dist is not None else None
+    return name if isinstance(name, str) and name else "?"
 
 
 def _own(entry: EntryPoint) -> bool:
