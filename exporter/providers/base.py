@@ -1,6 +1,6 @@
 """The seam every provider plugs into.
 
-A provider is one module in ``exporter/providers/`` that defines:
+A provider is one module (here for the built-in ones, or in a package of its own) that defines:
 
 * a config model (a subclass of :class:`TargetConfig` with ``provider: Literal["<name>"]``),
 * its metric descriptions (:class:`MetricSpec`: name, HELP, labels besides ``account``),
@@ -8,7 +8,10 @@ A provider is one module in ``exporter/providers/`` that defines:
   :class:`~exporter.collect.errors.ParseError`,
 * a :class:`Provider` subclass whose ``collect`` does the HTTP through the shared client and calls
   the parsers,
-* a module-level ``PROVIDER = <the Provider subclass>``, which is how the registry finds it.
+* a module-level ``PROVIDER = <the Provider subclass>``,
+
+and is registered under its name in the entry-point group ``messaging_stats_exporter.providers``
+(see ``docs/providers/writing-a-provider.md``).
 
 The provider knows nothing of the store, the scheduler or the web server.
 """

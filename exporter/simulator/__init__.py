@@ -1,7 +1,8 @@
 """The provider simulator: one aiohttp app that speaks every provider's API as its page describes,
 quirks included, for ``--demo``, the tests and the benchmarks.
 
-Each provider's part is a module here that defines:
+Each provider's part is a module, registered under the provider's name in the entry-point group
+``messaging_stats_exporter.simulators``, that defines:
 
 * ``PROVIDER``: the provider's name (the first path segment of its routes),
 * ``make_state(dynamic: bool)``: its demo data (``dynamic`` makes the values move over time),
