@@ -6,9 +6,9 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from exporter.collect.errors import Reason
 from exporter.metrics.store import Snapshot, Store
 from exporter.providers.base import Sample
+from exporter.providers.errors import Reason
 
 RECORDS = "thulium_outbound_campaign_records"
 COMPLETION = "thulium_outbound_campaign_completion_ratio"

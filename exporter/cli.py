@@ -18,10 +18,11 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from exporter import __version__, simulator
-from exporter.collect.sharding import Sharding, ordinal_from_hostname
+from exporter.collect.sharding import ordinal_from_hostname
 from exporter.config import (
     Config,
     ConfigError,
+    Sharding,
     config_warnings,
     load_config,
     parse_listen_address,

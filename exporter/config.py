@@ -17,7 +17,6 @@ from typing import Annotated, Any, Literal, Union
 import yaml
 from pydantic import Field, ValidationError, create_model, field_validator, model_validator
 
-from exporter.collect.sharding import Sharding
 from exporter.fields import KEY_PROBLEM, Duration, StrictModel, format_duration, key_problem
 from exporter.providers import registry
 from exporter.providers.base import (
@@ -45,6 +44,19 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} is out of range")
     return host, port
+
+
+class Sharding(StrictModel):
+    """Which share of the targets this replica collects (see ``exporter/collect/sharding.py``)."""
+
+    index: int = Field(default=0, ge=0)
+    count: int = Field(default=1, ge=1, le=1024)
+
+    @model_validator(mode="after")
+    def _index_below_count(self) -> Sharding:
+        if self.index >= self.count:
+            raise ValueError(f"index must be below count ({self.count})")
+        return self
 
 
 class WebConfig(StrictModel):

@@ -16,15 +16,15 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from exporter import __version__
 from exporter.clock import Clock, SystemClock
-from exporter.collect.http import new_session, request_duration_histogram
 from exporter.collect.scheduler import Scheduler
-from exporter.collect.sharding import Sharding, split
-from exporter.config import Config, ConfigError, config_warnings, load_config
+from exporter.collect.sharding import split
+from exporter.config import Config, ConfigError, Sharding, config_warnings, load_config
 from exporter.logs import redactor, setup_logging
 from exporter.metrics.exposition import Exposition
 from exporter.metrics.store import ExporterInfo, Store
 from exporter.providers import registry
 from exporter.providers.base import TargetConfig
+from exporter.providers.http import new_session, request_duration_histogram
 
 log = structlog.get_logger("exporter.service")
 

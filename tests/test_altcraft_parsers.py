@@ -14,7 +14,6 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.collect.errors import ParseError
 from exporter.config import ConfigError, validate_config
 from exporter.providers.altcraft import (
     RESOURCE_COUNT_DURATION,
@@ -41,6 +40,7 @@ from exporter.providers.altcraft import (
     segment_samples,
 )
 from exporter.providers.base import Sample
+from exporter.providers.errors import ParseError
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "providers" / "altcraft"
 

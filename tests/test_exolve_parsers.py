@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.collect.errors import ParseError
 from exporter.config import ConfigError, validate_config
+from exporter.providers.errors import ParseError
 from exporter.providers.exolve import (
     BY_BILLING_STATUS,
     BY_DELIVERY_STATUS,

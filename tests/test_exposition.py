@@ -14,10 +14,10 @@ from hypothesis import strategies as st
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from exporter.collect.errors import Reason
 from exporter.collect.snapshot import Snapshot
 from exporter.config import validate_config
 from exporter.providers.base import Sample
+from exporter.providers.errors import Reason
 from exporter.service import Exporter, make_exporter
 from tests.conftest import FakeClock
 from tests.reference import reference_registry

@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from exporter import cli
-from exporter.collect.sharding import Sharding
+from exporter.config import Sharding
 from tests.test_helm_chart import (
     CHART,
     CI_VALUES,

@@ -12,9 +12,9 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 
-from exporter.collect.errors import CollectError, Reason
-from exporter.collect.http import ProviderClient, new_session, request_duration_histogram
-from exporter.collect.turns import Turnstile
+from exporter.providers.errors import CollectError, Reason
+from exporter.providers.http import ProviderClient, new_session, request_duration_histogram
+from exporter.providers.turns import Turnstile
 
 
 class Upstream:

@@ -5,9 +5,9 @@ success keeps no time per series. (The byte-for-byte equality under any history 
 
 from __future__ import annotations
 
-from exporter.collect.errors import Reason
 from exporter.metrics.store import Snapshot, TargetState
 from exporter.providers.base import Sample
+from exporter.providers.errors import Reason
 from tests.conftest import FakeClock
 from tests.test_exposition import ACTIVE, COMPLETION, RECORDS, check_all, new_exporter
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 import exporter.providers
-from exporter.collect.errors import Reason
+from exporter.providers.errors import Reason
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from exporter import simulator
-from exporter.collect.sharding import Sharding, ordinal_from_hostname, shard_of, split
-from exporter.config import ConfigError, validate_config
+from exporter.collect.sharding import ordinal_from_hostname, shard_of, split
+from exporter.config import ConfigError, Sharding, validate_config
 from tests.conftest import parse_exposition
 
 names = st.lists(st.text(min_size=1, max_size=30), min_size=1, max_size=60, unique=True)

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from exporter.collect.errors import ParseError
 from exporter.providers.base import Sample
+from exporter.providers.errors import ParseError
 from exporter.providers.thulium import (
     ACTIVE,
     COMPLETION,

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from exporter.collect.errors import ParseError, Reason
 from exporter.config import ConfigError, validate_config
 from exporter.providers.base import Sample
+from exporter.providers.errors import ParseError, Reason
 from exporter.providers.trustlat import (
     ACTIONS,
     CAMPAIGNS,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from exporter.collect.turns import Turnstile
+from exporter.providers.turns import Turnstile
 
 
 class IterationCounter:

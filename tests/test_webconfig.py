@@ -14,8 +14,8 @@ import pytest
 import trustme
 import yaml
 
-from exporter.collect.http import basic_auth
 from exporter.config import ConfigError
+from exporter.providers.http import basic_auth
 from exporter.service import make_exporter
 from exporter.web.app import WEB_SETTINGS, build_app
 from exporter.web.webconfig import WebSettings, load_web_config

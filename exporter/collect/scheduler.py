@@ -16,11 +16,11 @@ import structlog
 from prometheus_client import Histogram
 
 from exporter.clock import Clock
-from exporter.collect.errors import CollectError, ParseError, Reason
-from exporter.collect.http import ProviderClient
 from exporter.collect.snapshot import Snapshot
-from exporter.collect.turns import Turnstile
 from exporter.providers.base import Provider, TargetConfig
+from exporter.providers.errors import CollectError, ParseError, Reason
+from exporter.providers.http import ProviderClient
+from exporter.providers.turns import Turnstile
 
 log = structlog.get_logger("exporter.collect.scheduler")
 

@@ -9,20 +9,7 @@ import re
 from collections.abc import Sequence
 from typing import TypeVar
 
-from pydantic import Field, model_validator
-
-from exporter.fields import StrictModel
-
-
-class Sharding(StrictModel):
-    index: int = Field(default=0, ge=0)
-    count: int = Field(default=1, ge=1, le=1024)
-
-    @model_validator(mode="after")
-    def _index_below_count(self) -> Sharding:
-        if self.index >= self.count:
-            raise ValueError(f"index must be below count ({self.count})")
-        return self
+from exporter.config import Sharding
 
 
 def _weight(name: str, shard: int) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from exporter.collect.errors import Reason
 from exporter.providers.base import Sample
+from exporter.providers.errors import Reason
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,10 +23,10 @@ from prometheus_client.registry import Collector
 
 from exporter import __version__
 from exporter.clock import Clock
-from exporter.collect.errors import Reason
 from exporter.collect.snapshot import Snapshot
 from exporter.metrics.render import FamilyFormat, format_value
 from exporter.providers.base import MetricSpec, TargetConfig
+from exporter.providers.errors import Reason
 
 log = structlog.get_logger("exporter.metrics.store")
 

@@ -55,8 +55,6 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from exporter.clock import Clock, SystemClock
-from exporter.collect.errors import CollectError, ParseError, Reason
-from exporter.collect.http import ProviderClient, decode_json
 from exporter.fields import (
     Duration,
     NonEmptySecret,
@@ -66,6 +64,8 @@ from exporter.fields import (
     key_problem,
 )
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
+from exporter.providers.errors import CollectError, ParseError, Reason
+from exporter.providers.http import ProviderClient, decode_json
 
 log = structlog.get_logger("exporter.providers.altcraft")
 _SYSTEM_CLOCK = SystemClock()

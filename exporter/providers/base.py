@@ -5,7 +5,7 @@ A provider is one module (here for the built-in ones, or in a package of its own
 * a config model (a subclass of :class:`TargetConfig` with ``provider: Literal["<name>"]``),
 * its metric descriptions (:class:`MetricSpec`: name, HELP, labels besides ``account``),
 * pure ``parse_*`` functions from a decoded response body to :class:`Sample` objects, raising only
-  :class:`~exporter.collect.errors.ParseError`,
+  :class:`~exporter.providers.errors.ParseError`,
 * a :class:`Provider` subclass whose ``collect`` does the HTTP through the shared client and calls
   the parsers,
 * a module-level ``PROVIDER = <the Provider subclass>``,
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -34,10 +33,12 @@ from exporter.fields import (
     key_problem,
     parse_duration,
 )
+from exporter.providers.samples import MetricSpec as MetricSpec
+from exporter.providers.samples import Sample as Sample
 
 if TYPE_CHECKING:
     from exporter.clock import Clock
-    from exporter.collect.http import ProviderClient
+    from exporter.providers.http import ProviderClient
 
 DEFAULT_INTERVAL = 60.0
 DEFAULT_TIMEOUT = 30.0
@@ -122,25 +123,6 @@ def as_written(value: float) -> Decimal:
 C = TypeVar("C", bound=TargetConfig)
 
 
-@dataclass(frozen=True, slots=True)
-class MetricSpec:
-    """A provider metric: every sample of it carries ``account`` first, then ``labels``."""
-
-    name: str
-    help: str
-    labels: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Sample:
-    """One gauge value. ``labels`` are the values of the metric's labels, in the spec's order,
-    without ``account`` (the store adds it from the target's name)."""
-
-    metric: str
-    labels: tuple[str, ...]
-    value: float
-
-
 class Provider(ABC, Generic[C]):
     """One target's collector. The scheduler keeps one instance per target for its lifetime, so a
     provider may keep state between runs (a cached OAuth token, a task still running)."""
@@ -161,7 +143,7 @@ class Provider(ABC, Generic[C]):
 
     @abstractmethod
     async def collect(self) -> list[Sample]:
-        """Fetch and parse; raise :class:`~exporter.collect.errors.CollectError` on failure."""
+        """Fetch and parse; raise :class:`~exporter.providers.errors.CollectError` on failure."""
 
 
 _NOT_LABEL_CHARS = re.compile(r"[^0-9a-z]+")

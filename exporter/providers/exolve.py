@@ -28,10 +28,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from exporter.collect.errors import CollectError, ParseError, Reason
-from exporter.collect.http import decode_json
 from exporter.fields import Duration, NonEmptySecret, SecretFile, format_duration
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
+from exporter.providers.errors import CollectError, ParseError, Reason
+from exporter.providers.http import decode_json
 
 MESSAGES = "exolve_sms_messages"
 BY_DELIVERY_STATUS = "exolve_sms_messages_by_delivery_status"

@@ -14,10 +14,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from exporter.collect.errors import ParseError
-from exporter.collect.http import basic_auth, decode_json
 from exporter.fields import NonEmptySecret, SecretFile
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, as_written
+from exporter.providers.errors import ParseError
+from exporter.providers.http import basic_auth, decode_json
 
 RECORDS = "thulium_outbound_campaign_records"
 COMPLETION = "thulium_outbound_campaign_completion_ratio"

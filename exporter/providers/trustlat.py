@@ -43,8 +43,6 @@ from pydantic import (
 from yarl import URL
 
 from exporter.clock import Clock
-from exporter.collect.errors import CollectError, ParseError, Reason
-from exporter.collect.http import HttpError, ProviderClient, decode_json
 from exporter.fields import NonEmptySecret, SecretFile, key_problem
 from exporter.logs import redactor
 from exporter.providers.base import (
@@ -55,6 +53,8 @@ from exporter.providers.base import (
     as_written,
     label_value,
 )
+from exporter.providers.errors import CollectError, ParseError, Reason
+from exporter.providers.http import HttpError, ProviderClient, decode_json
 
 NOTIFICATIONS = "trustlat_notifications"
 SCHEDULED = "trustlat_notifications_scheduled"

@@ -15,10 +15,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from exporter.collect.errors import CollectError, ParseError, Reason
-from exporter.collect.http import decode_json
 from exporter.fields import NonEmptySecret, SecretFile
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
+from exporter.providers.errors import CollectError, ParseError, Reason
+from exporter.providers.http import decode_json
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 NAME = "acme"

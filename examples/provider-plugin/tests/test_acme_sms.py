@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 import yaml
 from exporter import simulator
-from exporter.collect.errors import ParseError
 from exporter.providers import registry
 from exporter.providers.base import Sample
+from exporter.providers.errors import ParseError
 from prometheus_client.parser import text_string_to_metric_families
 
 from acme_sms_provider.provider import MESSAGES, error_message, error_text, parse_stats

@@ -22,10 +22,10 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from yarl import URL
 
-from exporter.collect.errors import CollectError, Reason, reason_for_status
-from exporter.collect.turns import Turnstile
+from exporter.providers.errors import CollectError, Reason, reason_for_status
+from exporter.providers.turns import Turnstile
 
-log = structlog.get_logger("exporter.collect.http")
+log = structlog.get_logger("exporter.providers.http")
 
 REQUEST_DURATION_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 RETRY_STATUSES = frozenset({429, 502, 503, 504})

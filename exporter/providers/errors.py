@@ -8,10 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from exporter.providers.base import Sample
+from exporter.providers.samples import Sample
 
 
 class Reason(StrEnum):
