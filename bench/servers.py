@@ -4,7 +4,8 @@ prints ``READY <port>`` on stdout when it listens.
 * ``sim``: the provider simulator with ``--targets`` Thulium tenants (4 or 5 campaigns each: 10,000
   provider series for 1,000) and ``POST /_bench/latency?seconds=`` to change its injected latency.
 * ``exporter``: the exporter in one process, started as ``serve`` starts it (``make_exporter`` and
-  ``build_app``, the same ``AppRunner`` settings, ``gc.collect(); gc.freeze()`` once listening),
+  ``build_app``, the same ``AppRunner`` settings, ``keep_long_lived_objects_out_of_gc`` once
+  listening),
   pointed at the simulator, with the collection loop not started by itself
   (``autostart=False``), plus bench-only routes under ``/_bench/``: run collection cycles and
   report their duration, the process's CPU time, RSS and the event loop's lag (measured inside
@@ -37,6 +38,8 @@ from aiohttp import web
 TENANT_USER, TENANT_PASSWORD = "bench", "bench-password"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 INTERVAL = 5.0
+LIMITED_CONCURRENCY = 32
+"""Collections at once in the ``limited`` cycles."""
 """Every target's interval: a started scheduler collects each target every 5 s on its grid."""
 
 
@@ -170,11 +173,10 @@ def exporter_config(sim_url: str, targets: int) -> Any:
 
 async def run_exporter(sim_url: str, targets: int) -> None:
     from bench import synthetic
-    from exporter.cli import SHUTDOWN_TIMEOUT
-    from exporter.collect.scheduler import FIRST_RUN_SPREAD, Scheduler
+    from exporter.cli import SHUTDOWN_TIMEOUT, keep_long_lived_objects_out_of_gc
+    from exporter.collect.scheduler import FIRST_RUN_SPREAD
+    from exporter.collect.snapshot import Snapshot
     from exporter.logs import setup_logging
-    from exporter.metrics.store import Snapshot
-    from exporter.providers import registry
     from exporter.service import make_exporter
     from exporter.web.app import build_app
 
@@ -183,20 +185,6 @@ async def run_exporter(sim_url: str, targets: int) -> None:
     exporter = make_exporter(config, autostart=False)
     app = build_app(exporter)
     monitor = LagMonitor()
-    burst: Scheduler | None = None
-
-    def burst_scheduler() -> Scheduler:
-        """A scheduler without the exporter-wide limit: every collection starts at once (the
-        session's connector, 256 connections, bounds the requests in flight)."""
-        nonlocal burst
-        if burst is None:
-            assert exporter.session is not None
-            burst = Scheduler(
-                registry(), exporter.store.record, exporter.session, exporter.histogram,
-                exporter.clock, None,
-            )  # fmt: skip
-            burst.set_targets(exporter.assigned)
-        return burst
 
     async def collected_since(begun: float) -> None:
         """Wait until every target has a collection that started at ``begun`` or later (checked
@@ -207,17 +195,27 @@ async def run_exporter(sim_url: str, targets: int) -> None:
             pending = [s for s in pending if s.latest is None or s.latest.started_at < begun]
 
     async def one_cycle(mode: str) -> float:
-        """One collection of every target; its duration. ``burst``: all at once; ``limited``:
-        ``run_all_once``, bounded by ``max_concurrent_collections``; ``scheduled``: the
-        scheduler's tasks as ``serve`` runs them (first runs spread over the first seconds), until
-        every target was collected once (the tasks go on: see ``load``)."""
+        """One collection of every target; its duration. ``burst``: every target due at once, as
+        after a start or a reload (``run_all_once``, bounded by the exporter's own
+        ``max_concurrent_collections``, 64 by default); ``limited``: :data:`LIMITED_CONCURRENCY`
+        workers, each collecting the next target when done with one (an operator's tighter
+        limit); ``scheduled``: the scheduler's tasks as ``serve`` runs them (first runs spread
+        over the first seconds), until every target was collected once (the tasks go on: see
+        ``load``)."""
         scheduler = exporter.scheduler
         assert scheduler is not None
         started = time.perf_counter()
         if mode == "burst":
-            await burst_scheduler().run_all_once()
-        elif mode == "limited":
             await scheduler.run_all_once()
+        elif mode == "limited":
+            queue = list(scheduler.runners.values())
+            queue.reverse()
+
+            async def worker() -> None:
+                while queue:
+                    await queue.pop().run_once()
+
+            await asyncio.gather(*(worker() for _ in range(LIMITED_CONCURRENCY)))
         else:
             begun = exporter.clock.time()
             scheduler.start()
@@ -254,6 +252,7 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         result["limits"] = {
             "connector": exporter.session.connector.limit if exporter.session else 0,
             "collections": exporter.config.max_concurrent_collections,
+            "limited": LIMITED_CONCURRENCY,
             "spread": min(FIRST_RUN_SPREAD, INTERVAL),
         }
         return web.json_response(result)
@@ -355,9 +354,9 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         keepalive_timeout=config.web.keepalive_timeout,
         access_log=logging.getLogger("aiohttp.access"),
     )
-    gc.collect()
-    gc.freeze()
+    freezing = asyncio.create_task(keep_long_lived_objects_out_of_gc(exporter.store))
     await asyncio.Event().wait()
+    freezing.cancel()
 
 
 # -- reference and peer ---------------------------------------------------------------------------

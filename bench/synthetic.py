@@ -6,7 +6,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from exporter.metrics.store import Snapshot, Store
+from exporter.collect.snapshot import Snapshot
+from exporter.metrics.store import Store
 from exporter.providers.base import Sample
 from exporter.providers.errors import Reason
 

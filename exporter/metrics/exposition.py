@@ -15,6 +15,7 @@ build, the one in flight if there is one, else its own. A scrape never waits for
 from __future__ import annotations
 
 import asyncio
+import functools
 import zlib
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -28,8 +29,8 @@ from prometheus_client.openmetrics.exposition import generate_latest as openmetr
 
 from exporter.metrics.store import Store
 
-GZIP_LEVEL = 6
-"""zlib's default level: ~12 % of the identity size at 10,000 series."""
+GZIP_LEVEL = 3
+"""At 10,000 series (2.1 MB): 133 kB in ~5 ms; zlib's default level 6 makes 120 kB in ~11 ms."""
 EOF = b"# EOF\n"
 
 
@@ -51,10 +52,13 @@ class Rendered:
         object.__setattr__(self, "headers", headers)
 
 
+@functools.lru_cache(maxsize=256)
 def wants_openmetrics(accept: str) -> bool:
     """Whether prometheus_client's negotiation picks OpenMetrics for this ``Accept`` header. Only
     the format is taken from it: every name here is a legacy one, which every escaping scheme the
-    header may ask for leaves as it is, so OpenMetrics is served as 1.0.0 with underscores."""
+    header may ask for leaves as it is, so OpenMetrics is served as 1.0.0 with underscores.
+    Remembered for the most recent headers (a scraper sends the same one every time; junk
+    headers only push each other out)."""
     return choose_encoder(accept)[1].startswith("application/openmetrics-text")
 
 
