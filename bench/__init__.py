@@ -1,1 +1,2 @@
-"""Benchmarks of issue 9 (``python -m bench``); see docs/performance.md. CI does not run them."""
+"""Benchmarks (``python -m bench``, ``python -m bench.load``); see docs/performance.md. CI does
+not run them."""

@@ -1,9 +1,9 @@
-"""``python -m bench.load``: the long load test of issue 8.
+"""``python -m bench.load``: the long load test.
 
 Runs the exporter as users do (``--demo``: the built-in simulator, every provider, collections
 every 10 s), points 200 concurrent scrapers at ``/metrics`` for 60 s while a chaos loop switches
 the simulator's faults (5xx, malformed JSON, resets, hangs, 429s, auth failures) from account to
-account, and samples the exporter's memory (both processes' PSS) every second. Prints the
+account, and samples the exporter's memory (its PSS) every second. Prints the
 scrapes, failures (the goal is zero), latency and memory, with a verdict. The short version runs
 in the tests (``tests/test_load.py``).
 """
@@ -55,22 +55,10 @@ def free_port() -> int:
 
 
 def rss_mib(pid: int) -> float:
-    """The exporter's memory: the PSS of the process and of its children (the serving process),
-    every page they share counted once."""
-    total = 0
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name != str(pid):
-                if not proc.name.isdigit():
-                    continue
-                if int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) != pid:
-                    continue
-            rollup = (proc / "smaps_rollup").read_text()
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
-        total += int(match[1]) if match else 0
-    return total / 1024
+    """The exporter's memory: the PSS of its process."""
+    rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    match = re.search(r"^Pss:\s+(\d+) kB", rollup, re.M)
+    return int(match[1]) / 1024 if match else 0.0
 
 
 async def main() -> int:
@@ -205,7 +193,7 @@ async def main() -> int:
     print(f"latency: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {pct(1.0):.1f} ms")
     print(f"collection errors counted meanwhile: {errors:.0f}")
     print(
-        f"exporter memory (PSS of both processes): start {rss[0]:.1f} MiB, "
+        f"exporter memory (PSS): start {rss[0]:.1f} MiB, "
         f"after 5 s {settled:.1f} MiB, "
         f"max {max(rss):.1f} MiB, end {rss[-1]:.1f} MiB ({growth:+.1f} % since 5 s)"
     )

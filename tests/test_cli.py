@@ -233,3 +233,19 @@ async def test_sigterm_cancels_a_hanging_collection_and_exits_0(sim, sim_url, wr
         process.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(process.wait(), 10) == 0
         assert loop.time() - started < 6
+
+
+async def test_without_a_config_file_the_error_hints_at_config_and_demo(tmp_path):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    _, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode == 2
+    assert "--config" in stderr.decode()
+    assert "--demo" in stderr.decode()

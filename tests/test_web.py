@@ -141,3 +141,48 @@ async def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(
         == 1
     )
     assert yaml.safe_load(path.read_text()) == {"targets": [{"name": "broken"}]}
+
+
+async def test_a_reload_says_what_changed_and_applies_the_log_settings(
+    sim, sim_url, write_config, clock, monkeypatch
+):
+    import structlog.testing
+
+    from exporter import service
+
+    targets = demo(sim_url, sim)
+    path = write_config({"targets": targets})
+    exporter = make_exporter(load_config(path), clock=clock, config_path=path, autostart=False)
+    applied: list[tuple[str, str]] = []
+    monkeypatch.setattr(service, "setup_logging", lambda *args: applied.append(args))
+    changed = {**targets[1], "interval": "7m"}
+    added = {**targets[0], "name": "thulium-new"}
+    write_config(
+        {
+            "log": {"level": "debug", "format": "console"},
+            "web": {"telemetry_path": "/other"},
+            "targets": [changed, added],
+        }
+    )
+    with structlog.testing.capture_logs() as logs:
+        assert await exporter.reload() is None
+    reloaded = next(entry for entry in logs if entry["event"] == "config reloaded")
+    assert reloaded["added"] == ["thulium-new"]
+    assert reloaded["removed"] == [targets[0]["name"]]
+    assert reloaded["changed"] == [targets[1]["name"]]
+    assert applied == [("debug", "console")]
+    restart = next(entry for entry in logs if entry["event"].startswith("web settings changed"))
+    assert restart["keys"] == ["web.telemetry_path"]
+
+
+async def test_a_reload_without_a_config_file_is_refused_with_the_reason(sim, sim_url, make_config):
+    import structlog.testing
+
+    exporter = make_exporter(make_config(demo(sim_url, sim)), autostart=False)
+    with structlog.testing.capture_logs() as logs:
+        reason = await exporter.reload()
+    assert reason is not None
+    assert "demo" in reason
+    assert [entry["reason"] for entry in logs if entry["event"] == "config reload refused"] == [
+        reason
+    ]
