@@ -145,7 +145,7 @@ async def wait_ready(port: int, bound: float = 30.0) -> None:
             except aiohttp.ClientConnectionError:
                 pass
             await asyncio.sleep(0.2)
-    raise AssertionError("the demo did not become ready in time")
+    raise AssertionError("the exporter did not become ready in time")
 
 
 async def test_demo_serves_metrics_that_promtool_accepts_and_exits_0_on_sigterm(

@@ -23,6 +23,7 @@ from aiohttp import web
 from exporter import simulator
 from exporter.simulator.thulium import Campaign, Tenant
 from tests.conftest import free_port
+from tests.test_cli import wait_ready
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGETS = 1000
@@ -106,18 +107,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
     )
     try:
         served = Served(process, port)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 60
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert loop.time() < deadline, "the exporter did not become ready"
-                try:
-                    async with session.get(f"{served.url}/readyz") as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.2)
+        await wait_ready(port, bound=60)
         body = await served.scrape()
         assert body.count(b"\nthulium_outbound_campaign_records{") >= 4000
         yield served
