@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from exporter.config import ConfigError, load_config, parse_config
+from exporter.config import ConfigError, load_config, parse_config, validate_config
 from exporter.fields import parse_duration
 from exporter.providers import registry
 
@@ -286,3 +286,18 @@ def test_check_config_prints_one_line_per_target_and_exits_0(write_config) -> No
     assert lines[0].endswith("OK, 2 target(s)")
     assert lines[1].strip().startswith("thulium-acme: provider=thulium")
     assert "secret-password" not in result.stdout
+
+
+def test_web_keepalive_timeout_defaults_to_75s_and_takes_a_duration() -> None:
+    target = {
+        "name": "t",
+        "provider": "thulium",
+        "base_url": "http://127.0.0.1:9/api",
+        "username": "u",
+        "password": "p",
+    }
+    assert validate_config({"targets": [target]}).web.keepalive_timeout == 75.0
+    config = validate_config({"web": {"keepalive_timeout": "2m"}, "targets": [target]})
+    assert config.web.keepalive_timeout == 120.0
+    with pytest.raises(ConfigError, match=r"web\.keepalive_timeout"):
+        validate_config({"web": {"keepalive_timeout": "0s"}, "targets": [target]})

@@ -1,1 +1,1 @@
-"""Collecting: the scheduler, the provider HTTP client, failure reasons, sharding."""
+"""Collecting: the scheduler, the snapshot a run produces, sharding."""

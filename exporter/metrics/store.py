@@ -83,11 +83,8 @@ class TargetState:
     # Failed collections by reason, only those that happened (a missing reason counts 0).
     errors: dict[Reason, int] = field(default_factory=dict)
     # The rendered samples of this target, one block per family of ``Store.families``. A block
-    # that renders to the same bytes again is the same object (the exposition compares blocks by
-    # identity).
+    # that renders to the same bytes again stays the same object (its text is held once).
     blocks: tuple[bytes, ...] = ()
-    # When the visible series next change by time alone (a failing target's samples go stale).
-    expires: float = math.inf
     # The key of each line of the provider families' blocks, in block order: with the blocks, a
     # series' line prefix (``name{labels} ``), kept only there (the one key object kept while the
     # series lives).
@@ -257,8 +254,8 @@ class Store:
     # -- rendering -----------------------------------------------------------------------------
 
     def _render(self, state: TargetState, now: float) -> None:
-        """Render the target's blocks (what :meth:`provider_families` and the per-target part of
-        :meth:`self_families` would show of it at ``now``).
+        """Render the target's blocks: its provider series visible at ``now`` (see
+        :meth:`TargetState.visible`) and its lines of the exporter's per-target families.
 
         A series' line prefix (``name{labels} ``) is made once, when the series first shows;
         afterwards it is taken from the series' line in the previous blocks (a line is its prefix,
@@ -342,7 +339,6 @@ class Store:
             )
             state.error_count = error_count
         state.blocks = tuple(blocks)
-        state.expires = expires
         if expires == math.inf:
             self._expiring.pop(account, None)
         else:
@@ -350,8 +346,7 @@ class Store:
 
     def global_families(self) -> Iterator[Metric]:
         """The exporter's own families that have no series per target (small: rendered by
-        prometheus_client). The exposition caches their rendering by every value read here
-        (``exporter.metrics.exposition._Tail``): a new one must join that key."""
+        prometheus_client with the rest of the registry)."""
         build = GaugeMetricFamily(
             "messaging_exporter_build_info",
             "Always 1; the exporter's version and Python version.",

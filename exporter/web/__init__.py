@@ -1,1 +1,2 @@
-"""The aiohttp app that faces clients, and the web config (TLS, basic auth, headers)."""
+"""The aiohttp app that faces clients, the status page and the web config (TLS, basic auth,
+headers)."""
