@@ -189,7 +189,7 @@ async def run_exporter(sim_url: str, targets: int) -> None:
     async def collected_since(begun: float) -> None:
         """Wait until every target has a collection that started at ``begun`` or later (checked
         every 20 ms, each target until it has one: the bench's own cost stays negligible)."""
-        pending = list(exporter.store.targets)
+        pending = [target.state for target in exporter.targets]
         while pending:
             await asyncio.sleep(0.02)
             pending = [s for s in pending if s.latest is None or s.latest.started_at < begun]
@@ -208,7 +208,7 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         if mode == "burst":
             await scheduler.run_all_once()
         elif mode == "limited":
-            queue = list(scheduler.runners.values())
+            queue = [target.runner for target in exporter.targets if target.runner is not None]
             queue.reverse()
 
             async def worker() -> None:
@@ -229,9 +229,11 @@ async def run_exporter(sim_url: str, targets: int) -> None:
             "requests": requests,
             **monitor.report(),
             "rss": rss_bytes(),
-            "series": sum(len(state.series) for state in exporter.store.targets),
+            "series": sum(len(target.state.series) for target in exporter.targets),
             "failed": sum(
-                1 for s in exporter.store.targets if s.latest is not None and not s.latest.ok
+                1
+                for target in exporter.targets
+                if target.state.latest is not None and not target.state.latest.ok
             ),
             "generation": exporter.store.generation,
             "builds": exporter.exposition.builds,
@@ -244,7 +246,7 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         monitor.reset()
         cpu, started = cpu_seconds(), time.perf_counter()
         duration = await one_cycle(mode)
-        result = stats(cpu, len(exporter.store.targets), started)
+        result = stats(cpu, len(exporter.targets), started)
         result["duration"] = duration
         if mode == "scheduled":
             assert exporter.scheduler is not None
@@ -275,7 +277,7 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         else:
             while time.perf_counter() - started < seconds:
                 durations.append(await one_cycle(mode))
-                requests += len(exporter.store.targets)
+                requests += len(exporter.targets)
         result = stats(cpu, requests, started)
         result["durations"] = durations
         if mode == "scheduled":
@@ -296,8 +298,8 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         started = time.perf_counter()
         for number in range(first, first + count):
             now = exporter.clock.time()
-            for index, state in enumerate(store.targets):
-                snap = synthetic.snapshot(state.config.name, index, rng, now)
+            for index, target in enumerate(exporter.targets):
+                snap = synthetic.snapshot(target.name, index, rng, now)
                 if number % 10 == index % 10:  # churn: a campaign ends, another starts
                     samples = tuple(
                         s

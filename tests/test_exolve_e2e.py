@@ -243,7 +243,7 @@ async def test_one_failed_combination_fails_the_run_but_keeps_the_fresh_counts(
     out_queued = labels(account=shop, direction="outgoing", delivery_status="queued")
     assert scraped[(BY_DELIVERY, out_queued)] == 15
     assert len([k for k in exolve_samples(scraped) if ("account", shop) in k[1]]) == 34
-    state = {s.config.name: s for s in h.exporter.store.targets}[shop]
+    state = h.exporter.targets.get(shop).state
     assert state.latest is not None
     fresh = max(state.seen.values())
     assert sum(1 for at in state.seen.values() if at == fresh) == 17  # the outgoing combinations
@@ -270,7 +270,7 @@ async def test_a_wrong_key_is_auth_and_the_key_is_in_no_error_text(
     await h.collect()
     scraped = await h.scrape()
     assert errors_of(scraped, "exolve-alerts") == {"auth": 1}
-    state = {s.config.name: s for s in h.exporter.store.targets}["exolve-alerts"]
+    state = h.exporter.targets.get("exolve-alerts").state
     assert state.latest is not None
     error = state.latest.error or ""
     assert "authorization token is invalid" in error
@@ -286,7 +286,7 @@ async def test_a_wrong_path_is_http_4xx(sim, sim_url, harness, make_config):
     await h.collect()
     scraped = await h.scrape()
     assert errors_of(scraped, "exolve-alerts") == {"http_4xx": 1}
-    state = {s.config.name: s for s in h.exporter.store.targets}["exolve-alerts"]
+    state = h.exporter.targets.get("exolve-alerts").state
     assert "page not found" in (state.latest.error or "")
 
 

@@ -19,6 +19,8 @@ from exporter.config import validate_config
 from exporter.providers.base import Sample
 from exporter.providers.errors import Reason
 from exporter.service import Exporter, make_exporter
+from exporter.web.app import status_view
+from exporter.web.status import TargetRow
 from tests.conftest import FakeClock
 from tests.reference import reference_registry
 
@@ -104,7 +106,7 @@ def test_any_history_renders_as_prometheus_client_does(names, ops):
     for op in ops:
         if op[0] == "record":
             _, index, ok, drawn = op
-            name = store.targets[index % len(store.targets)].config.name
+            name = list(exporter.targets)[index % len(exporter.targets)].name
             store.record(
                 Snapshot(
                     target=name,
@@ -122,24 +124,24 @@ def test_any_history_renders_as_prometheus_client_does(names, ops):
         elif op[0] == "reload":
             store.reloaded(op[1])
         elif op[0] == "retarget":
-            kept = [t.config for t in store.targets][: op[1] % (len(store.targets) + 1)]
-            store.set_targets(
+            kept = [t.config for t in exporter.targets][: op[1] % (len(exporter.targets) + 1)]
+            exporter.set_targets(
                 [*reversed(kept), validate_config({"targets": [target(f"new-{op[1]}")]}).targets[0]]
             )
         else:
             # Requests are observed during a collection; its end is the store's change that
             # shows them (the exposition is as of the latest store change, histogram included).
             exporter.histogram.labels("thulium", "outbounds/stats", op[1]).observe(0.1)
-            name = store.targets[0].config.name
+            name = next(iter(exporter.targets)).name
             store.record(Snapshot(name, "thulium", True, (), clock.time(), 0.1))
         check_all(exporter)
 
 
 def fill(exporter: Exporter, clock: FakeClock, round_: int) -> None:
-    for index, state in enumerate(exporter.store.targets):
+    for index, target in enumerate(exporter.targets):
         exporter.store.record(
             Snapshot(
-                target=state.config.name,
+                target=target.name,
                 provider="thulium",
                 ok=True,
                 samples=(
@@ -273,20 +275,23 @@ async def test_the_target_states_follow_the_staleness_rule():
     clock = FakeClock()
     exporter = new_exporter(clock, ["a", "b", "c"])
     store = exporter.store
-    assert {s.state for s in store.targets} == {"pending"}
+
+    def rows() -> dict[str, TargetRow]:
+        return {row.account: row for row in status_view(exporter).targets}
+
+    assert {row.state for row in rows().values()} == {"pending"}
     fill(exporter, clock, 1)
-    assert {s.state for s in store.targets} == {"up"}
+    assert {row.state for row in rows().values()} == {"up"}
     for name in ("a", "b"):
         store.record(Snapshot(name, "thulium", False, (), clock.time(), 0.1, Reason.AUTH, "no"))
-    states = {s.config.name: s for s in store.targets}
-    assert states["a"].state == "down"
-    assert states["a"].served == 2
-    assert states["a"].consecutive_failures == 1
+    assert rows()["a"].state == "down"
+    assert rows()["a"].series == 2
+    assert rows()["a"].consecutive_failures == 1
     clock.advance(301)
-    await scrape(exporter)  # a scrape takes what went stale
-    assert states["a"].state == "stale"
-    assert states["a"].served == 0
-    assert states["c"].state == "up"
+    assert rows()["a"].state == "stale"
+    assert rows()["a"].series == 0
+    assert rows()["c"].state == "up"
+    assert RECORDS.encode() + b'{account="a"' not in (await scrape(exporter)).body
 
 
 async def test_closing_waits_for_the_build_in_flight():

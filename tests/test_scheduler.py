@@ -136,7 +136,7 @@ async def test_start_begins_the_tasks_a_batch_per_loop_iteration(make_config, mo
     scheduler = exporter.scheduler
     assert scheduler is not None
     scheduler.start()
-    scheduler.set_targets(exporter.config.targets[:30])  # a reload meanwhile drops five
+    exporter.set_targets(exporter.config.targets[:30])  # a reload meanwhile drops five
     counts = [scheduler.running]
     while counts[-1] < 30:
         await asyncio.sleep(0)

@@ -193,7 +193,7 @@ async def test_a_second_401_is_not_retried_again(sim, sim_url, harness, make_con
     # Last good values are kept; the other target is untouched.
     assert scraped[(CAMPAIGNS, labels(account="trustlat-acme", company_id="1"))] == 3
     assert scraped[(SUCCESS, INITECH)] == 1
-    runner_state = {s.config.name: s for s in h.exporter.store.targets}["trustlat-acme"]
+    runner_state = h.exporter.targets.get("trustlat-acme").state
     assert runner_state.latest is not None
     assert "invalid_client" in (runner_state.latest.error or "")
 
@@ -238,7 +238,7 @@ async def test_token_endpoint_down_is_http_5xx_and_spares_the_others(
     # The token service failed; nothing says the credentials are wrong.
     assert errors_of(scraped, "trustlat-acme") == {"http_5xx": 1}
     assert statistics_requests(sim) == []
-    acme_state = {s.config.name: s for s in h.exporter.store.targets}["trustlat-acme"]
+    acme_state = h.exporter.targets.get("trustlat-acme").state
     assert acme_state.latest is not None
     assert "token endpoint" in (acme_state.latest.error or "")
     assert "HTTP 503" in (acme_state.latest.error or "")
@@ -302,7 +302,7 @@ async def test_each_fault_of_the_token_service_gives_its_reason(
     assert errors_of(scraped, "trustlat-acme") == {reason: 1}
     assert statistics_requests(sim) == []
     assert scraped[(SUCCESS, INITECH)] == 1
-    acme_state = {s.config.name: s for s in h.exporter.store.targets}["trustlat-acme"]
+    acme_state = h.exporter.targets.get("trustlat-acme").state
     assert acme_state.latest is not None
     assert "token endpoint" in (acme_state.latest.error or "")
 
@@ -379,7 +379,7 @@ async def test_secrets_and_tokens_appear_nowhere(sim, sim_url, harness, make_con
         assert secret not in logs
         assert secret not in text
         assert secret not in landing
-    errors = [s.latest.error or "" for s in h.exporter.store.targets if s.latest is not None]
+    errors = [t.state.latest.error or "" for t in h.exporter.targets if t.state.latest is not None]
     assert all(secret not in error for secret in secrets for error in errors)
     lines = [json.loads(line) for line in logs.splitlines()]
     failures = [

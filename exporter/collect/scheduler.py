@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -17,6 +17,7 @@ from prometheus_client import Histogram
 
 from exporter.clock import Clock
 from exporter.collect.snapshot import Snapshot
+from exporter.collect.targets import TableChange, Target, TargetTable
 from exporter.providers.base import Provider, TargetConfig
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ProviderClient
@@ -157,8 +158,12 @@ class TargetRunner:
 
 
 class Scheduler:
+    """Collects the targets of ``targets`` (the service's table): gives each its runner, runs each
+    on its interval grid once started, and follows the table's changes."""
+
     def __init__(
         self,
+        targets: TargetTable,
         providers: ProviderTable,
         record: Record,
         session: aiohttp.ClientSession,
@@ -167,6 +172,7 @@ class Scheduler:
         max_concurrent_collections: int | None = None,
         turnstile: Turnstile | None = None,
     ) -> None:
+        self._targets = targets
         self._providers = providers
         self._record = record
         self._session = session
@@ -179,35 +185,40 @@ class Scheduler:
         self._limit = (
             asyncio.Semaphore(max_concurrent_collections) if max_concurrent_collections else None
         )
-        self.runners: dict[str, TargetRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._starters: set[asyncio.Task[None]] = set()
 
-    def set_targets(self, configs: Sequence[TargetConfig]) -> None:
-        """Run exactly these targets. Unchanged ones keep their schedule and provider state."""
-        wanted = {config.name: config for config in configs}
-        replaced: dict[str, Provider[Any]] = {}
-        for name in list(self.runners):
-            if name not in wanted or wanted[name] != self.runners[name].config:
-                if name in wanted:
-                    replaced[name] = self.runners[name].provider
-                self._stop(name)
-        for name, config in wanted.items():
-            if name not in self.runners:
-                runner = TargetRunner(
-                    config,
-                    self._providers[config.provider],
-                    self._session,
-                    self._record,
-                    self._histogram,
-                    self._clock,
-                    self._turnstile,
-                    self._limit,
-                )
-                previous = replaced.get(name)
-                if previous is not None and previous.name == runner.provider.name:
-                    runner.provider.inherit(previous)
-                self.runners[name] = runner
+    def follow(self, change: TableChange | None = None) -> None:
+        """Follow a change of the table: the collections of removed and replaced targets stop,
+        and every target without a runner gets one (a replaced target's provider takes over its
+        predecessor's state). Unchanged targets keep their schedule and provider state."""
+        previous: dict[str, Provider[Any]] = {}
+        change = change or TableChange()
+        for target in change.removed:
+            self._stop(target)
+        for old, _ in change.replaced:
+            if old.runner is not None:
+                previous[old.name] = old.runner.provider
+            self._stop(old)
+        for target in self._targets:
+            if target.runner is None:
+                target.runner = self._runner(target, previous.get(target.name))
+
+    def _runner(self, target: Target, previous: Provider[Any] | None) -> TargetRunner:
+        config = target.config
+        runner = TargetRunner(
+            config,
+            self._providers[config.provider],
+            self._session,
+            self._record,
+            self._histogram,
+            self._clock,
+            self._turnstile,
+            self._limit,
+        )
+        if previous is not None and previous.name == runner.provider.name:
+            runner.provider.inherit(previous)
+        return runner
 
     @property
     def running(self) -> int:
@@ -216,40 +227,45 @@ class Scheduler:
 
     def start(self) -> None:
         """Start the collection task of every target that has none, :data:`START_BATCH` per loop
-        iteration (in the background: ``running`` counts them as they start)."""
-        starter = asyncio.create_task(self._start_all(list(self.runners)), name="collect:start")
+        iteration (in the background)."""
+        starter = asyncio.create_task(self._start_all(list(self._targets)), name="collect:start")
         self._starters.add(starter)
         starter.add_done_callback(self._starters.discard)
 
-    async def _start_all(self, names: list[str]) -> None:
+    async def _start_all(self, targets: list[Target]) -> None:
         started = 0
-        for name in names:
-            runner = self.runners.get(name)  # a reload meanwhile may have removed it
-            if runner is None or name in self._tasks:
+        for target in targets:
+            name = target.name
+            runner = target.runner
+            # A reload meanwhile may have removed or replaced it.
+            if runner is None or self._targets.get(name) is not target or name in self._tasks:
                 continue
             self._tasks[name] = asyncio.create_task(runner.run_forever(), name=f"collect:{name}")
             started += 1
             if started % START_BATCH == 0:
                 await asyncio.sleep(0)
 
-    def _stop(self, name: str) -> None:
-        self.runners.pop(name, None)
-        task = self._tasks.pop(name, None)
+    def _stop(self, target: Target) -> None:
+        task = self._tasks.pop(target.name, None)
         if task is not None:
             task.cancel()
+        target.runner = None
 
     async def stop(self) -> None:
+        """Cancel every collection; the targets are left without runners."""
         tasks = [*self._starters, *self._tasks.values()]
         for task in tasks:
             task.cancel()
         self._tasks.clear()
+        for target in self._targets:
+            target.runner = None
         await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run_all_once(self) -> list[Snapshot]:
         """Collect every target once, concurrently (``--once`` and tests), in config order. With
         the exporter-wide limit, that many workers each take the next target: not a task per
         target queued on the limit (a thousand tasks starting in one loop iteration stall it)."""
-        runners = list(self.runners.values())
+        runners = [target.runner for target in self._targets if target.runner is not None]
         if self._max_concurrent is None:
             return list(await asyncio.gather(*(r.run_once() for r in runners)))
         results: list[Snapshot | None] = [None] * len(runners)

@@ -147,7 +147,7 @@ class Exposition:
         provider_families = self._store.provider_family_count
         parts: list[bytes] = []
         for slot, header in enumerate(self._headers[openmetrics]):
-            blocks = [target.blocks[slot] for target in targets]
+            blocks = [target.state.blocks[slot] for target in targets]
             if slot < provider_families and not any(blocks):
                 continue  # a provider family with no samples is not shown
             parts.append(header)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import math
 import platform
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from dataclasses import replace
 
 import structlog
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -24,14 +23,13 @@ from prometheus_client.registry import Collector
 from exporter import __version__
 from exporter.clock import Clock
 from exporter.collect.snapshot import Snapshot
+from exporter.collect.targets import SeriesKey, Target, TargetTable
 from exporter.metrics.render import FamilyFormat, format_value
-from exporter.providers.base import MetricSpec, TargetConfig
+from exporter.providers.base import MetricSpec
 from exporter.providers.errors import Reason
 
 log = structlog.get_logger("exporter.metrics.store")
 
-SeriesKey = tuple[str, tuple[str, ...]]
-TargetStateName = Literal["up", "down", "stale", "pending"]
 Subscriber = Callable[[], None]
 
 SUCCESS = FamilyFormat(
@@ -68,60 +66,6 @@ TARGET_SELF_FAMILIES = (SUCCESS, DURATION, LAST_SUCCESS, INTERVAL, ERRORS)
 """The exporter's own families with a series per target, after the provider families."""
 
 
-@dataclass(slots=True)
-class TargetState:
-    config: TargetConfig
-    latest: Snapshot | None = None
-    """The last collection's outcome, without its samples (they live on in ``series``)."""
-    last_success: float | None = None
-    # Each series' value, and when a collection last delivered it: after a success, ``seen`` is
-    # empty (every series was delivered at ``last_success``); after a failure it has every key of
-    # ``series``. Floats and keys that live as long as the series (see ``line_keys``): a
-    # collection adds no object for the garbage collector to scan again and again.
-    series: dict[SeriesKey, float] = field(default_factory=dict)
-    seen: dict[SeriesKey, float] = field(default_factory=dict)
-    # Failed collections by reason, only those that happened (a missing reason counts 0).
-    errors: dict[Reason, int] = field(default_factory=dict)
-    # The rendered samples of this target, one block per family of ``Store.families``. A block
-    # that renders to the same bytes again stays the same object (its text is held once).
-    blocks: tuple[bytes, ...] = ()
-    # The key of each line of the provider families' blocks, in block order: with the blocks, a
-    # series' line prefix (``name{labels} ``), kept only there (the one key object kept while the
-    # series lives).
-    line_keys: tuple[SeriesKey, ...] = ()
-    # The sum of ``errors`` when they were last rendered.
-    error_count: int = 0
-    consecutive_failures: int = 0
-    served: int = 0
-    """Provider series served as of the last render."""
-
-    def visible(self, now: float) -> tuple[Iterable[tuple[SeriesKey, float]], float]:
-        """The staleness rule: the series to serve at ``now`` (all of them after a success; after a
-        failure, those delivered less than ``stale_after`` ago), and when the next of those goes
-        stale (``inf`` if none will)."""
-        if self.latest is None or self.latest.ok:
-            return self.series.items(), math.inf
-        stale_after = self.config.stale_after
-        horizon = now - stale_after
-        seen = self.seen
-        fresh = [(key, value) for key, value in self.series.items() if seen[key] > horizon]
-        if not fresh:
-            return fresh, math.inf
-        expires = min(seen[key] for key, _ in fresh) + stale_after
-        # Never "due" already: a boundary rounding the other way must not re-render forever.
-        return fresh, max(expires, math.nextafter(now, math.inf))
-
-    @property
-    def state(self) -> TargetStateName:
-        """``pending`` before the first collection, ``up`` after a success; after a failure
-        ``stale`` when none of its series are served any more, else ``down``."""
-        if self.latest is None:
-            return "pending"
-        if self.latest.ok:
-            return "up"
-        return "stale" if self.series and not self.served else "down"
-
-
 def _prefix(block: bytes, family: FamilyFormat, values: Sequence[str]) -> bytes:
     """The line prefix of the one line of ``block``, or ``family``'s for ``values`` when empty."""
     return block[: block.rindex(b" ") + 1] if block else family.prefix(values).encode()
@@ -131,9 +75,11 @@ class Store:
     """Every target's state and rendered samples. ``metrics`` are the providers' metric
     descriptions, by provider name: the families a provider's samples may belong to."""
 
-    def __init__(self, clock: Clock, metrics: Mapping[str, Sequence[MetricSpec]]) -> None:
+    def __init__(
+        self, clock: Clock, targets: TargetTable, metrics: Mapping[str, Sequence[MetricSpec]]
+    ) -> None:
         self._clock = clock
-        self._targets: dict[str, TargetState] = {}
+        self._targets = targets
         self.generation = 0
         """Counts changes of what the exposition shows from the store."""
         self._subscribers: list[Subscriber] = []
@@ -167,32 +113,30 @@ class Store:
         self._subscribers.append(subscriber)
         return lambda: self._subscribers.remove(subscriber)
 
-    def set_targets(self, configs: Sequence[TargetConfig]) -> None:
-        """Track exactly these targets; kept ones keep their state unless their config changed."""
-        fresh: dict[str, TargetState] = {}
+    def targets_changed(self) -> None:
+        """The table was set to another config's targets."""
         now = self._clock.time()
-        for config in configs:
-            state = self._targets.get(config.name)
-            if state is None or state.config != config:
-                state = TargetState(config)
-                self._render(state, now)
-            fresh[config.name] = state
-        self._targets = fresh
-        self._expiring = {name: t for name, t in self._expiring.items() if name in fresh}
+        names = set()
+        for target in self._targets:
+            names.add(target.name)
+            if not target.state.blocks:
+                self._render(target, now)
+        self._expiring = {name: t for name, t in self._expiring.items() if name in names}
         self._changed()
 
     @property
-    def targets(self) -> Sequence[TargetState]:
-        return list(self._targets.values())
+    def targets(self) -> TargetTable:
+        return self._targets
 
     def ready(self) -> bool:
         """Every target has finished its first collection attempt."""
-        return all(state.latest is not None for state in self._targets.values())
+        return all(target.state.latest is not None for target in self._targets)
 
     def record(self, snapshot: Snapshot) -> None:
-        state = self._targets.get(snapshot.target)
-        if state is None:  # removed by a reload while it was being collected
+        target = self._targets.get(snapshot.target)
+        if target is None:  # removed by a reload while it was being collected
             return
+        state = target.state
         specs = self._specs.get(snapshot.provider, {})
         finished = snapshot.started_at + snapshot.duration
         delivered: dict[SeriesKey, float] = {}
@@ -225,7 +169,7 @@ class Store:
             if snapshot.reason is not None:
                 state.errors[snapshot.reason] = state.errors.get(snapshot.reason, 0) + 1
         state.latest = replace(snapshot, samples=()) if snapshot.samples else snapshot
-        self._render(state, self._clock.time())
+        self._render(target, self._clock.time())
         self._changed()
 
     def reloaded(self, ok: bool) -> None:
@@ -248,12 +192,14 @@ class Store:
         if not due:
             return
         for name in due:
-            self._render(self._targets[name], now)
+            target = self._targets.get(name)
+            if target is not None:
+                self._render(target, now)
         self._changed()
 
     # -- rendering -----------------------------------------------------------------------------
 
-    def _render(self, state: TargetState, now: float) -> None:
+    def _render(self, target: Target, now: float) -> None:
         """Render the target's blocks: its provider series visible at ``now`` (see
         :meth:`TargetState.visible`) and its lines of the exporter's per-target families.
 
@@ -264,7 +210,9 @@ class Store:
         families = self.families
         base = self.provider_family_count
         slots = self._slots
-        account = state.config.name
+        state = target.state
+        config = target.config
+        account = config.name
         old = state.blocks
         known: dict[SeriesKey, bytes] = {}
         if state.line_keys:
@@ -274,7 +222,7 @@ class Store:
                 for key, line in zip(state.line_keys, old_lines, strict=False)
             }
         latest = state.latest
-        visible, expires = state.visible(now)
+        visible, expires = state.visible(now, config.stale_after)
         # Per provider family slot: its lines and their series' keys.
         shown: dict[int, tuple[list[bytes], list[SeriesKey]]] = {}
         for key, value in visible:
@@ -295,8 +243,7 @@ class Store:
             blocks[slot] = old[slot] if old and old[slot] == block else block
             line_keys += slot_keys
         state.line_keys = tuple(line_keys)
-        state.served = len(line_keys)
-        pair = (state.config.provider, account)
+        pair = (config.provider, account)
         if old:
             success, duration, last_success, interval, errors = old[base:]
         else:
@@ -319,7 +266,7 @@ class Store:
         # only grow, so their sum tells whether one did.
         blocks[base + 3] = interval or b"%s%s\n" % (
             INTERVAL.prefix(pair).encode(),
-            format_value(state.config.interval).encode(),
+            format_value(config.interval).encode(),
         )
         error_count = sum(state.errors.values())
         if errors and error_count == state.error_count:
