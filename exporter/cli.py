@@ -216,7 +216,7 @@ async def keep_long_lived_objects_out_of_gc(store: Store) -> None:
     gc.freeze()
     first_round = asyncio.Event()
 
-    def first_round_done() -> None:
+    def first_round_done(_: object) -> None:
         if store.ready():
             first_round.set()
 

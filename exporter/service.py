@@ -22,7 +22,8 @@ from exporter.collect.targets import TargetTable
 from exporter.config import Config, ConfigError, Sharding, config_warnings, load_config
 from exporter.logs import redactor, setup_logging
 from exporter.metrics.exposition import Exposition
-from exporter.metrics.store import ExporterInfo, Store
+from exporter.metrics.self_metrics import ExporterInfo
+from exporter.metrics.store import Store
 from exporter.providers import registry
 from exporter.providers.base import TargetConfig
 from exporter.providers.http import new_session, request_duration_histogram
@@ -172,7 +173,8 @@ def make_exporter(
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     clock = clock or SystemClock()
     targets = TargetTable()
-    store = Store(clock, targets, {name: provider.metrics for name, provider in registry().items()})
+    metrics = {name: provider.metrics for name, provider in registry().items()}
+    store = Store(clock, targets, metrics)
     collectors = CollectorRegistry(auto_describe=False)
     collectors.register(ExporterInfo(store))
     histogram = request_duration_histogram(collectors)
@@ -183,7 +185,7 @@ def make_exporter(
         store=store,
         registry=collectors,
         histogram=histogram,
-        exposition=Exposition(store, collectors),
+        exposition=Exposition(store, collectors, metrics, clock),
         config_path=config_path,
         environ=environ,
         shard_override=shard,

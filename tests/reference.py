@@ -10,7 +10,8 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics.store import DURATION, ERRORS, INTERVAL, LAST_SUCCESS, SUCCESS, Store
+from exporter.metrics.self_metrics import DURATION, ERRORS, INTERVAL, LAST_SUCCESS, SUCCESS
+from exporter.metrics.store import Store
 from exporter.providers import registry
 from exporter.providers.errors import Reason
 from exporter.service import Exporter

@@ -261,14 +261,15 @@ async def test_stale_samples_leave_once_and_the_generation_counts_it_once():
     store.record(Snapshot("a", "thulium", False, (), clock.time(), 0.1, Reason.TIMEOUT, "timeout"))
     clock.advance(299)
     check_all(exporter)
-    generation = store.generation
+    before = await scrape(exporter)
     clock.advance(2)
     check_all(exporter)
-    assert RECORDS.encode() + b'{account="a"' not in (await scrape(exporter)).body
-    assert store.generation == generation + 1
+    after = await scrape(exporter)
+    assert RECORDS.encode() + b'{account="a"' not in after.body
+    assert after.generation == before.generation + 1
     clock.advance(1000)
     check_all(exporter)
-    assert store.generation == generation + 1  # nothing more went stale: nothing re-rendered
+    assert await scrape(exporter) is after  # nothing more went stale: nothing rebuilt
 
 
 async def test_the_target_states_follow_the_staleness_rule():
@@ -292,6 +293,45 @@ async def test_the_target_states_follow_the_staleness_rule():
     assert rows()["a"].series == 0
     assert rows()["c"].state == "up"
     assert RECORDS.encode() + b'{account="a"' not in (await scrape(exporter)).body
+
+
+AWKWARD = ["a b", 'x} 1.0 "y"', "line\nbreak", "back\\slash", "юникод ✓", "", " "]
+
+
+def awkward(name: str, clock: FakeClock, value: float, ok: bool = True, labels=AWKWARD) -> Snapshot:
+    samples = [Sample(RECORDS, (label,), value + i) for i, label in enumerate(labels)]
+    samples.append(Sample(COMPLETION, (labels[0],), value / 10))
+    samples.append(Sample(ACTIVE, (), float(len(labels))))
+    return Snapshot(
+        target=name,
+        provider="thulium",
+        ok=ok,
+        samples=tuple(samples) if ok else tuple(samples[:2]),
+        started_at=clock.time(),
+        duration=0.1,
+        reason=None if ok else Reason.TIMEOUT,
+        error=None if ok else "timed out",
+    )
+
+
+def test_series_rendered_again_keep_their_bytes_for_any_label_value():
+    """A series' line is rendered once and reused while it lives; whatever its label values
+    hold, every later body is still prometheus_client's."""
+    clock = FakeClock()
+    exporter = new_exporter(clock, ['acc "one" two', "z"])
+    store = exporter.store
+    for round_ in range(1, 5):
+        store.record(awkward('acc "one" two', clock, 10.0 * round_))
+        store.record(awkward("z", clock, -1.5 * round_, labels=AWKWARD[::-1]))
+        check_all(exporter)
+        clock.advance(30)
+    # A failure keeps the series it did not deliver, until they go stale; then a success.
+    store.record(awkward('acc "one" two', clock, 7.0, ok=False))
+    check_all(exporter)
+    clock.advance(301)
+    check_all(exporter)
+    store.record(awkward('acc "one" two', clock, 8.0, labels=["new one", *AWKWARD]))
+    check_all(exporter)
 
 
 async def test_closing_waits_for_the_build_in_flight():

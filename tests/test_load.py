@@ -48,7 +48,7 @@ async def test_200_concurrent_scrapers_never_fail_while_collections_run_and_faul
     changes = 0
     enough = asyncio.Event()
 
-    def on_change() -> None:
+    def on_change(_target: object) -> None:
         nonlocal changes
         changes += 1
         victim, fault = next(victims)

@@ -48,10 +48,6 @@ class TargetState:
     errors: dict[Reason, int] = field(default_factory=dict)
     """Failed collections by reason, only those that happened (a missing reason counts 0)."""
     consecutive_failures: int = 0
-    # Rendering (leaves for the exposition).
-    blocks: tuple[bytes, ...] = ()
-    line_keys: tuple[SeriesKey, ...] = ()
-    error_count: int = 0
 
     def visible(
         self, now: float, stale_after: float
