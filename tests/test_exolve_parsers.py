@@ -201,7 +201,7 @@ def test_summary_shows_filters_but_not_the_key():
 def test_error_texts_from_exolve_have_the_key_removed():
     from exporter.providers.exolve import Exolve
 
-    provider = Exolve(exolve(), client=None)  # type: ignore[arg-type]  # no request is made
+    provider = Exolve(exolve())
     body = b'{"code": 16, "message": "token key-value is invalid", "details": []}'
     assert provider._scrubbed_error_text(body) == "token <redacted> is invalid"
     assert provider._scrubbed_error_text(b"404 page not found\n") == "404 page not found"

@@ -52,8 +52,7 @@ def provider_client(session: Any, histogram: Histogram, account: str = "acct") -
         max_response_bytes=4096,
         turnstile=Turnstile(),
     )
-    made.deadline = asyncio.get_running_loop().time() + 5
-    return made
+    return made.bound(asyncio.get_running_loop().time() + 5)
 
 
 @pytest.fixture
@@ -166,7 +165,8 @@ async def test_a_body_over_the_limit_is_parse_without_reading_it_all(upstream, c
 async def test_status_classification(upstream, client, status, reason):
     up, url = upstream
     http, _ = client
-    http.deadline = asyncio.get_running_loop().time() + 0.5  # no time for Retry-After-less retries
+    # No time for Retry-After-less retries.
+    http = http.bound(asyncio.get_running_loop().time() + 0.5)
     up.script = [(status, {"Retry-After": "10"}, b"")] * 3
     with pytest.raises(CollectError) as caught:
         await http.get_json(f"{url}/x", endpoint="ep")
@@ -204,7 +204,7 @@ async def test_no_answer_before_the_deadline_is_timeout(aiohttp_server, client):
     app.router.add_get("/", hang)
     server = await aiohttp_server(app)
     http, registry = client
-    http.deadline = asyncio.get_running_loop().time() + 0.3
+    http = http.bound(asyncio.get_running_loop().time() + 0.3)
     with pytest.raises(CollectError) as caught:
         await http.get_json(str(server.make_url("/")), endpoint="ep")
     gate.set()

@@ -347,7 +347,7 @@ def test_error_texts_from_trust_have_our_secrets_removed():
         {"targets": [target(company_id=1, client_id="id", client_secret="the-client-secret")]}
     ).targets[0]
     assert isinstance(config, TrustlatTarget)
-    provider = Trustlat(config, client=None)  # type: ignore[arg-type]  # no request is made
+    provider = Trustlat(config)
     body = b'{"error": "invalid_client", "error_description": "bad secret the-client-secret"}'
     assert provider._scrubbed_error_text(body) == "invalid_client: bad secret <redacted>"
 

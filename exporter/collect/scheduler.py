@@ -18,7 +18,7 @@ from prometheus_client import Histogram
 from exporter.clock import Clock
 from exporter.collect.snapshot import Snapshot
 from exporter.collect.targets import TableChange, Target, TargetTable
-from exporter.providers.base import Provider, TargetConfig
+from exporter.providers.base import Provider, Run, TargetConfig
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ProviderClient
 from exporter.providers.turns import Turnstile
@@ -74,7 +74,7 @@ class TargetRunner:
             max_response_bytes=config.max_response_bytes,
             turnstile=turnstile,
         )
-        self.provider = provider_cls(config, self.client, clock)
+        self.provider = provider_cls(config)
 
     async def run_once(self) -> Snapshot:
         """Collect once, when the exporter-wide limit on collections in flight allows; the
@@ -92,13 +92,14 @@ class TargetRunner:
         loop = asyncio.get_running_loop()
         started_at = self._clock.time()
         started = time.perf_counter()
-        self.client.deadline = loop.time() + config.deadline
+        deadline = loop.time() + config.deadline
+        run = Run(deadline, self._clock, self.client.bound(deadline))
         reason: Reason | None = None
         error: str | None = None
         samples: tuple[Any, ...] = ()
         try:
             async with asyncio.timeout(config.deadline):
-                samples = tuple(await self.provider.collect())
+                samples = tuple(await self.provider.collect(run))
         except TimeoutError:
             reason, error = (
                 Reason.TIMEOUT,

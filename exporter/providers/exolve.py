@@ -29,9 +29,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator
 
 from exporter.fields import Duration, NonEmptySecret, SecretFile, format_duration
-from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import decode_json
+from exporter.providers.http import ProviderClient, decode_json
 
 MESSAGES = "exolve_sms_messages"
 BY_DELIVERY_STATUS = "exolve_sms_messages_by_delivery_status"
@@ -239,8 +239,8 @@ class Exolve(Provider[ExolveTarget]):
             text = text.replace(key, "<redacted>")
         return text
 
-    async def _count(self, request: CountRequest) -> Sample:
-        answer = await self.client.post_json(
+    async def _count(self, client: ProviderClient, request: CountRequest) -> Sample:
+        answer = await client.post_json(
             f"{self.config.base_url}/GetCount",
             endpoint=ENDPOINT,
             json_body=request.body,
@@ -257,11 +257,11 @@ class Exolve(Provider[ExolveTarget]):
         except ParseError as exc:
             raise CollectError(Reason.PARSE, f"GetCount: unexpected answer: {exc}") from None
 
-    async def collect(self) -> list[Sample]:
+    async def collect(self, run: Run) -> list[Sample]:
         requests = count_requests(self.config, time.time())
         # All at once: the client keeps at most max_concurrency of them in flight.
         outcomes = await asyncio.gather(
-            *(self._count(request) for request in requests), return_exceptions=True
+            *(self._count(run.client, request) for request in requests), return_exceptions=True
         )
         samples: list[Sample] = []
         failures: list[tuple[CountRequest, CollectError]] = []

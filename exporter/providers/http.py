@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import random
 import time
@@ -124,8 +125,8 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
 
 
 class ProviderClient:
-    """A target's view of the shared session. The scheduler sets ``deadline`` (event-loop time)
-    before each run; every request and retry stays inside it."""
+    """A target's view of the shared session. Each run uses it :meth:`bound` to the run's
+    deadline; every request and retry stays inside it."""
 
     def __init__(
         self,
@@ -145,12 +146,19 @@ class ProviderClient:
         self._histogram = histogram
         self._limit = asyncio.Semaphore(max_concurrency)
         self._max_bytes = max_response_bytes
-        self.deadline: float | None = None
+        self._deadline: float | None = None
+
+    def bound(self, deadline: float) -> ProviderClient:
+        """This client for one run that ends at ``deadline`` (event-loop time): the same session,
+        limits and histogram."""
+        run_client = copy.copy(self)
+        run_client._deadline = deadline
+        return run_client
 
     def _remaining(self) -> float:
-        if self.deadline is None:
+        if self._deadline is None:
             return 60.0
-        return self.deadline - asyncio.get_running_loop().time()
+        return self._deadline - asyncio.get_running_loop().time()
 
     async def request(
         self,

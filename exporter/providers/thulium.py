@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from exporter.fields import NonEmptySecret, SecretFile
-from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, as_written
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig, as_written
 from exporter.providers.errors import ParseError
 from exporter.providers.http import basic_auth, decode_json
 
@@ -117,9 +117,9 @@ class Thulium(Provider[ThuliumTarget]):
         ),
     )
 
-    async def collect(self) -> list[Sample]:
+    async def collect(self, run: Run) -> list[Sample]:
         config = self.config
-        body = await self.client.get_json(
+        body = await run.client.get_json(
             f"{config.base_url}/outbounds/stats",
             endpoint="outbounds/stats",
             headers={

@@ -42,12 +42,12 @@ from pydantic import (
 )
 from yarl import URL
 
-from exporter.clock import Clock
 from exporter.fields import NonEmptySecret, SecretFile, key_problem
 from exporter.logs import redactor
 from exporter.providers.base import (
     MetricSpec,
     Provider,
+    Run,
     Sample,
     TargetConfig,
     as_written,
@@ -383,10 +383,8 @@ class Trustlat(Provider[TrustlatTarget]):
         ),
     )
 
-    def __init__(
-        self, config: TrustlatTarget, client: ProviderClient, clock: Clock | None = None
-    ) -> None:
-        super().__init__(config, client, clock)
+    def __init__(self, config: TrustlatTarget) -> None:
+        super().__init__(config)
         self._token: AccessToken | None = None
 
     def _scrub(self, text: str) -> str:
@@ -403,7 +401,7 @@ class Trustlat(Provider[TrustlatTarget]):
         text = _error_text(body)
         return self._scrub(text) if text else None
 
-    async def _fetch_token(self) -> AccessToken:
+    async def _fetch_token(self, client: ProviderClient) -> AccessToken:
         """A new token from Atenea; a failure's reason is :func:`token_failure_reason`'s."""
         config = self.config
         requested_at = time.time()
@@ -418,7 +416,7 @@ class Trustlat(Provider[TrustlatTarget]):
             return self._scrubbed_error_text(body)
 
         try:
-            body = await self.client.post_json(
+            body = await client.post_json(
                 config.effective_token_url,
                 endpoint=TOKEN_ENDPOINT,
                 json_body={
@@ -454,7 +452,9 @@ class Trustlat(Provider[TrustlatTarget]):
         redactor.add_runtime_secret(token.value)
         return token
 
-    async def _access_token(self, renew: bool = False) -> tuple[AccessToken, bool]:
+    async def _access_token(
+        self, client: ProviderClient, renew: bool = False
+    ) -> tuple[AccessToken, bool]:
         """The token to use, and whether it was obtained in an earlier run (kept in cache)."""
         if not self.config.uses_oauth:
             return AccessToken(self.config.secret("access_token") or "", None, None), False
@@ -467,13 +467,13 @@ class Trustlat(Provider[TrustlatTarget]):
             or (token.renew_at is not None and time.time() + margin >= token.renew_at)
         ):
             self._token = None
-            self._token = await self._fetch_token()
+            self._token = await self._fetch_token(client)
             return self._token, False
         return token, True
 
-    async def _statistics(self, token: AccessToken) -> object:
+    async def _statistics(self, client: ProviderClient, token: AccessToken) -> object:
         config = self.config
-        body = await self.client.get_json(
+        body = await client.get_json(
             f"{config.base_url}/campaigns/api/v1/company/{config.company_id}/statistics",
             endpoint=STATISTICS_ENDPOINT,
             headers={"Accept": "application/json", "Authorization": f"Bearer {token.value}"},
@@ -496,18 +496,18 @@ class Trustlat(Provider[TrustlatTarget]):
             return []
         return [Sample(TOKEN_EXPIRY, (), token.expires_at)]
 
-    async def collect(self) -> list[Sample]:
-        token, cached = await self._access_token()
+    async def collect(self, run: Run) -> list[Sample]:
+        token, cached = await self._access_token(run.client)
         try:
             try:
-                body = await self._statistics(token)
+                body = await self._statistics(run.client, token)
             except HttpError as exc:
                 # A kept token that expired early or was revoked: get a new one once and try
                 # once more. A token fetched in this run and refused is not worth a second one.
                 if exc.status != 401 or not cached:
                     raise
-                token, _ = await self._access_token(renew=True)
-                body = await self._statistics(token)
+                token, _ = await self._access_token(run.client, renew=True)
+                body = await self._statistics(run.client, token)
             return parse_statistics(body, self.config.company_id) + self._expiry_samples()
         except CollectError as exc:
             raise CollectError(exc.reason, exc.message, partial=self._expiry_samples()) from None
