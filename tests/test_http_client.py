@@ -4,6 +4,7 @@ the size limit, classification into reasons, the request histogram."""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
@@ -12,9 +13,11 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 
+from exporter.clock import SystemClock
 from exporter.providers.errors import CollectError, Reason
 from exporter.providers.http import ProviderClient, new_session, request_duration_histogram
 from exporter.providers.turns import Turnstile
+from tests.conftest import FakeClock
 
 
 class Upstream:
@@ -52,7 +55,7 @@ def provider_client(session: Any, histogram: Histogram, account: str = "acct") -
         max_response_bytes=4096,
         turnstile=Turnstile(),
     )
-    return made.bound(asyncio.get_running_loop().time() + 5)
+    return made.bound(asyncio.get_running_loop().time() + 5, SystemClock())
 
 
 @pytest.fixture
@@ -120,6 +123,20 @@ async def test_retry_after_as_an_http_date_is_honoured(upstream, client):
     assert up.hits == 2
 
 
+async def test_a_retry_after_date_is_read_by_the_runs_clock(upstream, client):
+    up, url = upstream
+    http, _ = client
+    # The run's clock is an hour ahead of the machine's: by it, the date is now, no wait.
+    ahead = FakeClock(time.time() + 3600)
+    http = http.bound(asyncio.get_running_loop().time() + 5, ahead)
+    up.script = [
+        (503, {"Retry-After": formatdate(ahead.time(), usegmt=True)}, b""),
+        (200, {}, b"{}"),
+    ]
+    await http.get_json(f"{url}/x", endpoint="ep")
+    assert up.hits == 2
+
+
 async def test_a_retry_after_past_the_deadline_ends_with_the_answers_reason(upstream, client):
     up, url = upstream
     http, _ = client
@@ -166,7 +183,7 @@ async def test_status_classification(upstream, client, status, reason):
     up, url = upstream
     http, _ = client
     # No time for Retry-After-less retries.
-    http = http.bound(asyncio.get_running_loop().time() + 0.5)
+    http = http.bound(asyncio.get_running_loop().time() + 0.5, SystemClock())
     up.script = [(status, {"Retry-After": "10"}, b"")] * 3
     with pytest.raises(CollectError) as caught:
         await http.get_json(f"{url}/x", endpoint="ep")
@@ -204,7 +221,7 @@ async def test_no_answer_before_the_deadline_is_timeout(aiohttp_server, client):
     app.router.add_get("/", hang)
     server = await aiohttp_server(app)
     http, registry = client
-    http = http.bound(asyncio.get_running_loop().time() + 0.3)
+    http = http.bound(asyncio.get_running_loop().time() + 0.3, SystemClock())
     with pytest.raises(CollectError) as caught:
         await http.get_json(str(server.make_url("/")), endpoint="ep")
     gate.set()

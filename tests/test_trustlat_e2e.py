@@ -14,6 +14,7 @@ import structlog
 
 from exporter import simulator
 from exporter.logs import setup_logging
+from exporter.providers.trustlat import RENEW_SLACK
 from exporter.simulator.trustlat import SHORT_TOKEN_LIFETIME, TOKEN_SERVICE, TrustlatState
 from tests.conftest import free_port, labels, series
 
@@ -144,6 +145,27 @@ async def test_the_token_is_renewed_before_it_expires(sim, sim_url, harness, mak
         f"Bearer {tokens[0]}",
         f"Bearer {tokens[1]}",
     ]
+
+
+async def test_the_token_is_renewed_when_the_runs_clock_says_so(
+    sim, sim_url, harness, make_config, clock
+):
+    # The token's expiry is judged by the clock the exporter is given, not by the machine's: a
+    # fake clock moved past it makes the next run take a new token, with no time passing.
+    h = await harness(make_config(trust_targets(sim_url, sim)))
+    await h.collect()
+    (token,) = trust(sim).tokens.values()
+    target = h.exporter.targets.get("trustlat-acme")
+    margin = target.config.deadline + RENEW_SLACK
+    # Leeway for the time between the fake clock's start and the token's issue.
+    leeway = 30
+    clock.advance(token.expires_in - margin - leeway)
+    await h.collect()
+    assert len(token_requests(sim)) == 1
+    clock.advance(2 * leeway)
+    await h.collect()
+    assert len(token_requests(sim)) == 2
+    assert trust(sim).refused == []
 
 
 async def test_a_401_gets_a_new_token_once_and_the_run_succeeds(sim, sim_url, harness, make_config):

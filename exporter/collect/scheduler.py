@@ -93,7 +93,7 @@ class TargetRunner:
         started_at = self._clock.time()
         started = time.perf_counter()
         deadline = loop.time() + config.deadline
-        run = Run(deadline, self._clock, self.client.bound(deadline))
+        run = Run(deadline, self._clock, self.client.bound(deadline, self._clock))
         reason: Reason | None = None
         error: str | None = None
         samples: tuple[Any, ...] = ()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -258,7 +257,7 @@ class Exolve(Provider[ExolveTarget]):
             raise CollectError(Reason.PARSE, f"GetCount: unexpected answer: {exc}") from None
 
     async def collect(self, run: Run) -> list[Sample]:
-        requests = count_requests(self.config, time.time())
+        requests = count_requests(self.config, run.clock.time())
         # All at once: the client keeps at most max_concurrency of them in flight.
         outcomes = await asyncio.gather(
             *(self._count(run.client, request) for request in requests), return_exceptions=True

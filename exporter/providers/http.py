@@ -23,6 +23,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from yarl import URL
 
+from exporter.clock import Clock, SystemClock
 from exporter.providers.errors import CollectError, Reason, reason_for_status
 from exporter.providers.turns import Turnstile
 
@@ -147,12 +148,14 @@ class ProviderClient:
         self._limit = asyncio.Semaphore(max_concurrency)
         self._max_bytes = max_response_bytes
         self._deadline: float | None = None
+        self._clock: Clock = SystemClock()
 
-    def bound(self, deadline: float) -> ProviderClient:
-        """This client for one run that ends at ``deadline`` (event-loop time): the same session,
-        limits and histogram."""
+    def bound(self, deadline: float, clock: Clock) -> ProviderClient:
+        """This client for one run that ends at ``deadline`` (event-loop time), reading the wall
+        clock from ``clock``: the same session, limits and histogram."""
         run_client = copy.copy(self)
         run_client._deadline = deadline
+        run_client._clock = clock
         return run_client
 
     def _remaining(self) -> float:
@@ -282,7 +285,7 @@ class ProviderClient:
             detail = detail[:ERROR_TEXT_LIMIT]
         message = f"{where}: HTTP {status}" + (f" ({detail})" if detail else "")
         raise HttpError(
-            reason, message, status, detail, _retry_after(response_headers, time.time())
+            reason, message, status, detail, _retry_after(response_headers, self._clock.time())
         )
 
     async def _read_body(self, response: aiohttp.ClientResponse, where: str) -> bytes:

@@ -23,7 +23,6 @@ and what this module does about it:
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -401,10 +400,10 @@ class Trustlat(Provider[TrustlatTarget]):
         text = _error_text(body)
         return self._scrub(text) if text else None
 
-    async def _fetch_token(self, client: ProviderClient) -> AccessToken:
+    async def _fetch_token(self, run: Run) -> AccessToken:
         """A new token from Atenea; a failure's reason is :func:`token_failure_reason`'s."""
         config = self.config
-        requested_at = time.time()
+        requested_at = run.clock.time()
         error_codes: list[str] = []  # the OAuth2 error code of the last failed attempt, if any
 
         def error_text(body: bytes) -> str | None:
@@ -416,7 +415,7 @@ class Trustlat(Provider[TrustlatTarget]):
             return self._scrubbed_error_text(body)
 
         try:
-            body = await client.post_json(
+            body = await run.client.post_json(
                 config.effective_token_url,
                 endpoint=TOKEN_ENDPOINT,
                 json_body={
@@ -452,9 +451,7 @@ class Trustlat(Provider[TrustlatTarget]):
         redactor.add_runtime_secret(token.value)
         return token
 
-    async def _access_token(
-        self, client: ProviderClient, renew: bool = False
-    ) -> tuple[AccessToken, bool]:
+    async def _access_token(self, run: Run, renew: bool = False) -> tuple[AccessToken, bool]:
         """The token to use, and whether it was obtained in an earlier run (kept in cache)."""
         if not self.config.uses_oauth:
             return AccessToken(self.config.secret("access_token") or "", None, None), False
@@ -464,10 +461,10 @@ class Trustlat(Provider[TrustlatTarget]):
         if (
             renew
             or token is None
-            or (token.renew_at is not None and time.time() + margin >= token.renew_at)
+            or (token.renew_at is not None and run.clock.time() + margin >= token.renew_at)
         ):
             self._token = None
-            self._token = await self._fetch_token(client)
+            self._token = await self._fetch_token(run)
             return self._token, False
         return token, True
 
@@ -497,7 +494,7 @@ class Trustlat(Provider[TrustlatTarget]):
         return [Sample(TOKEN_EXPIRY, (), token.expires_at)]
 
     async def collect(self, run: Run) -> list[Sample]:
-        token, cached = await self._access_token(run.client)
+        token, cached = await self._access_token(run)
         try:
             try:
                 body = await self._statistics(run.client, token)
@@ -506,7 +503,7 @@ class Trustlat(Provider[TrustlatTarget]):
                 # once more. A token fetched in this run and refused is not worth a second one.
                 if exc.status != 401 or not cached:
                     raise
-                token, _ = await self._access_token(run.client, renew=True)
+                token, _ = await self._access_token(run, renew=True)
                 body = await self._statistics(run.client, token)
             return parse_statistics(body, self.config.company_id) + self._expiry_samples()
         except CollectError as exc:
