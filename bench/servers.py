@@ -236,7 +236,6 @@ async def run_exporter(sim_url: str, targets: int) -> None:
                 if target.state.latest is not None and not target.state.latest.ok
             ),
             "generation": exporter.store.generation,
-            "builds": exporter.exposition.builds,
         }
 
     async def cycle(request: web.Request) -> web.Response:
@@ -332,7 +331,6 @@ async def run_exporter(sim_url: str, targets: int) -> None:
                 "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "cpu": cpu_seconds(),
                 "generation": exporter.store.generation,
-                "builds": exporter.exposition.builds,
             }
         )
 

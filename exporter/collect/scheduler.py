@@ -221,11 +221,6 @@ class Scheduler:
             runner.provider.inherit(previous)
         return runner
 
-    @property
-    def running(self) -> int:
-        """How many collection tasks are running."""
-        return sum(1 for task in self._tasks.values() if not task.done())
-
     def start(self) -> None:
         """Start the collection task of every target that has none, :data:`START_BATCH` per loop
         iteration (in the background)."""

@@ -116,8 +116,6 @@ class Exposition:
         self._gzipped: dict[bool, Rendered] = {}
         self._building: dict[bool, asyncio.Future[Rendered]] = {}
         self._pool: ThreadPoolExecutor | None = None
-        self.builds = 0
-        """Bodies built, identity and gzip: at most two per format and change."""
         self._follow_table(clock.time())
         store.subscribe(self._store_changed)
 
@@ -168,7 +166,6 @@ class Exposition:
         content_type = OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE_PLAIN_0_0_4
         rendered = Rendered(content_type, self._join(openmetrics), False, self._generation)
         self._identity[openmetrics] = rendered
-        self.builds += 1
         return rendered
 
     async def get(self, accept: str, accept_encoding: str) -> Rendered:
@@ -195,7 +192,6 @@ class Exposition:
                 self._pool, gzip_body, identity.body
             )
             packed = Rendered(identity.content_type, body, True, identity.generation)
-            self.builds += 1
             cached = self._gzipped.get(openmetrics)
             if cached is None or cached.generation < packed.generation:
                 self._gzipped[openmetrics] = packed
