@@ -210,8 +210,8 @@ async def _demo(
 async def keep_long_lived_objects_out_of_gc(store: Store) -> None:
     """Freeze what exists now, and again once the first round of collections has ended.
     Everything made so far lives as long as the process, and so do the series' keys and label
-    texts of the first round: kept out of the garbage collector's scans, a full collection does
-    not stall the loop for tens of milliseconds over 10,000 series."""
+    texts of the first round: kept out of the garbage collector's scans, a full collection's pause
+    does not grow with the number of series."""
     gc.collect()
     gc.freeze()
     first_round = asyncio.Event()

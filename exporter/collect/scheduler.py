@@ -31,8 +31,9 @@ ProviderTable = Mapping[str, type[Provider[Any]]]
 """Provider name → provider class."""
 
 START_BATCH = 64
-"""Collection tasks started per loop iteration: a task's start and first step cost ~10 µs, so a
-thousand targets started in one iteration would stall the loop ~10 ms, ten thousand ~150 ms."""
+"""Collection tasks started per loop iteration: the loop polls its sockets between batches, so
+starting thousands of targets never stalls scrapes for longer than one batch's starts (the cost
+per task is in docs/performance.md)."""
 FIRST_RUN_SPREAD = 5.0
 """The first runs of all targets are spread over this many seconds (or the interval, if shorter)."""
 
@@ -133,8 +134,8 @@ class TargetRunner:
             "samples": len(samples),
         }
         # A failure is a warning; a success is news (info) only when it ends a run of failures,
-        # else debug: a line per target per interval is noise at 1,000 targets, and costs the
-        # event loop ~0.1 ms each.
+        # else debug: a line per target per interval is noise at 1,000 targets, and each line
+        # written costs the event loop time.
         if not snapshot.ok:
             log.warning("collection", reason=str(reason), error=error, **fields)
         elif self._failing:
