@@ -31,7 +31,7 @@ from exporter.config import (
 from exporter.fields import format_duration
 from exporter.logs import setup_logging
 from exporter.metrics.store import Store
-from exporter.service import make_exporter
+from exporter.service import Exporter, make_exporter
 from exporter.web.app import build_app
 from exporter.web.webconfig import WebConfigFile, WebSettings, load_web_config
 
@@ -248,12 +248,29 @@ async def _serve(
         if web_config is not None and web_config_path
         else None
     )
-    app = build_app(exporter, settings)
+    runner = await _listening(exporter, settings, host, port)
+    if runner is None:
+        return EXIT_FAILED
+    tls = settings is not None and settings.context is not None
+    _announce(config, runner, host, port, tls=tls, demo=demo)
+    freezing = asyncio.create_task(keep_long_lived_objects_out_of_gc(exporter.store))
+    await _until_stopped(exporter)
+    log.info("shutting down")
+    freezing.cancel()
+    await runner.cleanup()
+    return EXIT_OK
+
+
+async def _listening(
+    exporter: Exporter, settings: WebSettings | None, host: str, port: int
+) -> web.AppRunner | None:
+    """The app served on ``host:port`` (TLS when the web config has it), or None when it cannot
+    listen there (logged)."""
     runner = web.AppRunner(
-        app,
+        build_app(exporter, settings),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
-        keepalive_timeout=config.web.keepalive_timeout,
+        keepalive_timeout=exporter.config.web.keepalive_timeout,
         access_log=logging.getLogger("aiohttp.access"),
     )
     await runner.setup()
@@ -264,12 +281,19 @@ async def _serve(
     except OSError as exc:
         log.error("cannot listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
         await runner.cleanup()
-        return EXIT_FAILED
+        return None
+    return runner
+
+
+def _announce(
+    config: Config, runner: web.AppRunner, host: str, port: int, *, tls: bool, demo: bool
+) -> None:
+    """The ``serving`` log line with the URLs, and for the demo a line a person reads."""
     bound = runner.addresses[0][1] if runner.addresses else port
     shown_host = host if host not in ("", "0.0.0.0", "::") else "localhost"  # noqa: S104
     if ":" in shown_host:
         shown_host = f"[{shown_host}]"
-    scheme = "https" if context else "http"
+    scheme = "https" if tls else "http"
     metrics_url = f"{scheme}://{shown_host}:{bound}{config.web.telemetry_path}"
     log.info(
         "serving",
@@ -284,7 +308,10 @@ async def _serve(
             "  Stop with Ctrl+C.\n",
             flush=True,
         )
-    freezing = asyncio.create_task(keep_long_lived_objects_out_of_gc(exporter.store))
+
+
+async def _until_stopped(exporter: Exporter) -> None:
+    """Wait for SIGTERM or SIGINT; meanwhile each SIGHUP reloads the config."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -298,7 +325,3 @@ async def _serve(
 
     loop.add_signal_handler(signal.SIGHUP, reload_soon)
     await stop.wait()
-    log.info("shutting down")
-    freezing.cancel()
-    await runner.cleanup()
-    return EXIT_OK

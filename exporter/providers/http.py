@@ -224,6 +224,15 @@ class ProviderClient:
             return None
         return wait
 
+    def _timeout(self, where: str) -> aiohttp.ClientTimeout:
+        """One attempt's timeouts: what is left before the deadline."""
+        remaining = self._remaining()
+        if remaining <= 0:
+            raise CollectError(Reason.TIMEOUT, f"{where}: no time left before the deadline")
+        return aiohttp.ClientTimeout(
+            total=remaining, sock_connect=min(CONNECT_TIMEOUT, remaining), sock_read=remaining
+        )
+
     async def _attempt(
         self,
         method: str,
@@ -234,12 +243,7 @@ class ProviderClient:
         headers: Mapping[str, str] | None,
         error_text: ErrorText | None,
     ) -> HttpResponse:
-        remaining = self._remaining()
-        if remaining <= 0:
-            raise CollectError(Reason.TIMEOUT, f"{where}: no time left before the deadline")
-        timeout = aiohttp.ClientTimeout(
-            total=remaining, sock_connect=min(CONNECT_TIMEOUT, remaining), sock_read=remaining
-        )
+        timeout = self._timeout(where)
         code = "connection"
         started = time.perf_counter()
         async with self._limit:
