@@ -17,7 +17,7 @@ import structlog
 from aiohttp import web
 from pydantic import ValidationError
 
-from exporter import __version__, simulator
+from exporter import __version__
 from exporter.collect.sharding import ordinal_from_hostname
 from exporter.config import (
     Config,
@@ -176,6 +176,8 @@ async def _once(config: Config, shard: Sharding | None = None) -> int:
 
 @contextlib.asynccontextmanager
 async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
+    from exporter import simulator  # only the demo serves it: imported when asked for
+
     sim = simulator.Simulator(dynamic=True)
     runner, url = await simulator.start(sim)
     try:
