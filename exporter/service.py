@@ -103,6 +103,7 @@ class Exporter:
             yield
         finally:
             await self.scheduler.stop()
+            self.scheduler.release()
             await self.exposition.aclose()
             await self.session.close()
 
@@ -114,7 +115,7 @@ class Exporter:
             try:
                 snapshots = await scheduler.run_all_once()
             finally:
-                await scheduler.stop()
+                scheduler.release()
         return all(snapshot.ok for snapshot in snapshots)
 
     async def reload(self) -> str | None:

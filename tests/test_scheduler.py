@@ -150,5 +150,12 @@ async def test_start_begins_the_tasks_a_batch_per_loop_iteration(make_config, mo
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     assert collection_tasks() == 30
+    # Stopped, the tasks are gone and every target can still be collected, or started again.
+    await scheduler.stop()
+    assert collection_tasks() == 0
+    assert len(await scheduler.run_all_once()) == 30
+    scheduler.start()
+    while collection_tasks() < 30:
+        await asyncio.sleep(0)
     await runner.cleanup()
     assert collection_tasks() == 0

@@ -249,14 +249,17 @@ class Scheduler:
         target.runner = None
 
     async def stop(self) -> None:
-        """Cancel every collection; the targets are left without runners."""
+        """Cancel every collection task (:meth:`start` starts them again)."""
         tasks = [*self._starters, *self._tasks.values()]
         for task in tasks:
             task.cancel()
         self._tasks.clear()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    def release(self) -> None:
+        """The targets give back their runners: this scheduler's session is closing."""
         for target in self._targets:
             target.runner = None
-        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def run_all_once(self) -> list[Snapshot]:
         """Collect every target once, concurrently (``--once`` and tests), in config order. With

@@ -86,7 +86,8 @@ class Target:
     config: TargetConfig
     state: TargetState = field(default_factory=TargetState)
     runner: Runner | None = None
-    """None while no collection loop runs (before the app starts, after it stops)."""
+    """Given by the scheduler of the collection loop (or of ``--once``), for as long as its
+    session is open; None otherwise."""
 
     @property
     def name(self) -> str:
