@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from exporter.collect.targets import SeriesKey, Target
 from exporter.metrics.render import FamilyFormat, format_value
@@ -28,8 +28,7 @@ from exporter.providers.base import MetricSpec
 from exporter.providers.errors import Reason
 
 
-@dataclass(frozen=True, slots=True)
-class TargetBlocks:
+class TargetBlocks(NamedTuple):
     """One target rendered: a block per family (``b""`` where it has no sample)."""
 
     blocks: tuple[bytes, ...]
@@ -50,9 +49,10 @@ def _prefix(block: bytes, family: FamilyFormat, values: Sequence[str]) -> bytes:
     return block[: block.rindex(b" ") + 1] if block else family.prefix(values).encode()
 
 
-def _line(block: bytes, family: FamilyFormat, values: Sequence[str], value: float) -> bytes:
-    """The one line of ``family`` for ``values``; ``block`` itself when it says the same."""
-    line = b"%s%s\n" % (_prefix(block, family, values), format_value(value).encode())
+def _line(block: bytes, family: FamilyFormat, values: Sequence[str], value: bytes) -> bytes:
+    """The one line of ``family`` for ``values`` with the formatted ``value``; ``block`` itself
+    when it says the same."""
+    line = b"%s%s\n" % (_prefix(block, family, values), value)
     return block if line == block else line
 
 
@@ -90,6 +90,7 @@ class TargetRenderer:
     ) -> tuple[list[bytes], tuple[SeriesKey, ...]]:
         families = self.families
         base = self.provider_family_count
+        slots = self._slots
         old = previous.blocks
         known: dict[SeriesKey, bytes] = {}
         if previous.line_keys:
@@ -101,7 +102,7 @@ class TargetRenderer:
         # Per provider family slot: its lines and their series' keys.
         shown: dict[int, tuple[list[bytes], list[SeriesKey]]] = {}
         for key, value in visible:
-            slot = self._slots[key[0]]
+            slot = slots[key[0]]
             prefix = known.get(key)
             if prefix is None:
                 prefix = families[slot].prefix((account, *key[1])).encode()
@@ -127,12 +128,13 @@ class TargetRenderer:
         success, duration, last_success, interval, errors = old
         latest = state.latest
         if latest is not None:
-            success = _line(success, SUCCESS, pair, 1.0 if latest.ok else 0.0)
-            duration = _line(duration, DURATION, pair, latest.duration)
+            success = _line(success, SUCCESS, pair, b"1.0" if latest.ok else b"0.0")
+            duration = _line(duration, DURATION, pair, format_value(latest.duration).encode())
         if state.last_success is not None:
-            last_success = _line(last_success, LAST_SUCCESS, pair, state.last_success)
+            when = format_value(state.last_success).encode()
+            last_success = _line(last_success, LAST_SUCCESS, pair, when)
         # A target's interval never changes (another config is another target record).
-        interval = interval or _line(b"", INTERVAL, pair, config.interval)
+        interval = interval or _line(b"", INTERVAL, pair, format_value(config.interval).encode())
         # Error counts only grow: their sum tells whether one did.
         error_count = sum(state.errors.values())
         if not errors or error_count != previous.error_count:

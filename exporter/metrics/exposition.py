@@ -202,11 +202,11 @@ class Exposition:
     def _join(self, openmetrics: bool) -> bytes:
         now = self._clock.time()
         rendered = self._rendered
-        targets = [rendered.get(target) or self._render(target, now) for target in self._targets]
+        shown = [rendered.get(target) or self._render(target, now) for target in self._targets]
         provider_families = self._renderer.provider_family_count
         parts: list[bytes] = []
         for slot, header in enumerate(self._headers[openmetrics]):
-            blocks = [target.blocks[slot] for target in targets]
+            blocks = [one.blocks[slot] for one in shown]
             if slot < provider_families and not any(blocks):
                 continue  # a provider family with no samples is not shown
             parts.append(header)
