@@ -122,6 +122,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return EXIT_CONFIG
+    if shard is None and args.shard_from_hostname:
+        try:
+            shard = _shard(args, config)
+        except ValueError as exc:
+            print(f"--shard: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.check_config:
         return _check_config(config, args.config)
     setup_logging(config.log.level, config.log.format)
@@ -132,17 +138,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
-def _shard(args: argparse.Namespace) -> Sharding | None:
-    """The shard the flags ask for, or None to use the config's ``sharding``."""
+def _shard(args: argparse.Namespace, config: Config | None = None) -> Sharding | None:
+    """The shard the flags ask for, or None to use the config's ``sharding``.
+
+    --shard-from-hostname without --shard-count takes the count from ``config``'s
+    ``sharding.count``. Called before the config is loaded (``config`` None), it checks the flags
+    and returns None for that case, to be called again with the config (the demo has no such
+    count, so there it is an error at once)."""
     if args.shard:
         index_text, sep, count_text = args.shard.partition("/")
         if not sep or not index_text.isdigit() or not count_text.isdigit():
             raise ValueError(f"{args.shard!r} is not INDEX/COUNT, e.g. 0/3")
         index, count = int(index_text), int(count_text)
     elif args.shard_from_hostname:
-        index, count = ordinal_from_hostname(socket.gethostname()), args.shard_count or 0
-        if not count:
-            raise ValueError("--shard-from-hostname needs --shard-count")
+        index, count = ordinal_from_hostname(socket.gethostname()), args.shard_count
+        if count is None and config is not None and "count" in config.sharding.model_fields_set:
+            count = config.sharding.count
+        if count is None:
+            if config is None and not args.demo:
+                return None
+            raise ValueError(
+                "--shard-from-hostname needs the shard count: --shard-count COUNT, "
+                "or sharding.count in the config"
+            )
     else:
         return None
     try:

@@ -249,3 +249,77 @@ async def test_without_a_config_file_the_error_hints_at_config_and_demo(tmp_path
     assert process.returncode == 2
     assert "--config" in stderr.decode()
     assert "--demo" in stderr.decode()
+
+
+async def run_on_host(hostname: str, *args: str) -> tuple[int, str, str]:
+    """The CLI in a process of its own whose hostname reads as ``hostname`` (a StatefulSet pod's
+    name), for --shard-from-hostname."""
+    code = (
+        "import socket, sys\n"
+        f"socket.gethostname = lambda: {hostname!r}\n"
+        "from exporter.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        code,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+def shard_info(exposition: str) -> set[tuple[str, str]]:
+    return {
+        (dict(key[1])["index"], dict(key[1])["count"])
+        for key in parse_exposition(exposition)
+        if key[0] == "messaging_exporter_shard_info"
+    }
+
+
+async def test_shard_from_hostname_takes_the_count_from_sharding_count_in_the_config(
+    sim, sim_url, write_config
+):
+    path = write_config({"targets": thulium_targets(sim_url, sim), "sharding": {"count": 3}})
+    code, stdout, stderr = await run_on_host(
+        "exporter-2", "--shard-from-hostname", "--once", "--config", str(path)
+    )
+    assert code == 0, stderr
+    assert shard_info(stdout) == {("2", "3")}
+
+
+async def test_shard_count_flag_wins_over_sharding_count_in_the_config(sim, sim_url, write_config):
+    path = write_config({"targets": thulium_targets(sim_url, sim), "sharding": {"count": 3}})
+    code, stdout, stderr = await run_on_host(
+        "exporter-3",
+        "--shard-from-hostname",
+        "--shard-count",
+        "4",
+        "--once",
+        "--config",
+        str(path),
+    )
+    assert code == 0, stderr
+    assert shard_info(stdout) == {("3", "4")}
+
+
+@pytest.mark.parametrize("demo", [False, True], ids=["config", "demo"])
+async def test_shard_from_hostname_without_any_count_exits_2_naming_both_sources(
+    sim, sim_url, write_config, demo
+):
+    path = write_config({"targets": thulium_targets(sim_url, sim), "sharding": {"index": 0}})
+    where = ["--demo"] if demo else ["--config", str(path)]
+    code, stdout, stderr = await run_on_host(
+        "exporter-0", "--shard-from-hostname", "--check-config", *where
+    )
+    assert code == 2
+    assert stdout == ""
+    assert stderr == (
+        "--shard: --shard-from-hostname needs the shard count: --shard-count COUNT, "
+        "or sharding.count in the config\n"
+    )
