@@ -126,6 +126,9 @@ class Exporter:
             self.store.reloaded(ok=True)
             log.info(
                 "config reloaded",
+                # The file read is the running config, secrets included: an edit that did not
+                # reach the exporter (a replaced file under a single-file bind mount) shows here.
+                unchanged=config == old,
                 targets=len(config.targets),
                 added=sorted(after.keys() - before.keys()),
                 removed=sorted(before.keys() - after.keys()),
