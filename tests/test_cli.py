@@ -404,10 +404,24 @@ async def test_health_check_asks_healthz_at_the_configured_address(write_config,
     assert "Connection refused" in stderr
 
 
+async def test_health_check_without_a_config_file_asks_the_demos_address():
+    """``--demo`` reads no file: neither does its health check (the image's HEALTHCHECK names the
+    config path, which holds no file when the image runs the demo)."""
+    async with exporter_process("--demo", "--demo.simulator-address", "127.0.0.1:0") as (_, port):
+        await wait_ready(port)
+        missing = "/nonexistent/config.yaml"
+        listen = f"127.0.0.1:{port}"
+        code, stdout, stderr = await run("--health-check", "--config", missing, "--listen", listen)
+        assert (code, stderr) == (0, "")
+        assert stdout == f"healthy: GET http://{listen}/healthz: HTTP 200\n"
+
+
 @pytest.mark.parametrize(
     ("config", "message"),
     [
-        (None, "cannot be read (FileNotFoundError)"),
+        ("not a mapping", "the file must be a YAML mapping"),
+        ("web: [", "YAML syntax error"),
+        ({"web": {"listen_address": 10057}}, "web.listen_address: "),
         ({"web": {"listen_address": "nowhere"}}, "web.listen_address: 'nowhere' is not host:port"),
         ({"web": {"listen_address": "${UNSET_FOR_THE_TEST}"}}, "UNSET_FOR_THE_TEST is not set"),
         ({"web": {"listen_address": "127.0.0.1:0"}}, "port 0"),
@@ -418,7 +432,7 @@ async def test_health_check_exits_1_never_2_on_a_bad_config(
     write_config, tmp_path, config, message
 ):
     """Docker reserves exit status 2 in a HEALTHCHECK: a config problem is "unhealthy" (1)."""
-    path = tmp_path / "missing.yaml" if config is None else write_config(config)
+    path = write_config(config)
     code, stdout, stderr = await run("--health-check", "--config", str(path))
     assert code == 1
     assert stdout == ""

@@ -1,13 +1,16 @@
 """``--health-check``: ask ``/healthz`` of the exporter that a config and web config file describe,
 as a container's ``HEALTHCHECK`` does, and say 0 (a 200) or 1 (anything else).
 
-The address is the config's ``web.listen_address`` (or ``--listen``), a wildcard host asked on
-loopback; only the config's ``web`` section is read, so targets and their secrets play no part (a
-file broken by an edit that the running exporter refused does not make it unhealthy). With
-``tls_server_config`` the check speaks TLS and trusts exactly the certificate that ``cert_file``
-holds: on loopback the certificate's names cannot match and its CA may be unknown to this host, but
-the exporter must present that very certificate. It sends no credentials (``/healthz`` needs none);
-when the web config requires client certificates it presents the server's own certificate and key.
+The address is the config's ``web.listen_address`` (or ``--listen``; without a config file, as in
+``--demo``, the default), a wildcard host asked on loopback. Only the config's ``web`` section is
+read, so targets and their secrets play no part: a file broken by an edit that the running
+exporter refused on reload does not make it unhealthy.
+
+With ``tls_server_config`` the check speaks TLS and trusts exactly the certificate that
+``cert_file`` holds: on loopback the certificate's names cannot match and its CA may be unknown to
+this host, but the exporter must present that very certificate. It sends no credentials
+(``/healthz`` needs none); when the web config requires client certificates it presents the
+server's own certificate and key.
 """
 
 from __future__ import annotations
@@ -43,11 +46,16 @@ class HealthCheckError(Exception):
 
 
 def web_section(path: str, environ: dict[str, str]) -> WebConfig:
-    """The ``web`` section of the config file at ``path``, ``${VAR}``s expanded."""
+    """The ``web`` section of the config file at ``path``, ``${VAR}``s expanded; its defaults
+    when there is no such file (``--demo`` reads none)."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+    except FileNotFoundError:
+        return WebConfig()
+    except (OSError, UnicodeDecodeError) as exc:
         raise HealthCheckError(f"{path}: cannot be read ({type(exc).__name__})") from None
+    except yaml.YAMLError:
+        raise HealthCheckError(f"{path}: YAML syntax error") from None
     if not isinstance(raw, dict):
         raise HealthCheckError(f"{path}: the file must be a YAML mapping")
     section, problems = expand_env({"web": raw.get("web") or {}}, environ)
