@@ -539,33 +539,65 @@ async def test_a_reload_of_an_unchanged_file_says_so(sim, sim_url, write_config)
         assert reloaded["changed"] == ["thulium-globex"]
 
 
-async def test_the_demo_logs_its_simulator_and_prints_a_config_that_works_against_it(tmp_path):
-    """The demo's start line names the simulator; ``--demo.print-config`` pointed at it prints a
-    config that ``--check-config`` accepts as it is and that ``--once`` collects in full."""
+def readme_demo_commands() -> tuple[str, str, str]:
+    """From the README's Quick start: the demo's start line as quoted, the command that prints its
+    config and the one that collects with it."""
     import re
+
+    text = (ROOT / "README.md").read_text()
+    quick_start = text[text.index("## Quick start") : text.index("## Running it for real")]
+    prose = re.sub(r"^```.*?^```", "", quick_start, flags=re.M | re.S)
+    spans = re.findall(r"`([^`]+)`", prose.replace("\n", " "))
+    (line,) = [span for span in spans if span.startswith("demo: ")]
+    (printing,) = [span for span in spans if "--demo.print-config" in span]
+    (once,) = [span for span in spans if span.endswith("--config demo.yaml --once")]
+    return line, printing, once
+
+
+async def test_the_demo_logs_its_simulator_and_prints_a_config_that_works_against_it(tmp_path):
+    """The demo's start line names the simulator, as the README quotes it; the README's
+    ``--demo.print-config`` command, pointed at it, prints a config that ``--check-config`` accepts
+    as it is, and the README's ``--once`` command with it collects every account."""
+    import re
+    import shlex
+
+    quoted, printing, once = readme_demo_commands()
+    assert printing == ".venv/bin/messaging-stats-exporter --demo.print-config > demo.yaml"
+    exporter = f"{shlex.quote(sys.executable)} -m exporter"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    async def shell(command: str) -> tuple[int, str, str]:
+        command = command.replace(".venv/bin/messaging-stats-exporter", exporter)
+        process = await asyncio.create_subprocess_exec(
+            "bash", "-c", command, cwd=tmp_path, env=env, stdout=-1, stderr=-1
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode is not None
+        return process.returncode, stdout.decode(), stderr.decode()
 
     async with exporter_process("--demo", "--demo.simulator-address", "127.0.0.1:0") as (
         process,
         _,
     ):
         assert process.stderr is not None
-        line = await asyncio.wait_for(process.stderr.readline(), 30)
-        assert "demo: built-in provider simulator started" in line.decode(), line
-        found = re.search(r"simulator=http://127\.0\.0\.1:(\d+)", line.decode())
+        line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+        message, _, field = quoted.partition(" [exporter.cli] ")
+        assert message in line
+        assert "[exporter.cli]" in line
+        found = re.search(r"simulator=http://127\.0\.0\.1:(\d+)", line)
         assert found, line
+        assert field.startswith("simulator=http://127.0.0.1:")
+        # The port is not 10058 here: the README says to add the address then.
         address = f"127.0.0.1:{found.group(1)}"
-        code, printed, stderr = await run(
-            "--demo.print-config", "--demo.simulator-address", address
-        )
+        code, _, stderr = await shell(f"{printing} --demo.simulator-address {address}")
         assert (code, stderr) == (0, "")
+        printed = (tmp_path / "demo.yaml").read_text()
         assert printed.startswith("# The built-in demo's config")
         assert f"http://{address}/thulium/acme/api" in printed
-        saved = tmp_path / "demo.yaml"
-        saved.write_text(printed)
-        code, stdout, stderr = await run("--config", str(saved), "--check-config")
+        code, stdout, stderr = await shell(f"{exporter} --config demo.yaml --check-config")
         assert code == 0, stderr
-        assert stdout.startswith(f"{saved}: OK, 8 target(s)")
-        code, exposition, stderr = await run("--config", str(saved), "--once")
+        assert stdout.startswith("demo.yaml: OK, 8 target(s)")
+        code, exposition, stderr = await shell(once)
         assert code == 0, stderr
         success = {
             dict(key)["account"]: value
@@ -574,6 +606,16 @@ async def test_the_demo_logs_its_simulator_and_prints_a_config_that_works_agains
         }
         assert len(success) == 8
         assert set(success.values()) == {1}
+
+
+def test_every_flag_is_in_the_configuration_reference() -> None:
+    from exporter.cli import parser
+
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    for action in parser()._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                assert f"`{option}" in reference, option
 
 
 async def test_the_demo_simulator_takes_another_port_when_the_default_is_taken():
