@@ -36,13 +36,13 @@ from exporter.web.webconfig import TLSServerConfig, load_web_config
 
 PATH = "/healthz"
 TIMEOUT = 4.0
-"""Seconds for the whole check: below the image's HEALTHCHECK --timeout of 5 s."""
+"""Seconds to connect, and to wait for each answer: below the HEALTHCHECK --timeout (5 s)."""
 LOOPBACK = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}  # noqa: S104
 REQUIRED_CLIENT_CERT = {"RequireAnyClientCert", "RequireAndVerifyClientCert"}
 
 
 class HealthCheckError(Exception):
-    """Why the check could not be made or did not pass, in one line."""
+    """Why the check could not be made or did not pass."""
 
 
 def web_section(path: str, environ: dict[str, str]) -> WebConfig:
