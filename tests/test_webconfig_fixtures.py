@@ -15,7 +15,14 @@ import pytest
 import trustme
 
 from exporter.config import ConfigError
-from exporter.web.webconfig import MAX_PEM_BYTES, load_web_config
+from exporter.web.webconfig import (
+    MAX_PEM_BYTES,
+    HTTPServerConfig,
+    RateLimitConfig,
+    TLSServerConfig,
+    WebConfigFile,
+    load_web_config,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = ROOT / "tests" / "fixtures" / "webconfig"
@@ -68,9 +75,9 @@ def test_a_fixture_is_accepted_or_refused_as_it_says(name, fixture_dir, tmp_path
 
 def test_the_command_line_exits_2_naming_the_key_and_0_for_a_good_file(fixture_dir):
     def check(name: str) -> subprocess.CompletedProcess[str]:
+        args = ["--demo", "--check-config", "--web.config.file", str(fixture_dir / name)]
         return subprocess.run(
-            [sys.executable, "-m", "exporter", "--demo", "--check-config"]
-            + ["--web.config.file", str(fixture_dir / name)],
+            [sys.executable, "-m", "exporter", *args],
             capture_output=True,
             text=True,
             timeout=120,
@@ -169,3 +176,22 @@ def test_bcrypt_is_not_imported_without_basic_auth(fixture_dir):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_every_key_is_in_the_web_config_table_of_the_docs():
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    section = text[text.index("## The web config file") : text.index("## Command line")]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    for prefix, model in (
+        ("", WebConfigFile),
+        ("tls_server_config.", TLSServerConfig),
+        ("http_server_config.", HTTPServerConfig),
+        ("rate_limit.", RateLimitConfig),
+    ):
+        for name in model.model_fields:
+            if model is WebConfigFile and name != "basic_auth_users":
+                continue  # the sections: their keys are listed
+            assert any(
+                f"`{prefix}{name}`" in row or (prefix and f"`{name}`" in row.split("|")[1])
+                for row in rows
+            ), f"{prefix}{name}"

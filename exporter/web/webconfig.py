@@ -748,7 +748,7 @@ class WebSettings:
         self.path = Path(path)
         tls = config.tls
         self.context = server_context(tls_context(tls, str(path))) if tls else None
-        self._apply(config)
+        self._apply(config, previous=None)
         self._stamps = self._look()
         if config.tls_server_config is not None and tls is None:
             log.warning(
@@ -767,8 +767,7 @@ class WebSettings:
                 path=str(path),
             )
 
-    def _apply(self, config: WebConfigFile) -> None:
-        previous: WebConfigFile | None = getattr(self, "config", None)
+    def _apply(self, config: WebConfigFile, previous: WebConfigFile | None) -> None:
         self.config = config
         tls = config.tls
         sans = tls.client_allowed_sans if tls is not None else None
@@ -822,7 +821,7 @@ class WebSettings:
             return False
         if context is not None and self.context is not None:
             self.context.current = context
-        self._apply(config)
+        self._apply(config, previous=self.config)
         self._stamps = self._look()
         log.info("web config reloaded", path=str(self.path))
         return True
