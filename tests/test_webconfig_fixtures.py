@@ -195,3 +195,29 @@ def test_every_key_is_in_the_web_config_table_of_the_docs():
                 f"`{prefix}{name}`" in row or (prefix and f"`{name}`" in row.split("|")[1])
                 for row in rows
             ), f"{prefix}{name}"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('basic_auth_users: {"\\ud800": "x"}\n', "basic_auth_users.'\\ud800'"),
+        ('basic_auth_users: {"a\\nb": 1}\n', "basic_auth_users.'a\\nb'"),
+        ('http_server_config: {headers: {"\\ud800": deny}}\n', "http_server_config.headers.'"),
+        (
+            'http_server_config: {headers: {Content-Security-Policy: "\\ud800"}}\n',
+            "http_server_config.headers.Content-Security-Policy: a header value must be valid",
+        ),
+        (
+            'tls_server_config: {cert_file: "\\ud800", key_file: "a\\0b"}\n',
+            "tls_server_config.cert_file: cannot read '",
+        ),
+    ],
+)
+def test_names_that_no_terminal_prints_are_escaped_in_a_refusal(text, key, tmp_path):
+    path = tmp_path / "web.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(path)
+    message = str(caught.value)
+    message.encode("utf-8")  # no half surrogate pair left to break the printout
+    assert any(str(problem).startswith(key) for problem in caught.value.problems), message

@@ -292,6 +292,12 @@ def load_web_config(path: str | Path) -> WebConfigFile:
     return validate_web_config(raw, source, Path(path).absolute().parent)
 
 
+def shown(text: str) -> str:
+    """A name or path from the file as it can be printed: escaped if it holds a control
+    character or half a surrogate pair (which no terminal encoding takes)."""
+    return text if text.isprintable() else repr(text)
+
+
 def validate_web_config(raw: object, source: str, directory: Path) -> WebConfigFile:
     """The parsed file, checked as the toolkit checks it; relative paths taken from
     ``directory``."""
@@ -301,7 +307,7 @@ def validate_web_config(raw: object, source: str, directory: Path) -> WebConfigF
         raise ConfigError(
             [
                 ConfigProblem(
-                    format_path(list(e["loc"])),
+                    format_path([shown(p) if isinstance(p, str) else p for p in e["loc"]]),
                     "unknown key"
                     if e["type"] == "extra_forbidden"
                     else str(e["msg"]).removeprefix("Value error, "),
@@ -330,7 +336,7 @@ def validate_web_config(raw: object, source: str, directory: Path) -> WebConfigF
 def _user_problems(users: dict[str, str]) -> list[ConfigProblem]:
     problems = []
     for name, hashed in users.items():
-        key = f"basic_auth_users.{name}"
+        key = f"basic_auth_users.{shown(name)}"
         match = BCRYPT_HASH.fullmatch(hashed)
         if match is None:
             problems.append(
@@ -356,27 +362,37 @@ def _user_problems(users: dict[str, str]) -> list[ConfigProblem]:
 def _header_problems(headers: dict[str, str]) -> list[ConfigProblem]:
     problems = []
     for name, value in headers.items():
-        key = f"http_server_config.headers.{name}"
+        key = f"http_server_config.headers.{shown(name)}"
         allowed = SECURITY_HEADERS.get(name)
         if allowed is None:
             problems.append(
                 ConfigProblem(
                     key,
-                    f"HTTP header {name!r} can not be configured; the toolkit allows only "
+                    f"HTTP header {shown(name)!r} can not be configured; the toolkit allows only "
                     + ", ".join(SECURITY_HEADERS),
                 )
             )
         elif allowed and value not in allowed:
             problems.append(
                 ConfigProblem(
-                    key, f"invalid value {value!r}; expected one of: {', '.join(allowed)}"
+                    key, f"invalid value {shown(value)!r}; expected one of: {', '.join(allowed)}"
                 )
             )
         elif _CONTROL_CHARACTERS.search(value):
             problems.append(
                 ConfigProblem(key, "a header value cannot hold control characters (CR, LF, ...)")
             )
+        elif not _encodable(value):
+            problems.append(ConfigProblem(key, "a header value must be valid Unicode text"))
     return problems
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _tls_problems(tls: TLSServerConfig, http2: bool) -> list[ConfigProblem]:
@@ -486,21 +502,22 @@ def read_pem_file(path: str) -> bytes:
     refused, not waited on)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as exc:
-        raise PemError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+    except (OSError, ValueError) as exc:  # ValueError: a NUL or half a surrogate pair
+        reason = getattr(exc, "strerror", None) or type(exc).__name__
+        raise PemError(f"cannot read {shown(path)}: {reason}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise PemError(f"{path} is not a regular file")
+            raise PemError(f"{shown(path)} is not a regular file")
         chunks, size = [], 0
         while chunk := os.read(fd, 65536):
             chunks.append(chunk)
             size += len(chunk)
             if size > MAX_PEM_BYTES:
-                raise PemError(f"{path} is larger than {MAX_PEM_BYTES} bytes")
+                raise PemError(f"{shown(path)} is larger than {MAX_PEM_BYTES} bytes")
         return b"".join(chunks)
     except OSError as exc:
-        raise PemError(f"cannot read {path}: {exc.strerror or type(exc).__name__}") from None
+        raise PemError(f"cannot read {shown(path)}: {exc.strerror or type(exc).__name__}") from None
     finally:
         os.close(fd)
 
@@ -792,7 +809,7 @@ class WebSettings:
         for file in files:
             try:
                 info = os.stat(file)
-            except OSError:
+            except (OSError, ValueError):
                 stamps.append(None)
             else:
                 stamps.append((info.st_mtime_ns, info.st_size))
