@@ -41,6 +41,10 @@ def fixture_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     server.private_key_pem.write_to_path(str(directory / "server.key"))
     ca.issue_cert("localhost").private_key_pem.write_to_path(str(directory / "other.key"))
     trustme.CA().cert_pem.write_to_path(str(directory / "client-ca.crt"))
+    (directory / "server-and-key.pem").write_bytes(
+        server.cert_chain_pems[0].bytes() + server.private_key_pem.bytes()
+    )
+    (directory / "empty.pem").touch()
     return directory
 
 

@@ -172,6 +172,8 @@ def _as_text(value: object) -> object:
 
 Text = Annotated[str, BeforeValidator(_as_text)]
 
+GO_MAX_DURATION = (2**63 - 1) / 1e9
+"""Seconds in the longest Go duration (about 292 years)."""
 _GO_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_UNIT_SECONDS = {
     "ns": 1e-9,
@@ -192,6 +194,8 @@ def parse_go_duration(value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise ValueError("a duration is a string such as 1s, 1m30s or 250ms")
     if isinstance(value, int | float):
+        if not abs(value) <= GO_MAX_DURATION * 1e9:
+            raise ValueError(f"invalid duration {value!r}: too long")
         return float(value) / 1e9
     text = value
     sign = -1.0 if text.startswith("-") else 1.0
@@ -204,7 +208,7 @@ def parse_go_duration(value: object) -> float:
             break
         seconds += float(match.group(1)) * _GO_UNIT_SECONDS[match.group(2)]
         pos = match.end()
-    if not body or pos != len(body):
+    if not body or pos != len(body) or seconds > GO_MAX_DURATION:
         raise ValueError(f"invalid duration {text!r}: use a string such as 1s, 1m30s or 250ms")
     return sign * seconds
 
@@ -558,7 +562,7 @@ def tls_context(tls: TLSServerConfig, source: str = "") -> ssl.SSLContext:
     def pem(file_key: str, inline_key: str, inline: str) -> tuple[str, bytes]:
         path = getattr(tls, file_key)
         if not path:
-            return inline_key, inline.encode()
+            return inline_key, inline.encode(errors="replace")
         try:
             return file_key, read_pem_file(path)
         except PemError as exc:
@@ -595,8 +599,8 @@ def tls_context(tls: TLSServerConfig, source: str = "") -> ssl.SSLContext:
     if tls.curve_preferences:
         context.set_ecdh_curve(CURVES[tls.curve_preferences[0]])
     context.verify_mode = CLIENT_AUTH_MODES[tls.client_auth_type]
-    ca_key, ca = pem("client_ca_file", "client_ca", tls.client_ca)
-    if ca:
+    if tls.client_ca_file or tls.client_ca:
+        ca_key, ca = pem("client_ca_file", "client_ca", tls.client_ca)
         try:
             context.load_verify_locations(cadata=ca.decode("ascii"))
         except (ValueError, ssl.SSLError) as exc:
