@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import bcrypt
 import pytest
+import structlog.testing
 import trustme
 import yaml
 
@@ -609,3 +610,27 @@ async def test_a_reload_that_keeps_the_users_keeps_their_verified_credentials(
             assert r.status == 200
             assert r.headers["X-Frame-Options"] == "sameorigin"
         assert checks == []
+
+
+def test_a_tls_section_that_serves_plain_http_or_trusts_the_system_cas_is_warned_of(
+    tmp_path, certs
+):
+    cases = [
+        ({"tls_server_config": {"min_version": "TLS13"}}, "serving plain HTTP"),
+        (
+            {"tls_server_config": tls_section(certs, client_auth_type="VerifyClientCertIfGiven")},
+            "verified against the system's trusted CAs",
+        ),
+        ({"tls_server_config": tls_section(certs)}, None),
+    ]
+    for data, warning in cases:
+        path = write(tmp_path, data)
+        with structlog.testing.capture_logs() as logs:
+            settings = WebSettings(path, load_web_config(path))
+        events = [entry["event"] for entry in logs if entry["log_level"] == "warning"]
+        if warning is None:
+            assert events == []
+        else:
+            assert len(events) == 1
+            assert warning in events[0]
+        assert (settings.context is None) == (data["tls_server_config"].get("cert_file") is None)

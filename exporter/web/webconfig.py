@@ -771,22 +771,6 @@ class WebSettings:
         self.context = server_context(tls_context(tls, str(path))) if tls else None
         self._apply(config, previous=None)
         self._stamps = self._look()
-        if config.tls_server_config is not None and tls is None:
-            log.warning(
-                "web config: tls_server_config names no certificate, key or client CA; "
-                "serving plain HTTP, as the exporter-toolkit does",
-                path=str(path),
-            )
-        if (
-            tls is not None
-            and tls.client_auth_type in VERIFYING_CLIENT_AUTH
-            and not (tls.client_ca_file or tls.client_ca)
-        ):
-            log.warning(
-                "web config: no client_ca_file; client certificates are verified against the "
-                "system's trusted CAs, as the exporter-toolkit does",
-                path=str(path),
-            )
 
     def _apply(self, config: WebConfigFile, previous: WebConfigFile | None) -> None:
         self.config = config
@@ -802,6 +786,22 @@ class WebSettings:
         self.headers = {
             name: value for name, value in config.http_server_config.headers.items() if value
         }
+        if config.tls_server_config is not None and tls is None:
+            log.warning(
+                "web config: tls_server_config names no certificate, key or client CA; "
+                "serving plain HTTP, as the exporter-toolkit does",
+                path=str(self.path),
+            )
+        if (
+            tls is not None
+            and tls.client_auth_type in VERIFYING_CLIENT_AUTH
+            and not (tls.client_ca_file or tls.client_ca)
+        ):
+            log.warning(
+                "web config: no client_ca_file; client certificates are verified against the "
+                "system's trusted CAs, as the exporter-toolkit does",
+                path=str(self.path),
+            )
 
     def _look(self) -> tuple[tuple[int, int] | None, ...]:
         """The modification time and size of the file and of each file it names."""
