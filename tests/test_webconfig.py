@@ -494,7 +494,7 @@ async def test_an_unknown_user_is_checked_at_cost_10_whatever_the_users_costs(
             assert response.status == 401
         assert checks == [DUMMY_HASH]
         assert DUMMY_HASH.startswith(b"$2b$10$")
-        # Longer than bcrypt reads: refused without a check (a 500 before).
+        # Longer than bcrypt reads: 401 without a check.
         checks.clear()
         async with session.get("/metrics", headers=creds("ben", "p" * 73)) as response:
             assert response.status == 401

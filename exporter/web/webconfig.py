@@ -136,7 +136,8 @@ BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{21}[.Oeu][./A-Za-z0-9
 """A bcrypt hash: version, two-digit cost, 22 characters of salt (the last holding two bits, so
 one of four), 31 of hash."""
 BCRYPT_MIN_COST, BCRYPT_MAX_COST = 4, 20
-"""Each step of cost doubles a check's CPU time; at 20 one check already takes minutes."""
+"""Each step of cost doubles a check's CPU time; past the maximum, one check outlasts any
+scrape, and holds up every other login while it runs."""
 BCRYPT_MAX_PASSWORD_BYTES = 72
 """bcrypt reads no further: a longer password cannot be checked whole."""
 DUMMY_HASH = b"$2b$10$ptBkiM1kz7Y1ZsuRoG03lOJ8FVhxigKgYxoSIw/ARcNdfktDdWzcS"
