@@ -101,8 +101,9 @@ async def _collection(app: web.Application) -> AsyncIterator[None]:
 
 
 def build_app(exporter: Exporter, settings: WebSettings | None = None) -> web.Application:
-    """The exporter's app; ``settings`` (the web config) adds basic auth and response headers,
-    and is watched for changes while the app runs (TLS is the server's, see ``exporter.cli``)."""
+    """The exporter's app; ``settings`` (the web config) adds response headers, the client
+    certificate names let in, the rate limit and basic auth, and is watched for changes while the
+    app runs (TLS is the server's, see ``exporter.cli``)."""
     app = web.Application(middlewares=settings.middlewares() if settings else [])
     app[EXPORTER] = exporter
     if settings is not None:
