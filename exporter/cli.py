@@ -171,7 +171,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
     if args.check_config:
         return _check_config(config, args.config)
-    setup_logging(config.log.level, config.log.format)
     if args.once:
         return asyncio.run(_once(config, shard))
     return asyncio.run(
@@ -227,6 +226,7 @@ async def _once(config: Config, shard: Sharding | None = None) -> int:
     """Collect every target once and print the exposition: the targets that worked, and the
     exporter's own metrics saying which did not."""
     exporter = make_exporter(config, autostart=False, shard=shard)
+    setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
     ok = await exporter.collect_once()
     sys.stdout.buffer.write(exporter.exposition.body(openmetrics=False).body)
     sys.stdout.flush()
@@ -354,9 +354,10 @@ async def _serve(
 ) -> int:
     """Collect and serve until SIGTERM or SIGINT; SIGHUP reloads the config."""
     host, port = parse_listen_address(listen or config.web.listen_address)
+    exporter = make_exporter(config, config_path=path, shard=shard)
+    setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
     for warning in config_warnings(config):
         log.warning("config", problem=warning)
-    exporter = make_exporter(config, config_path=path, shard=shard)
     settings = (
         WebSettings(web_config_path, web_config)
         if web_config is not None and web_config_path

@@ -85,21 +85,27 @@ async def test_logs_are_json_lines_and_never_show_a_secret(sim, sim_url, write_c
 def test_the_redactor_scrubs_secrets_from_messages_and_tracebacks(capsys) -> None:
     import structlog
 
-    from exporter.logs import redactor, setup_logging
+    from exporter.logs import setup_logging
+    from exporter.redaction import Redactor
 
-    setup_logging("info", "json", stream=sys.stdout)
-    redactor.set_secrets(["s3cr3t-value"])
-    try:
-        raise ValueError("failed with token s3cr3t-value")
-    except ValueError:
-        structlog.get_logger("test").exception("boom", detail="has s3cr3t-value inside")
-    redactor.add_runtime_secret("oauth-token-xyz")
-    structlog.get_logger("test").info("token", value={"nested": ["oauth-token-xyz"]})
-    out = capsys.readouterr().out
-    assert "s3cr3t-value" not in out
-    assert "oauth-token-xyz" not in out
-    assert out.count("<redacted>") >= 4
-    redactor.set_secrets([])
+    class Owner:
+        pass
+
+    redactor = Redactor(["s3cr3t-value"])
+    owner = Owner()
+    for fmt in ("json", "console"):
+        setup_logging("info", fmt, stream=sys.stdout, redactor=redactor)
+        try:
+            raise ValueError("failed with token s3cr3t-value")
+        except ValueError:
+            structlog.get_logger("test").exception("boom", detail="has s3cr3t-value inside")
+        redactor.add_secret("oauth-token-xyz", owner=owner)
+        structlog.get_logger("test").info("token", value={"nested": ["oauth-token-xyz"]})
+        out = capsys.readouterr().out
+        assert "ValueError" in out, "the traceback is logged"
+        assert "s3cr3t-value" not in out
+        assert "oauth-token-xyz" not in out
+        assert out.count("<redacted>") >= 3
 
 
 @contextlib.asynccontextmanager

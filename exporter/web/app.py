@@ -10,7 +10,6 @@ import structlog
 from aiohttp import web
 
 from exporter import __version__
-from exporter.logs import redactor
 from exporter.service import Exporter
 from exporter.web.status import StatusView, TargetRow, render_status_page
 from exporter.web.webconfig import WebSettings
@@ -63,7 +62,9 @@ def status_view(exporter: Exporter) -> StatusView:
                 interval=state.config.interval,
                 series=state.served,
                 reason=str(latest.reason) if failed and latest and latest.reason else None,
-                last_error=redactor.redact(latest.error or "") if failed and latest else None,
+                last_error=(
+                    exporter.redactor.redact(latest.error or "") if failed and latest else None
+                ),
             )
         )
     sharding = exporter.sharding
