@@ -12,6 +12,7 @@ from structlog.typing import EventDict, Processor, WrappedLogger
 
 from exporter.redaction import Redactor
 
+
 def redacting(redactor: Redactor) -> Processor:
     """The processor that passes every value of an event through ``redactor``."""
 
@@ -49,7 +50,7 @@ def setup_logging(
     )
     # Tracebacks become a string field first, so the redactor sees them too (the console
     # renderer prints that field as it is).
-    final = [
+    final: list[Processor] = [
         structlog.processors.format_exc_info,
         redacting(redactor or Redactor()),
         renderer,

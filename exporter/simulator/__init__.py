@@ -207,7 +207,8 @@ async def _huge_body(request: web.Request) -> web.StreamResponse:
 def _echo_text(request: web.Request, body: bytes) -> str:
     """The request as it came: request line, body, then headers (sorted by name)."""
     headers = sorted(
-        (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.raw_headers
+        (name.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
+        for name, value in request.raw_headers
     )
     return "\n".join(
         [

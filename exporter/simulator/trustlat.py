@@ -261,9 +261,7 @@ def echo_error(route: str, text: str) -> web.Response:
         return web.json_response(
             {"error": "invalid_request", "error_description": text}, status=400
         )
-    return web.json_response(
-        {"code": 400, "resource": "Statistics", "message": text}, status=400
-    )
+    return web.json_response({"code": 400, "resource": "Statistics", "message": text}, status=400)
 
 
 def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
