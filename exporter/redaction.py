@@ -53,23 +53,99 @@ def encoded_forms(secret: str) -> frozenset[str]:
     return frozenset(form for form in forms if len(form) >= MIN_SECRET_LENGTH)
 
 
-class _Matcher:
-    """An immutable snapshot of the forms to look for, longest first."""
+class Redactor:
+    """Replaces every known secret, in each of its :func:`encoded_forms`, with :data:`REDACTED`.
 
-    def __init__(self, forms: Iterable[str]) -> None:
-        self.forms = tuple(sorted(set(forms), key=lambda form: (-len(form), form)))
-        self.longest = len(self.forms[0]) if self.forms else 0
-        heads: dict[str, list[str]] = {}
-        for form in self.forms:
-            heads.setdefault(form[:MIN_SECRET_LENGTH], []).append(form)
-        self.heads = {head: tuple(forms) for head, forms in heads.items()}
+    The lookup is kept up to date as secrets come and go, so a token obtained while thousands of
+    others are known costs no rebuild. Safe to use from any thread.
+    """
 
-    def spans(self, text: str) -> list[tuple[int, int]]:
+    def __init__(self, secrets: Iterable[str] = ()) -> None:
+        self._lock = threading.Lock()
+        self._configured: dict[str, frozenset[str]] = {}
+        self._owned: weakref.WeakKeyDictionary[object, dict[str, frozenset[str]]] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._gone: list[dict[str, frozenset[str]]] = []
+        """The run-time secrets of owners that no longer exist, to forget at the next change."""
+        self._count: dict[str, int] = {}
+        """Every form looked for → how many secrets have it."""
+        self._heads: dict[str, tuple[str, ...]] = {}
+        """The first :data:`MIN_SECRET_LENGTH` characters of each form → the forms, longest
+        first."""
+        self._longest = 0
+        """At least the length of the longest form."""
+        self.set_secrets(secrets)
+
+    def set_secrets(self, secrets: Iterable[str]) -> None:
+        """The config's secrets, replacing those of the previous config."""
+        wanted = {secret for secret in secrets if len(secret) >= MIN_SECRET_LENGTH}
+        with self._lock:
+            self._forget_gone()
+            for secret in self._configured.keys() - wanted:
+                self._remove(self._configured.pop(secret))
+            for secret in wanted - self._configured.keys():
+                self._configured[secret] = forms = encoded_forms(secret)
+                self._add(forms)
+            self._longest = max(map(len, self._count), default=0)
+
+    def add_secret(self, secret: str, *, owner: object) -> None:
+        """A secret obtained at run time by ``owner`` (held weakly: its secrets go with it);
+        the newest :data:`SECRETS_PER_OWNER` of each owner are kept."""
+        if len(secret) < MIN_SECRET_LENGTH:
+            return
+        held = self._owned.get(owner)
+        if held is not None and secret in held:
+            return
+        with self._lock:
+            self._forget_gone()
+            if held is None:
+                held = self._owned[owner] = {}
+                weakref.finalize(owner, self._gone.append, held)
+            held[secret] = forms = encoded_forms(secret)
+            self._add(forms)
+            while len(held) > SECRETS_PER_OWNER:
+                self._remove(held.pop(next(iter(held))))
+
+    def _forget_gone(self) -> None:
+        while self._gone:
+            for forms in self._gone.pop().values():
+                self._remove(forms)
+
+    def _add(self, forms: Iterable[str]) -> None:
+        for form in forms:
+            known = self._count.get(form, 0)
+            self._count[form] = known + 1
+            if not known:
+                head = form[:MIN_SECRET_LENGTH]
+                self._heads[head] = tuple(
+                    sorted((*self._heads.get(head, ()), form), key=len, reverse=True)
+                )
+                self._longest = max(self._longest, len(form))
+
+    def _remove(self, forms: Iterable[str]) -> None:
+        for form in forms:
+            left = self._count[form] - 1
+            if left:
+                self._count[form] = left
+                continue
+            del self._count[form]
+            head = form[:MIN_SECRET_LENGTH]
+            rest = tuple(other for other in self._heads[head] if other != form)
+            if rest:
+                self._heads[head] = rest
+            else:
+                del self._heads[head]
+
+    def _spans(self, text: str) -> list[tuple[int, int]]:
         """Where the forms occur in ``text``, overlapping occurrences merged, in order."""
         found: list[tuple[int, int]] = []
-        if len(text) < len(self.forms):
-            # Fewer positions than forms: look up each position's first characters.
-            heads = self.heads
+        size = len(text)
+        if size * 200 < len(self._count) * (80 + size):
+            # Many forms for a short text: look up each position's first characters, rather than
+            # search the text for each form (a look-up costs about as much as two searches of a
+            # short text, or of 200 characters of a long one).
+            heads = self._heads
             for start in range(len(text) - MIN_SECRET_LENGTH + 1):
                 candidates = heads.get(text[start : start + MIN_SECRET_LENGTH])
                 if candidates is None:
@@ -79,7 +155,7 @@ class _Matcher:
                         found.append((start, start + len(form)))
                         break
         else:
-            for form in self.forms:
+            for form in tuple(self._count):
                 start = text.find(form)
                 while start >= 0:
                     found.append((start, start + len(form)))
@@ -94,80 +170,18 @@ class _Matcher:
                 merged.append((start, end))
         return merged
 
-
-class Redactor:
-    """Replaces every known secret, in each of its :func:`encoded_forms`, with :data:`REDACTED`.
-
-    Safe to use from any thread; the lookup structure is rebuilt on the first use after a change.
-    """
-
-    def __init__(self, secrets: Iterable[str] = ()) -> None:
-        self._lock = threading.Lock()
-        self._configured: dict[str, frozenset[str]] = {}
-        self._runtime: weakref.WeakKeyDictionary[object, dict[str, frozenset[str]]] = (
-            weakref.WeakKeyDictionary()
-        )
-        self._matcher: _Matcher | None = None
-        self.set_secrets(secrets)
-
-    def set_secrets(self, secrets: Iterable[str]) -> None:
-        """The config's secrets, replacing those of the previous config."""
-        with self._lock:
-            known = self._configured
-            self._configured = {
-                secret: known.get(secret) or encoded_forms(secret)
-                for secret in secrets
-                if len(secret) >= MIN_SECRET_LENGTH
-            }
-            self._matcher = None
-
-    def add_secret(self, secret: str, *, owner: object) -> None:
-        """A secret obtained at run time by ``owner`` (held weakly: its secrets go with it);
-        the newest :data:`SECRETS_PER_OWNER` of each owner are kept."""
-        if len(secret) < MIN_SECRET_LENGTH or secret in self._configured:
-            return
-        with self._lock:
-            held = self._runtime.get(owner)
-            if held is None:
-                held = self._runtime[owner] = {}
-            elif secret in held:
-                return
-            held[secret] = encoded_forms(secret)
-            while len(held) > SECRETS_PER_OWNER:
-                del held[next(iter(held))]
-            self._matcher = None
-
-    def _current(self) -> _Matcher:
-        matcher = self._matcher
-        if matcher is None:
-            with self._lock:
-                matcher = self._matcher
-                if matcher is None:
-                    forms: set[str] = set()
-                    for known in self._configured.values():
-                        forms.update(known)
-                    for held in self._runtime.values():
-                        for known in held.values():
-                            forms.update(known)
-                    matcher = self._matcher = _Matcher(forms)
-        return matcher
-
     def redact(self, text: str, limit: int | None = None) -> str:
         """``text`` with every secret replaced; with ``limit``, cut to its first ``limit``
         characters first, a secret that the cut would split replaced whole."""
-        matcher = self._current()
         if limit is not None and len(text) > limit:
             # A secret that starts before the cut ends within the longest form's length of it.
-            text = text[: limit + max(matcher.longest - 1, 0)]
+            text = text[: limit + max(self._longest - 1, 0)]
         else:
             limit = None
-        if not matcher.forms:
-            return text if limit is None else text[:limit]
-        spans = matcher.spans(text)
+        spans = self._spans(text) if self._count else []
         if limit is not None:
             spans = [span for span in spans if span[0] < limit]
-            end = max(limit, spans[-1][1]) if spans else limit
-            text = text[:end]
+            text = text[: max(limit, spans[-1][1]) if spans else limit]
         if not spans:
             return text
         parts = []

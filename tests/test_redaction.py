@@ -167,6 +167,16 @@ def test_the_config_secrets_are_replaced_and_run_time_ones_kept():
     )
 
 
+def test_a_secret_in_use_stays_redacted_when_the_config_drops_it():
+    owner = Owner()
+    redactor = Redactor(["fixed-token", "other-secret"])
+    redactor.add_secret("fixed-token", owner=owner)
+    redactor.set_secrets(["other-secret"])
+    assert redactor.redact("fixed-token other-secret") == f"{REDACTED} {REDACTED}"
+    redactor.set_secrets([])
+    assert redactor.redact("fixed-token other-secret") == f"{REDACTED} other-secret"
+
+
 def test_an_owner_keeps_its_newest_secrets_and_they_go_with_it():
     owner, other = Owner(), Owner()
     redactor = Redactor()
