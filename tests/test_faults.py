@@ -34,6 +34,7 @@ FAULTS = {
     "rate_limited": "rate_limited",
     "hang": "timeout",
     "auth": "auth",
+    "echo": "http_4xx",
 }
 HARMLESS = {
     # Exolve sends its int64 counts as strings anyway (proto3 JSON): strings are its normal answer.
