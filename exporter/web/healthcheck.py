@@ -32,7 +32,13 @@ from exporter.config import (
     format_path,
     parse_listen_address,
 )
-from exporter.web.webconfig import TLSServerConfig, load_web_config
+from exporter.web.webconfig import (
+    PemError,
+    TLSServerConfig,
+    in_memory_file,
+    load_web_config,
+    read_pem_file,
+)
 
 PATH = "/healthz"
 TIMEOUT = 4.0
@@ -76,28 +82,40 @@ def web_section(path: str, environ: dict[str, str]) -> WebConfig:
         raise HealthCheckError(str(ConfigError(found, path))) from None
 
 
+def _pem(tls: TLSServerConfig, file_key: str, inline: str) -> bytes:
+    path = getattr(tls, file_key)
+    if not path:
+        return inline.encode()
+    try:
+        return read_pem_file(path)
+    except PemError as exc:
+        raise HealthCheckError(f"tls_server_config.{file_key}: {exc}") from None
+
+
 def client_context(tls: TLSServerConfig) -> tuple[ssl.SSLContext, bytes]:
     """A client context for the exporter's own TLS, and the DER of the certificate it must
-    present (the first one in ``cert_file``)."""
+    present (the first one in ``cert_file`` or ``cert``)."""
     try:
-        pem = tls.cert_file.read_text(encoding="ascii")
+        pem = _pem(tls, "cert_file", tls.cert).decode("ascii")
         begin = pem.index("-----BEGIN CERTIFICATE-----")
         end = pem.index("-----END CERTIFICATE-----", begin) + len("-----END CERTIFICATE-----")
         expected = ssl.PEM_cert_to_DER_cert(pem[begin:end])
-    except (OSError, UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError) as exc:
         raise HealthCheckError(
             f"tls_server_config.cert_file: cannot read a certificate ({type(exc).__name__})"
         ) from None
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.check_hostname = False  # the certificate names the host, not 127.0.0.1
-    context.verify_mode = ssl.CERT_NONE  # checked below against cert_file instead
+    context.verify_mode = ssl.CERT_NONE  # checked below against the certificate instead
     if tls.client_auth_type in REQUIRED_CLIENT_CERT:
-        try:
-            context.load_cert_chain(tls.cert_file, tls.key_file)
-        except OSError as exc:  # ssl.SSLError included
-            raise HealthCheckError(
-                f"tls_server_config.key_file: cannot load ({type(exc).__name__})"
-            ) from None
+        key = _pem(tls, "key_file", tls.key.get_secret_value())
+        with in_memory_file(pem.encode()) as cert_path, in_memory_file(key) as key_path:
+            try:
+                context.load_cert_chain(cert_path, key_path)
+            except OSError as exc:  # ssl.SSLError included
+                raise HealthCheckError(
+                    f"tls_server_config.key_file: cannot load ({type(exc).__name__})"
+                ) from None
     return context, expected
 
 
@@ -114,7 +132,7 @@ def check(
     tls = None
     if web_config_path:
         try:
-            tls = load_web_config(web_config_path).tls_server_config
+            tls = load_web_config(web_config_path).tls
         except ConfigError as exc:
             raise HealthCheckError(str(exc)) from None
     try:
@@ -140,8 +158,8 @@ def check(
             if not isinstance(sock, ssl.SSLSocket) or sock.getpeercert(True) != expected:
                 raise HealthCheckError(
                     f"GET {url}: the server's certificate is not the one in "
-                    f"{tls.cert_file} (another server on the port, or a renewed certificate "
-                    "not yet loaded)"
+                    f"{tls.cert_file or 'cert'} (another server on the port, or a renewed "
+                    "certificate not yet loaded)"
                 )
         connection.request("GET", PATH, headers={"User-Agent": "messaging-stats-exporter"})
         status = connection.getresponse().status

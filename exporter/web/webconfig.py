@@ -528,7 +528,7 @@ def read_pem_file(path: str) -> bytes:
 
 
 @contextlib.contextmanager
-def _in_memory_file(data: bytes) -> Iterator[str]:
+def in_memory_file(data: bytes) -> Iterator[str]:
     """A path that reads as ``data`` for as long as the block runs, for ``load_cert_chain`` (which
     takes paths only); on Linux the bytes never reach a disk."""
     if sys.platform == "linux":
@@ -577,7 +577,7 @@ def tls_context(tls: TLSServerConfig, source: str = "") -> ssl.SSLContext:
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_verify_locations(cadata=cert.decode("ascii"))
     except (ValueError, ssl.SSLError) as exc:
         raise fail(cert_key, f"no PEM certificate in it ({_ssl_reason(exc)})") from None
-    with _in_memory_file(cert) as cert_path, _in_memory_file(key) as key_path:
+    with in_memory_file(cert) as cert_path, in_memory_file(key) as key_path:
         try:
             context.load_cert_chain(cert_path, key_path)
         except (OSError, ssl.SSLError) as exc:
