@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
@@ -12,8 +13,10 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import structlog
+import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -32,14 +35,20 @@ from exporter.fields import format_duration
 from exporter.logs import setup_logging
 from exporter.metrics.store import Store
 from exporter.service import Exporter, make_exporter
+from exporter.web import healthcheck
 from exporter.web.app import build_app
 from exporter.web.webconfig import WebConfigFile, WebSettings, load_web_config
+
+if TYPE_CHECKING:
+    from exporter import simulator
 
 log = structlog.get_logger("exporter.cli")
 
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_INTERVAL = "10s"
 DEMO_LOG = ("info", "console")
+DEMO_SIMULATOR_ADDRESS = "127.0.0.1:10058"
+"""Where the demo's provider simulator listens unless told (any free port when it is taken)."""
 SHUTDOWN_TIMEOUT = 5.0
 """Seconds a stopping exporter gives requests in flight to finish."""
 
@@ -61,10 +70,13 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="collect every target once, print the exposition, exit 0 if all succeeded, else 1",
     )
+    _demo_flags(p)
     p.add_argument(
-        "--demo",
+        "--health-check",
         action="store_true",
-        help="start the built-in provider simulator and a config that points at it",
+        help="ask /healthz of the exporter that --config (its web section), --listen and "
+        "--web.config.file describe, over TLS when the web config has it; exit 0 if it "
+        "answered 200, else 1 (for a container HEALTHCHECK)",
     )
     p.add_argument("--listen", metavar="ADDR", help="override web.listen_address (host:port)")
     p.add_argument(
@@ -73,6 +85,36 @@ def parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="TLS and basic auth for the exporter's endpoints, in the exporter-toolkit format",
     )
+    _shard_flags(p)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _demo_flags(p: argparse.ArgumentParser) -> None:
+    """``--demo`` and the flags that go with it."""
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="start the built-in provider simulator and a config that points at it",
+    )
+    p.add_argument(
+        "--demo.simulator-address",
+        dest="demo_simulator_address",
+        metavar="ADDR",
+        help=f"where the demo's provider simulator listens (default {DEMO_SIMULATOR_ADDRESS}, "
+        "or any free port when that one is taken; :0 for any free port)",
+    )
+    p.add_argument(
+        "--demo.print-config",
+        dest="demo_print_config",
+        action="store_true",
+        help="print the demo's config as YAML, pointing at the simulator at "
+        "--demo.simulator-address, and exit",
+    )
+
+
+def _shard_flags(p: argparse.ArgumentParser) -> None:
+    """Which shard of the targets this replica collects."""
     p.add_argument(
         "--shard",
         metavar="INDEX/COUNT",
@@ -86,12 +128,20 @@ def parser() -> argparse.ArgumentParser:
         "from --shard-count or sharding.count",
     )
     p.add_argument("--shard-count", type=int, metavar="COUNT", help="shards in all")
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.health_check:
+        return healthcheck.main(args.config, args.listen, args.web_config_file)
+    if args.demo_simulator_address is not None:
+        try:
+            parse_listen_address(args.demo_simulator_address)
+        except ValueError as exc:
+            print(f"--demo.simulator-address: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    if args.demo_print_config:
+        return _print_demo_config(args.demo_simulator_address or DEMO_SIMULATOR_ADDRESS)
     if args.listen is not None:
         try:
             parse_listen_address(args.listen)
@@ -111,7 +161,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(str(exc), file=sys.stderr)
             return EXIT_CONFIG
     if args.demo:
-        return asyncio.run(_demo(args, web_config, shard))
+        try:
+            return asyncio.run(_demo(args, web_config, shard))
+        except DemoSimulatorCannotListen as exc:
+            print(f"--demo.simulator-address {exc}", file=sys.stderr)
+            return EXIT_FAILED
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -122,9 +176,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return EXIT_CONFIG
+    if shard is None and args.shard_from_hostname:
+        try:
+            shard = _shard(args, config)
+        except ValueError as exc:
+            print(f"--shard: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
     if args.check_config:
         return _check_config(config, args.config)
-    setup_logging(config.log.level, config.log.format)
     if args.once:
         return asyncio.run(_once(config, shard))
     return asyncio.run(
@@ -132,17 +191,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
 
 
-def _shard(args: argparse.Namespace) -> Sharding | None:
-    """The shard the flags ask for, or None to use the config's ``sharding``."""
+def _shard(args: argparse.Namespace, config: Config | None = None) -> Sharding | None:
+    """The shard the flags ask for, or None to use the config's ``sharding``.
+
+    --shard-from-hostname without --shard-count takes the count from ``config``'s
+    ``sharding.count``. Called before the config is loaded (``config`` None), it checks the flags
+    and returns None for that case, to be called again with the config (the demo has no such
+    count, so there it is an error at once)."""
     if args.shard:
         index_text, sep, count_text = args.shard.partition("/")
         if not sep or not index_text.isdigit() or not count_text.isdigit():
             raise ValueError(f"{args.shard!r} is not INDEX/COUNT, e.g. 0/3")
         index, count = int(index_text), int(count_text)
     elif args.shard_from_hostname:
-        index, count = ordinal_from_hostname(socket.gethostname()), args.shard_count or 0
-        if not count:
-            raise ValueError("--shard-from-hostname needs --shard-count")
+        index, count = ordinal_from_hostname(socket.gethostname()), args.shard_count
+        if count is None and config is not None and "count" in config.sharding.model_fields_set:
+            count = config.sharding.count
+        if count is None:
+            if config is None and not args.demo:
+                return None
+            raise ValueError(
+                "--shard-from-hostname needs the shard count: --shard-count COUNT, "
+                "or sharding.count in the config"
+            )
     else:
         return None
     try:
@@ -168,27 +239,89 @@ async def _once(config: Config, shard: Sharding | None = None) -> int:
     """Collect every target once and print the exposition: the targets that worked, and the
     exporter's own metrics saying which did not."""
     exporter = make_exporter(config, autostart=False, shard=shard)
+    setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
     ok = await exporter.collect_once()
     sys.stdout.buffer.write(exporter.exposition.body(openmetrics=False).body)
     sys.stdout.flush()
     return EXIT_OK if ok else EXIT_FAILED
 
 
+def demo_config(url: str, sim: simulator.Simulator) -> dict[str, Any]:
+    """The demo's config (as YAML would decode it): every account of ``sim``, served at ``url``."""
+    from exporter import simulator
+
+    return {
+        "log": {"level": DEMO_LOG[0], "format": DEMO_LOG[1]},
+        "defaults": {"interval": DEMO_INTERVAL, "timeout": "5s"},
+        "targets": simulator.demo_targets(url, sim),
+    }
+
+
+DEMO_CONFIG_HEADER = """\
+# The built-in demo's config: every target is an account of the provider simulator that
+# `messaging-stats-exporter --demo` starts at {url}.
+# The secrets in it are the simulator's own made-up credentials, printed on purpose. A real
+# config keeps its secrets in files (the *_file keys) or ${{VAR}}s: docs/configuration.md.
+"""
+
+
+def _simulator_url(host: str, port: int) -> str:
+    """``http://host:port`` of a simulator listening there (a wildcard host: loopback)."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _print_demo_config(address: str) -> int:
+    host, port = parse_listen_address(address)  # checked in main
+    if port == 0:
+        print(
+            f"--demo.simulator-address: {address!r}: port 0 is chosen when the demo starts; "
+            "give the port in its log line (simulator=...)",
+            file=sys.stderr,
+        )
+        return EXIT_CONFIG
+    from exporter import simulator
+
+    url = _simulator_url(host, port)
+    config = demo_config(url, simulator.Simulator(dynamic=True))
+    sys.stdout.write(DEMO_CONFIG_HEADER.format(url=url))
+    sys.stdout.write(yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+    return EXIT_OK
+
+
+class DemoSimulatorCannotListen(Exception):
+    """The demo's simulator could not bind its address (the message names it and why)."""
+
+
+async def _start_demo_simulator(
+    sim: simulator.Simulator, address: str | None
+) -> tuple[web.AppRunner, str]:
+    """The simulator on ``address``; unless one was given, on the default address, or on any free
+    port when that one is taken."""
+    from exporter import simulator
+
+    host, port = parse_listen_address(address or DEMO_SIMULATOR_ADDRESS)  # checked in main
+    try:
+        try:
+            runner, _ = await simulator.start(sim, host, port)
+        except OSError as exc:
+            if address is not None or exc.errno != errno.EADDRINUSE:
+                raise
+            runner, _ = await simulator.start(sim, host, 0)
+    except OSError as exc:
+        shown = address or DEMO_SIMULATOR_ADDRESS
+        raise DemoSimulatorCannotListen(f"{shown}: {exc.strerror or exc}") from None
+    return runner, _simulator_url(host, runner.addresses[0][1])
+
+
 @contextlib.asynccontextmanager
-async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
+async def _demo_simulator(address: str | None = None) -> AsyncIterator[tuple[Config, str]]:
     from exporter import simulator  # only the demo serves it: imported when asked for
 
     sim = simulator.Simulator(dynamic=True)
-    runner, url = await simulator.start(sim)
+    runner, url = await _start_demo_simulator(sim, address)
     try:
-        config = validate_config(
-            {
-                "log": {"level": DEMO_LOG[0], "format": DEMO_LOG[1]},
-                "defaults": {"interval": DEMO_INTERVAL, "timeout": "5s"},
-                "targets": simulator.demo_targets(url, sim),
-            },
-            source="(built-in demo config)",
-        )
+        config = validate_config(demo_config(url, sim), source="(built-in demo config)")
         yield config, url
     finally:
         await runner.cleanup()
@@ -197,7 +330,7 @@ async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
 async def _demo(
     args: argparse.Namespace, web_config: WebConfigFile | None, shard: Sharding | None
 ) -> int:
-    async with _demo_simulator() as (config, url):
+    async with _demo_simulator(args.demo_simulator_address) as (config, url):
         if args.check_config:
             return _check_config(config, "(built-in demo config)")
         setup_logging(config.log.level, config.log.format)
@@ -242,9 +375,10 @@ async def _serve(
 ) -> int:
     """Collect and serve until SIGTERM or SIGINT; SIGHUP reloads the config."""
     host, port = parse_listen_address(listen or config.web.listen_address)
+    exporter = make_exporter(config, config_path=path, shard=shard)
+    setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
     for warning in config_warnings(config):
         log.warning("config", problem=warning)
-    exporter = make_exporter(config, config_path=path, shard=shard)
     settings = (
         WebSettings(web_config_path, web_config)
         if web_config is not None and web_config_path

@@ -6,6 +6,8 @@ description, a runbook section). tests/test_prometheus_e2e.py loads them into a 
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +21,9 @@ REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "helm" / "messaging-stats-exporter" / "files" / "alerts.yaml"
 UNIT_TESTS = REPO / "tests" / "promtool" / "alerts_test.yaml"
 RUNBOOK = REPO / "docs" / "runbook.md"
-RUNBOOK_URL = (
-    "https://github.com/messaging-stats-exporter/messaging-stats-exporter/blob/main/docs/runbook.md"
-)
+# Where each runbook_url names the runbook's address: the operator's copy, put in by the chart
+# (runbookBaseUrl) or by the README's sed line.
+RUNBOOK_URL = "${RUNBOOK_BASE_URL}"
 
 # The alerts the issue asks for, by what they mean.
 EXPECTED_ALERTS = {
@@ -164,3 +166,60 @@ def test_runbook_has_a_section_per_alert_with_meaning_causes_and_checks() -> Non
         assert section is not None, name
         for part in ("Meaning", "Likely causes", "What to check"):
             assert f"**{part}**" in section, f"{name}: no {part}"
+
+
+# ------------------------------------------------------------------------------ runbook address
+
+
+def readme_substitution() -> str:
+    """The README's command that copies the rules file with the runbook's address in place."""
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    (command,) = [
+        block
+        for block in re.findall(r"^```sh\n(.*?)^```", text, re.MULTILINE | re.DOTALL)
+        if RUNBOOK_URL in block and "alerts.yaml" in block
+    ]
+    return command.strip()
+
+
+def test_the_placeholder_is_the_only_address_in_the_rules() -> None:
+    """No address is written into the file: every runbook_url is the placeholder and an anchor,
+    and no other annotation holds a URL."""
+    for name, rule in alerts().items():
+        for key, text in rule["annotations"].items():
+            if key == "runbook_url":
+                assert text == f"{RUNBOOK_URL}#{name.lower()}"
+            else:
+                assert "://" not in text, f"{name} {key}"
+
+
+def test_the_readmes_substitution_makes_rules_promtool_accepts(tmp_path: Path) -> None:
+    """The README's sed line, run as written in a copy of the repository's layout, gives a rules
+    file whose every runbook_url is the address it names plus the alert's section."""
+    command = readme_substitution()
+    address = re.search(r"\|(https://[^|]+)\|", command)
+    assert address, command
+    copy = tmp_path / ALERTS.relative_to(REPO)
+    copy.parent.mkdir(parents=True)
+    shutil.copy(ALERTS, copy)
+    subprocess.run(["sh", "-c", command], cwd=tmp_path, check=True, timeout=30)
+    (written,) = list(tmp_path.glob("*.yaml"))
+    result = run_promtool("check", "rules", str(written))
+    assert result.returncode == 0, result.stdout + result.stderr
+    rules = {rule["alert"]: rule for rule in load_rules(written) if "alert" in rule}
+    assert set(rules) == EXPECTED_ALERTS
+    for name, rule in rules.items():
+        assert rule["annotations"]["runbook_url"] == f"{address.group(1)}#{name.lower()}"
+    # Only the placeholder changed: the alert templates ($labels, $value) are intact.
+    assert rules == {
+        name: {
+            **rule,
+            "annotations": {
+                **rule["annotations"],
+                "runbook_url": rule["annotations"]["runbook_url"].replace(
+                    RUNBOOK_URL, address.group(1)
+                ),
+            },
+        }
+        for name, rule in alerts().items()
+    }

@@ -18,50 +18,41 @@ from typing import Any
 import pytest
 import yaml
 
+from exporter.providers import registry
+from exporter.providers.base import Provider
+from exporter.providers.errors import Reason
 from tests.conftest import run_promtool
 
 REPO = Path(__file__).resolve().parent.parent
 DASHBOARD = REPO / "helm" / "messaging-stats-exporter" / "files" / "dashboard.json"
 
-# The metrics contract (docs/metrics.md): every metric, its labels, and the provider it
-# belongs to ("exporter" for the exporter's own). A histogram is listed under its base name.
+
+def builtin_providers() -> dict[str, type[Provider[Any]]]:
+    """The registered providers that ship with the exporter: the dashboard has a row for each (an
+    installed plugin's provider shows in the overview only)."""
+    return {
+        name: provider
+        for name, provider in registry().items()
+        if provider.__module__.startswith("exporter.")
+    }
+
+
+# Provider metrics the dashboard does not show, and why.
+NOT_ON_THE_DASHBOARD = {
+    "altcraft_segment_subscriptions": "only when a segment's record reports plain statuses",
+    "altcraft_segment_profiles": "only when a segment's record reports `all`",
+}
+
+# The metrics contract (docs/metrics.md) as far as the dashboard shows it: every metric, its
+# labels, and the provider it belongs to ("exporter" for the exporter's own). The providers'
+# come from their MetricSpecs. A histogram is listed under its base name.
 METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "altcraft_resource_subscriptions": (
-        "altcraft",
-        ("account", "resource_id", "list_id", "channel", "status"),
-    ),
-    "altcraft_resource_sendable_subscriptions": (
-        "altcraft",
-        ("account", "resource_id", "list_id", "channel", "status"),
-    ),
-    "altcraft_resource_profiles": ("altcraft", ("account", "resource_id", "list_id", "channel")),
-    "altcraft_resource_counters_updated_timestamp_seconds": (
-        "altcraft",
-        ("account", "resource_id", "list_id"),
-    ),
-    "altcraft_resource_count_duration_seconds": ("altcraft", ("account", "resource_id", "list_id")),
-    "altcraft_segment_sendable_subscriptions": (
-        "altcraft",
-        ("account", "segment_id", "resource_id", "list_id", "channel", "status"),
-    ),
-    "altcraft_segment_counters_updated_timestamp_seconds": (
-        "altcraft",
-        ("account", "segment_id", "resource_id", "list_id"),
-    ),
-    "thulium_outbound_campaign_records": ("thulium", ("account", "campaign_id")),
-    "thulium_outbound_campaign_completion_ratio": ("thulium", ("account", "campaign_id")),
-    "thulium_outbound_active_campaigns": ("thulium", ("account",)),
-    "trustlat_notifications": ("trustlat", ("account", "company_id", "state")),
-    "trustlat_notifications_scheduled": ("trustlat", ("account", "company_id")),
-    "trustlat_notification_actions": ("trustlat", ("account", "company_id", "action")),
-    "trustlat_campaigns": ("trustlat", ("account", "company_id")),
-    "trustlat_access_token_expiry_timestamp_seconds": ("trustlat", ("account",)),
-    "exolve_sms_messages": ("exolve", ("account", "direction", "status")),
-    "exolve_sms_messages_by_delivery_status": (
-        "exolve",
-        ("account", "direction", "delivery_status"),
-    ),
-    "exolve_sms_messages_by_billing_status": ("exolve", ("account", "direction", "billing_status")),
+    **{
+        spec.name: (name, ("account", *spec.labels))
+        for name, provider in builtin_providers().items()
+        for spec in provider.metrics
+        if spec.name not in NOT_ON_THE_DASHBOARD
+    },
     "messaging_exporter_collect_success": ("exporter", ("provider", "account")),
     "messaging_exporter_collect_duration_seconds": ("exporter", ("provider", "account")),
     "messaging_exporter_last_success_timestamp_seconds": ("exporter", ("provider", "account")),
@@ -84,7 +75,8 @@ EXTRA_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
 KNOWN_METRICS = METRICS | EXTRA_METRICS
 """Every metric a query may use."""
 HISTOGRAMS = {"messaging_exporter_provider_request_duration_seconds"}
-PROVIDERS = ("altcraft", "thulium", "trustlat", "exolve")
+PROVIDERS = tuple(builtin_providers())
+# The rows' titles, in order, and whose metrics each shows.
 ROWS = {"Overview": "exporter", "Altcraft": "altcraft", "Thulium": "thulium"}
 ROWS |= {"Trust.lat": "trustlat", "Exolve": "exolve"}
 
@@ -204,6 +196,14 @@ def test_template_variables() -> None:
 def test_rows_overview_first_then_one_per_provider() -> None:
     rows = [p["title"] for p in load_dashboard()["panels"] if p["type"] == "row"]
     assert rows == list(ROWS)
+    assert sorted(set(ROWS.values()) - {"exporter"}) == sorted(PROVIDERS), "a row per provider"
+
+
+def test_the_metrics_left_off_the_dashboard_are_provider_metrics_it_does_not_use() -> None:
+    declared = {spec.name for provider in registry().values() for spec in provider.metrics}
+    assert set(NOT_ON_THE_DASHBOARD) <= declared
+    text = DASHBOARD.read_text(encoding="utf-8")
+    assert not [name for name in NOT_ON_THE_DASHBOARD if re.search(rf"\b{name}\b", text)]
 
 
 def test_every_panel_has_a_title_description_and_the_datasource_variable() -> None:
@@ -277,8 +277,8 @@ OVERVIEW_TARGET_METRICS = {
     "messaging_exporter_last_success_timestamp_seconds",
     "messaging_exporter_collect_interval_seconds",
 }
-# Providers the overview must not name: the built-ins and the example plugin.
-KNOWN_PROVIDERS = (*PROVIDERS, "acme")
+# Providers the overview must not name: every registered one and the example plugin.
+KNOWN_PROVIDERS = tuple(sorted({*registry(), *PROVIDERS, "acme"}))
 
 
 def _strings(value: Any) -> list[str]:
@@ -367,7 +367,7 @@ def test_every_query_parses(tmp_path: Path) -> None:
 _JOB = 'job="messaging-stats-exporter", instance="exporter:10057"'
 _ALTCRAFT = 'account="altcraft-prod", resource_id="24", list_id="1"'
 _CHANNELS = ("email", "push")
-SYNTHETIC: list[tuple[str, str, str]] = [
+_PROVIDER_SERIES: list[tuple[str, str, str]] = [
     *(
         (
             "altcraft_resource_subscriptions",
@@ -440,14 +440,24 @@ SYNTHETIC: list[tuple[str, str, str]] = [
         'account="exolve-sms", direction="outgoing", billing_status="billed"',
         "10x20",
     ),
+]
+
+
+def _targets(series: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
+    """(provider, account) of every account the provider series above belong to."""
+    found = set()
+    for name, labels, _ in series:
+        account = re.search(r'account="([^"]*)"', labels)
+        assert account, name
+        found.add((METRICS[name][0], account.group(1)))
+    return sorted(found)
+
+
+SYNTHETIC: list[tuple[str, str, str]] = [
+    *_PROVIDER_SERIES,
     *(
         (name, f'provider="{p}", account="{a}"', values)
-        for p, a in (
-            ("altcraft", "altcraft-prod"),
-            ("thulium", "thulium-acme"),
-            ("trustlat", "trust"),
-            ("exolve", "exolve-sms"),
-        )
+        for p, a in _targets(_PROVIDER_SERIES)
         for name, values in (
             ("messaging_exporter_collect_success", "1x20"),
             ("messaging_exporter_collect_duration_seconds", "0.2x20"),
@@ -461,16 +471,7 @@ SYNTHETIC: list[tuple[str, str, str]] = [
             f'provider="thulium", account="thulium-acme", reason="{r}"',
             "0x20",
         )
-        for r in (
-            "timeout",
-            "connection",
-            "http_4xx",
-            "http_5xx",
-            "auth",
-            "rate_limited",
-            "provider_error",
-            "parse",
-        )
+        for r in Reason
     ),
     *(
         (
@@ -493,7 +494,7 @@ SYNTHETIC: list[tuple[str, str, str]] = [
     ("messaging_exporter_build_info", 'version="0.1.0", python_version="3.11.7"', "1x20"),
     ("messaging_exporter_config_last_reload_successful", "", "1x20"),
     ("messaging_exporter_shard_info", 'index="0", count="1"', "1x20"),
-    *(("messaging_exporter_targets", f'state="{s}"', v) for s, v in (("assigned", "4x20"),)),
+    ("messaging_exporter_targets", 'state="assigned"', f"{len(_targets(_PROVIDER_SERIES))}x20"),
     ("messaging_exporter_targets", 'state="skipped"', "0x20"),
 ]
 

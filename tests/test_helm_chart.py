@@ -272,6 +272,7 @@ def test_ci_values_files_cover_demo_and_every_feature() -> None:
         assert everything[feature]["enabled"] is True
     assert everything["existingSecret"]
     assert everything["secrets"]
+    assert everything["runbookBaseUrl"]
     assert yaml.safe_load(CI_VALUES["demo-values"].read_text())["demo"] is True
 
 
@@ -422,7 +423,8 @@ def test_default_values_render_the_workload_only(render: Callable[..., Any]) -> 
     container = _container(docs)
     assert container["args"] == ["--config", CONFIG_PATH, "--listen", "0.0.0.0:10057"]
     assert container["ports"] == [{"name": "http", "containerPort": 10057, "protocol": "TCP"}]
-    assert container["image"] == "messaging-stats-exporter:0.1.0"
+    app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
+    assert container["image"] == f"messaging-stats-exporter:{app_version}"
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert container["resources"]["requests"]
@@ -957,3 +959,103 @@ def test_readme_shows_the_installs() -> None:
     assert "kube-prometheus-stack" in readme
     assert "serviceMonitor.additionalLabels.release" in readme
     assert "prometheusRule.alertOverrides.<AlertName>" in readme
+
+
+# ------------------------------------------------------------------------------- runbook address
+RUNBOOK = "https://git.example.com/ops/messaging-stats-exporter/blob/v1/docs/runbook.md"
+PLACEHOLDER = "${RUNBOOK_BASE_URL}"
+
+
+def _shipped_alerts() -> list[str]:
+    shipped = yaml.safe_load((CHART / "files" / "alerts.yaml").read_text())
+    return [r["alert"] for g in shipped["groups"] for r in g["rules"] if "alert" in r]
+
+
+def test_runbook_urls_are_the_runbook_base_url_and_the_alerts_section(
+    render: Callable[..., Any], tmp_path: Path
+) -> None:
+    docs = render({"prometheusRule": {"enabled": True}, "runbookBaseUrl": RUNBOOK})
+    rules = _rules(docs)
+    names = _shipped_alerts()
+    assert names
+    for name in names:
+        assert rules[name]["annotations"]["runbook_url"] == f"{RUNBOOK}#{name.lower()}"
+    spec = _one(docs, "PrometheusRule")["spec"]
+    assert PLACEHOLDER not in json.dumps(spec)
+    rules_file = tmp_path / "rules.yaml"
+    rules_file.write_text(yaml.safe_dump(spec))
+    result = run_promtool("check", "rules", str(rules_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_without_a_runbook_base_url_the_alerts_name_no_address(
+    render: Callable[..., Any],
+) -> None:
+    docs = render({"prometheusRule": {"enabled": True}})
+    rules = _rules(docs)
+    for name in _shipped_alerts():
+        annotations = rules[name]["annotations"]
+        assert "runbook_url" not in annotations, name
+        assert {"summary", "description"} <= set(annotations)
+    assert PLACEHOLDER not in json.dumps(_one(docs, "PrometheusRule")["spec"])
+    # An address the user gives for every alert, or for one, still arrives.
+    given = {
+        "prometheusRule": {
+            "enabled": True,
+            "additionalRuleAnnotations": {"runbook_url": "https://runbooks.example.com/all"},
+            "alertOverrides": {
+                "MessagingExporterDataStale": {
+                    "annotations": {"runbook_url": "https://runbooks.example.com/stale"}
+                }
+            },
+        },
+        "runbookBaseUrl": RUNBOOK,
+    }
+    rules = _rules(render(given))
+    assert rules["MessagingExporterDataStale"]["annotations"]["runbook_url"] == (
+        "https://runbooks.example.com/stale"
+    )
+    assert rules["MessagingExporterCollectFailing"]["annotations"]["runbook_url"] == (
+        "https://runbooks.example.com/all"
+    )
+
+
+def _dashboards(docs: list[Manifest]) -> dict[str, str]:
+    return dict(_one(docs, "ConfigMap", f"{FULLNAME}-dashboards")["data"])
+
+
+def test_the_dashboard_links_to_the_runbook_base_url_only_when_given(
+    render: Callable[..., Any],
+) -> None:
+    files = {f"{FULLNAME}-{p.name}": p.read_text() for p in (CHART / "files").glob("*.json")}
+    assert files
+    for text in files.values():
+        assert json.loads(text)["links"] == [], "the shipped dashboards name no address"
+    plain = _dashboards(render({"grafanaDashboard": {"enabled": True}}))
+    assert plain == {key: text.rstrip("\n") for key, text in files.items()}  # byte for byte
+    linked = _dashboards(render({"grafanaDashboard": {"enabled": True}, "runbookBaseUrl": RUNBOOK}))
+    assert set(linked) == set(files)
+    for key, text in linked.items():
+        dashboard = json.loads(text)
+        (link,) = dashboard.pop("links")
+        assert link["url"] == RUNBOOK
+        assert link["title"] == "Runbook"
+        assert link["type"] == "link"
+        shipped = json.loads(files[key])
+        shipped.pop("links")
+        assert dashboard == shipped  # the same dashboard otherwise
+
+
+@pytest.mark.parametrize(
+    "address",
+    [
+        "git.example.com/runbook.md",  # no scheme
+        f"{RUNBOOK}#messagingexportercollectfailing",  # the chart adds the section
+        "https://example.com/run book.md",
+    ],
+)
+def test_a_runbook_base_url_that_is_no_address_fails(
+    render: Callable[..., Any], address: str
+) -> None:
+    error = render({"runbookBaseUrl": address}, expect_error=True)
+    assert "runbookBaseUrl" in error

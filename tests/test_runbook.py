@@ -1,18 +1,30 @@
 """What the operator docs quote is what the exporter emits: every metric name in README.md and
 docs/*.md exists in the code, every provider metric and every ``reason`` is in the metrics
-reference, and every log event the docs name (event `...`) is logged by the exporter."""
+reference, every log event the docs name (event `...`) is logged by the exporter, and the error
+texts of the failure modes are the exporter's own (a hung provider logs one the docs give).
+
+The providers come from the registry, as the exporter finds them: a new built-in provider is
+checked here without a change to this file."""
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
+import io
+import json
+import logging
 import re
+import tomllib
+from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 
-import exporter.providers
+from exporter import simulator
+from exporter.logs import setup_logging
+from exporter.providers import PROVIDERS_GROUP, registry
+from exporter.providers.base import Provider
 from exporter.providers.errors import Reason
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,9 +36,24 @@ DOCS = [
     ROOT / "docs" / "scaling.md",
     ROOT / "docs" / "development.md",
 ]
-METRIC = re.compile(
-    r"(?<![\w/.-])((?:messaging_exporter|altcraft|thulium|trustlat|exolve)_[a-z0-9_]*[a-z0-9])\b"
+
+
+def builtin_providers() -> dict[str, type[Provider[Any]]]:
+    """The registered providers that ship with the exporter (an installed plugin documents its
+    own metrics; docs/metrics.md documents these)."""
+    return {
+        name: provider
+        for name, provider in registry().items()
+        if provider.__module__.startswith("exporter.")
+    }
+
+
+# A metric name: the exporter's own prefix, or the first word of a provider metric's name.
+_PREFIXES = sorted(
+    {"messaging_exporter"}
+    | {spec.name.split("_")[0] for provider in registry().values() for spec in provider.metrics}
 )
+METRIC = re.compile(r"(?<![\w/.-])((?:" + "|".join(_PREFIXES) + r")_[a-z0-9_]*[a-z0-9])\b")
 SUFFIXES = ("_total", "_bucket", "_count", "_sum")
 EVENT = re.compile(r"\bevent\s+`([^`]+)`")
 
@@ -42,27 +69,23 @@ def source_strings() -> frozenset[str]:
     return frozenset(found)
 
 
-@cache
-def provider_metrics() -> dict[str, str]:
-    """Every provider MetricSpec name → its provider, from the provider modules themselves."""
-    found: dict[str, str] = {}
-    for info in pkgutil.iter_modules(exporter.providers.__path__):
-        module = importlib.import_module(f"exporter.providers.{info.name}")
-        provider = getattr(module, "PROVIDER", None)
-        if provider is None:
-            continue
-        for spec in provider.metrics:
-            found[spec.name] = provider.name
-    return found
+def provider_metrics(providers: dict[str, type[Provider[Any]]] | None = None) -> dict[str, str]:
+    """Every provider MetricSpec name → its provider (of ``providers``, default every registered
+    one)."""
+    providers = registry() if providers is None else providers
+    return {spec.name: name for name, provider in providers.items() for spec in provider.metrics}
 
 
 def quoted_metrics(path: Path) -> set[str]:
     return set(METRIC.findall(path.read_text(encoding="utf-8")))
 
 
-def test_every_provider_has_metric_specs() -> None:
-    providers = set(provider_metrics().values())
-    assert providers >= {"altcraft", "thulium", "trustlat", "exolve"}
+def test_every_provider_the_exporter_registers_is_found_and_has_metric_specs() -> None:
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    registered = pyproject["project"]["entry-points"][PROVIDERS_GROUP]
+    assert set(builtin_providers()) == set(registered)
+    for name, provider in registry().items():
+        assert provider.metrics, f"provider {name} declares no metric"
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -88,7 +111,7 @@ def test_the_docs_quote_metrics_at_all() -> None:
 def test_the_metrics_reference_lists_every_metric_and_reason() -> None:
     text = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
     documented = quoted_metrics(ROOT / "docs" / "metrics.md")
-    missing = sorted(set(provider_metrics()) - documented)
+    missing = sorted(set(provider_metrics(builtin_providers())) - documented)
     assert not missing, f"docs/metrics.md does not describe {missing}"
     own = {
         "messaging_exporter_collect_success",
@@ -128,3 +151,145 @@ def test_the_docs_do_not_say_a_quiet_log_means_a_stuck_loop() -> None:
     assert "no `collection` lines" not in runbook
     assert "one `collection` line per run" not in runbook
     assert "a successful collection logs nothing" in " ".join(runbook.split())
+
+
+# ------------------------------------------------------------------- error texts of the failures
+CODE_SPAN = re.compile(r"`([^`]+)`")
+# What a quoted error text stands for rather than spells: a method and URL, <a description>,
+# "...", a number (N, M, 42%) and the rest the exporter writes as it is.
+PLACEHOLDER = re.compile(
+    r"(?:GET|POST) https://host/path|<[^>]*>|\.\.\.|\b[NMK](?=s?\b)|\b\d+(?:\.\d+)?%?"
+)
+PROVIDER_PAGES = ROOT / "docs" / "providers"
+
+
+def failure_table(doc: Path) -> list[list[str]]:
+    """The rows (cells) of the tables in ``doc`` whose last column is what the log says."""
+    rows: list[list[str]] = []
+    header: list[str] | None = None
+    for line in doc.read_text(encoding="utf-8").splitlines():
+        if not line.startswith("|"):
+            header = None
+            continue
+        cells = [cell.strip() for cell in line.strip().strip("|").split(" | ")]
+        if header is None:
+            header = cells
+        elif not set(line) <= set("|- ") and "log" in header[-1]:
+            rows.append(cells)
+    return rows
+
+
+def timeout_texts_of(doc: Path) -> list[str]:
+    """The error texts ``doc``'s failure table quotes for reason ``timeout``."""
+    return [
+        text
+        for cells in failure_table(doc)
+        if "`timeout`" in cells[1:-1]
+        for text in CODE_SPAN.findall(cells[-1])
+    ]
+
+
+def which_timeout_texts() -> list[str]:
+    """The texts docs/metrics.md's "Which timeout text" lists, one a bullet."""
+    text = (ROOT / "docs" / "metrics.md").read_text(encoding="utf-8")
+    section = text.split("### Which timeout text", 1)[1].split("\n#", 1)[0]
+    return [match.group(1) for match in re.finditer(r"^\* `([^`]+)`", section, re.MULTILINE)]
+
+
+def fixed_parts(text: str) -> list[str]:
+    """The parts of a quoted error text that the exporter writes as they are."""
+    parts = (part.strip(" :;,()") for part in PLACEHOLDER.split(text))
+    return [part for part in parts if len(re.sub(r"\W", "", part)) > 1]
+
+
+@cache
+def formatted_literals() -> list[re.Pattern[str]]:
+    """The f-string literals of the exporter with enough fixed text to tell them apart, as
+    patterns whose replacement fields match anything: a text put together from two literals
+    (``f"the response body is {kind}"``) is found through the one that frames it."""
+    field = re.compile(r"\{[^{}]*\}")
+    patterns = []
+    for literal in source_strings():
+        if field.search(literal) and len(field.sub("", literal).strip()) >= 12:
+            fixed = field.split(literal)
+            patterns.append(re.compile(".+".join(re.escape(piece) for piece in fixed)))
+    return patterns
+
+
+def as_pattern(text: str) -> re.Pattern[str]:
+    """A quoted error text as a pattern over logged errors: its placeholders match anything."""
+    pattern, end = "", 0
+    for match in PLACEHOLDER.finditer(text):
+        pattern += re.escape(text[end : match.start()]) + ".*?"
+        end = match.end()
+    return re.compile(pattern + re.escape(text[end:]))
+
+
+def test_the_failure_table_quotes_the_exporters_own_error_texts() -> None:
+    metrics = ROOT / "docs" / "metrics.md"
+    texts = [text for cells in failure_table(metrics) for text in CODE_SPAN.findall(cells[-1])]
+    texts += which_timeout_texts()
+    assert {
+        "GET https://host/path: no answer in time",
+        "the collection passed its deadline of Ns",
+    } <= set(timeout_texts_of(metrics))
+    assert len(which_timeout_texts()) >= 3
+    missing = [
+        (text, part)
+        for text in texts
+        for part in fixed_parts(text)
+        if not any(part in literal for literal in source_strings())
+        and not any(pattern.fullmatch(part) for pattern in formatted_literals())
+    ]
+    assert not missing, f"docs/metrics.md quotes error texts the exporter never writes: {missing}"
+
+
+def test_the_placeholders_of_a_quoted_text() -> None:
+    assert fixed_parts("the collection passed its deadline of Ns") == [
+        "the collection passed its deadline of"
+    ]
+    assert as_pattern("GET https://host/path: no answer in time").fullmatch(
+        "GET http://127.0.0.1:1/thulium/acme/api/outbounds/stats: no answer in time"
+    )
+    assert as_pattern("the collection passed its deadline of Ns").fullmatch(
+        "the collection passed its deadline of 1.5s"
+    )
+    assert not as_pattern("the collection passed its deadline of Ns").search("no answer in time")
+
+
+@pytest.fixture
+def logged() -> Iterator[io.StringIO]:
+    """Everything the exporter logs, as JSON lines."""
+    buffer = io.StringIO()
+    setup_logging("info", "json", stream=buffer)
+    yield buffer
+    logging.getLogger().handlers.clear()
+    structlog.reset_defaults()
+
+
+@pytest.mark.parametrize("provider", sorted(set(registry()) & set(simulator.provider_modules())))
+async def test_a_hung_provider_logs_a_timeout_text_the_docs_give(
+    sim, sim_url, harness, make_config, logged, provider
+):
+    """The provider answers nothing: the run fails with reason timeout, and the logged error is
+    one of the texts docs/metrics.md or the provider's own page gives for a timeout."""
+    targets = simulator.demo_targets(sim_url, sim)
+    victim = next(target for target in targets if target["provider"] == provider)
+    h = await harness(make_config([victim], defaults={"timeout": "1s"}))
+    account = victim["base_url"].split("://", 1)[1].split("/")[2]
+    sim.set_fault(provider, account, "hang")
+    await h.collect()
+    (event,) = [
+        event
+        for event in map(json.loads, logged.getvalue().splitlines())
+        if event.get("event") == "collection"
+    ]
+    assert event["reason"] == "timeout"
+    documented = timeout_texts_of(ROOT / "docs" / "metrics.md")
+    page = PROVIDER_PAGES / f"{provider}.md"
+    if page.exists():
+        documented += timeout_texts_of(page)
+    assert any(as_pattern(text).search(event["error"]) for text in documented), (
+        event["error"],
+        documented,
+    )
