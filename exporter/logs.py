@@ -1,6 +1,6 @@
-"""structlog set-up: JSON lines (or console), stdlib loggers (aiohttp, asyncio) routed through the
-same processors, and a redactor that removes every configured secret from every event, tracebacks
-included."""
+"""structlog set-up: JSON lines (or logfmt, or console), stdlib loggers (aiohttp, asyncio) routed
+through the same processors, and a redactor that removes every configured secret from every event,
+tracebacks included."""
 
 from __future__ import annotations
 
@@ -77,6 +77,20 @@ def _drop_color_message(logger: WrappedLogger, name: str, event_dict: EventDict)
     return event_dict
 
 
+def _renderer(fmt: str) -> Processor:
+    """``json``: one JSON object a line; ``logfmt``: ``key=value`` pairs, the time, level, logger
+    and event first; ``console``: plain text for a terminal."""
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(colors=False)
+    if fmt == "logfmt":
+        return structlog.processors.LogfmtRenderer(
+            key_order=["timestamp", "level", "logger", "event"],
+            drop_missing=True,
+            bool_as_flag=False,
+        )
+    return structlog.processors.JSONRenderer()
+
+
 def setup_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
     """Configure structlog and the stdlib root logger; may be called again (after a reload)."""
     shared: list[Processor] = [
@@ -86,12 +100,10 @@ def setup_logging(level: str = "info", fmt: str = "json", stream: Any = None) ->
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_color_message,
     ]
-    renderer: Processor
+    renderer = _renderer(fmt)
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=False)
         final: list[Processor] = [redactor, renderer]
     else:
-        renderer = structlog.processors.JSONRenderer()
         # Tracebacks become a string field first, so the redactor sees them too.
         final = [structlog.processors.format_exc_info, redactor, renderer]
     structlog.configure(
