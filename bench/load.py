@@ -74,7 +74,7 @@ async def main() -> int:
         "-m",
         "exporter",
         "--demo",
-        "--listen",
+        "--web.listen-address",
         f"127.0.0.1:{port}",
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
