@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
 import zlib
 from collections.abc import Iterator
 from typing import Any
@@ -417,3 +418,23 @@ def test_gzip_append_adds_to_a_member_without_compressing_it_again(body, tail, l
     assert unpacker.decompress(appended) == body + tail
     assert unpacker.eof
     assert unpacker.unused_data == b""
+
+
+def test_the_metrics_reference_lists_every_process_family_served() -> None:
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+    from exporter.service import process_collectors
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text("utf-8")
+    section = text[text.index("\n## The process\n") :]
+    section = section[: section.index("\n## ", 1)]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
+    served = {
+        sample.name
+        for family in parse_text(generate_latest(process_collectors()).decode())
+        for sample in family.samples
+    }
+    assert documented == served
+    assert {"process_resident_memory_bytes", "process_start_time_seconds"} <= served
