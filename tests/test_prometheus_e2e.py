@@ -465,6 +465,10 @@ async def test_every_dashboard_query_returns_data(stack: Stack) -> None:
             f"{stack.prometheus_url}/api/v1/label/{label}/values", **{"match[]": metric}
         )
         assert set(body["data"]) == values
+    # The process's families, appended to the cached (gzip, OpenMetrics) body at each scrape, are
+    # read by Prometheus's own client.
+    for family in ("process_start_time_seconds", "process_resident_memory_bytes"):
+        assert await stack.query(f'{family}{{job="{JOB}", instance="{instance}"}}'), family
     elapsed = time.monotonic() - started
     print(f"{len(expressions)} dashboard queries with data after {elapsed:.1f} s")
 
