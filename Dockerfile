@@ -3,13 +3,15 @@
 #   docker build -t messaging-stats-exporter .
 #   docker run --rm -p 10057:10057 --read-only messaging-stats-exporter --demo
 #   docker run --rm -p 10057:10057 --read-only \
-#       -v "$PWD/config.yaml:/etc/messaging-stats-exporter/config.yaml:ro" \
-#       -v "$PWD/secrets:/etc/messaging-stats-exporter/secrets:ro" messaging-stats-exporter
+#       -v "$PWD/exporter-config:/etc/messaging-stats-exporter:ro" messaging-stats-exporter
 #
+# The mounted directory holds config.yaml (start from deploy/container/config.yaml) and secrets/;
+# the README's "Container" section is the whole recipe. A directory, not the single file: an edit
+# that replaces the file (sed -i, most editors) is seen through it on the next SIGHUP.
 # The exporter is one process and writes nothing to the filesystem: a read-only root needs no tmpfs.
 # PYTHON_IMAGE picks the base of both stages: any Debian-based image with Python 3.11+, its venv
 # module and a `python` command, such as the official python:3.1x-slim. Where no registry is
-# reachable, .ci/build-image makes one with debootstrap and builds this file with podman.
+# reachable, `bash .ci/build-image` makes one with debootstrap and builds this file with podman.
 #
 # Behind a TLS-inspecting proxy whose CA is not in the base image, give pip that CA (a PEM bundle)
 # as the build secret "cabundle" (BuildKit, docker's default builder, or podman/buildah). It is
@@ -67,16 +69,15 @@ COPY --from=build /opt/messaging-stats-exporter /opt/messaging-stats-exporter
 # MALLOC_ARENA_MAX=2 changed the RSS (54-55 MiB) under load, bcrypt thread pool included.
 ENV PATH=/opt/messaging-stats-exporter/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
-    PYTHONUNBUFFERED=1 \
-    HEALTHCHECK_URL=http://127.0.0.1:10057/healthz
+    PYTHONUNBUFFERED=1
 
 USER ${EXPORTER_UID}:${EXPORTER_UID}
 EXPOSE 10057
 
-# No curl in the image: the healthcheck is the image's own Python asking /healthz.
-# Set HEALTHCHECK_URL when the exporter listens elsewhere (--listen).
+# No curl in the image: the exporter asks its own /healthz, at the config's web.listen_address,
+# over TLS when given the web config file (run with --web.config.file: give it to --health-cmd too).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen(os.environ['HEALTHCHECK_URL'], timeout=4).status == 200 else 1)"]
+    CMD ["messaging-stats-exporter", "--health-check", "--config", "/etc/messaging-stats-exporter/config.yaml"]
 
 ENTRYPOINT ["messaging-stats-exporter"]
 CMD ["--config", "/etc/messaging-stats-exporter/config.yaml"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import gc
 import logging
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, get_args
 
 import structlog
+import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
@@ -34,6 +36,7 @@ from exporter.fields import format_duration
 from exporter.logs import setup_logging
 from exporter.metrics.store import Store
 from exporter.service import make_exporter
+from exporter.web import healthcheck
 from exporter.web.app import build_app
 from exporter.web.webconfig import WebConfigFile, WebSettings, load_web_config
 
@@ -42,6 +45,8 @@ log = structlog.get_logger("exporter.cli")
 EXIT_OK, EXIT_FAILED, EXIT_CONFIG = 0, 1, 2
 DEMO_INTERVAL = "10s"
 DEMO_LOG = ("info", "console")
+DEMO_SIMULATOR_ADDRESS = "127.0.0.1:10058"
+"""Where the demo's provider simulator listens unless told (any free port when it is taken)."""
 SHUTDOWN_TIMEOUT = 5.0
 """Seconds a stopping exporter gives requests in flight to finish."""
 
@@ -67,6 +72,27 @@ def parser() -> argparse.ArgumentParser:
         "--demo",
         action="store_true",
         help="start the built-in provider simulator and a config that points at it",
+    )
+    p.add_argument(
+        "--demo.simulator-address",
+        dest="demo_simulator_address",
+        metavar="ADDR",
+        help=f"where the demo's provider simulator listens (default {DEMO_SIMULATOR_ADDRESS}, "
+        "or any free port when that one is taken; :0 for any free port)",
+    )
+    p.add_argument(
+        "--demo.print-config",
+        dest="demo_print_config",
+        action="store_true",
+        help="print the demo's config as YAML, pointing at the simulator at "
+        "--demo.simulator-address, and exit",
+    )
+    p.add_argument(
+        "--health-check",
+        action="store_true",
+        help="ask /healthz of the exporter that --config (its web section), "
+        "--web.listen-address and --web.config.file describe, over TLS when the web config has "
+        "it; exit 0 if it answered 200, else 1 (for a container HEALTHCHECK)",
     )
     p.add_argument(
         "--web.listen-address",
@@ -194,13 +220,24 @@ def _check_flags(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _warn_deprecated(args: argparse.Namespace) -> None:
-    for flag in dict.fromkeys(args.deprecated):
+def _warn_deprecated(deprecated: Sequence[str]) -> None:
+    """Log each deprecated flag given, once (logging is set up)."""
+    for flag in dict.fromkeys(deprecated):
         log.warning("flag deprecated", flag=flag, instead=DEPRECATED_FLAGS[flag])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.health_check:
+        return healthcheck.main(args.config, args.listen, args.web_config_file)
+    if args.demo_simulator_address is not None:
+        try:
+            parse_listen_address(args.demo_simulator_address)
+        except ValueError as exc:
+            print(f"--demo.simulator-address: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    if args.demo_print_config:
+        return _print_demo_config(args.demo_simulator_address or DEMO_SIMULATOR_ADDRESS)
     problem = _check_flags(args)
     if problem is not None:
         print(problem, file=sys.stderr)
@@ -218,7 +255,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(str(exc), file=sys.stderr)
             return EXIT_CONFIG
     if args.demo:
-        return asyncio.run(_demo(args, web_config, shard))
+        try:
+            return asyncio.run(_demo(args, web_config, shard))
+        except DemoSimulatorCannotListen as exc:
+            print(f"--demo.simulator-address {exc}", file=sys.stderr)
+            return EXIT_FAILED
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -238,10 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return EXIT_CONFIG
     if args.check_config:
         return _check_config(config, args.config, shard, args.deprecated)
-    setup_logging(config.log.level, config.log.format)
-    _warn_deprecated(args)
     if args.once:
-        return asyncio.run(_once(config, shard, args.targets))
+        return asyncio.run(_once(config, shard, args.targets, args.deprecated))
     return asyncio.run(
         _serve(
             config,
@@ -252,6 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             shard,
             lifecycle=args.web_enable_lifecycle,
             overrides=config_overrides(args),
+            deprecated=args.deprecated,
         )
     )
 
@@ -312,7 +352,12 @@ def _check_config(
     return EXIT_OK
 
 
-async def _once(config: Config, shard: Sharding | None = None, only: Sequence[str] = ()) -> int:
+async def _once(
+    config: Config,
+    shard: Sharding | None = None,
+    only: Sequence[str] = (),
+    deprecated: Sequence[str] = (),
+) -> int:
     """Collect every target once (or those named ``only``, whichever shard they belong to) and
     print the exposition: the targets that worked, and the exporter's own metrics saying which
     did not."""
@@ -324,6 +369,8 @@ async def _once(config: Config, shard: Sharding | None = None, only: Sequence[st
             return EXIT_CONFIG
         shard = Sharding()
     exporter = make_exporter(config, autostart=False, shard=shard)
+    setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
+    _warn_deprecated(deprecated)
     ok = await exporter.collect_once()
     sys.stdout.buffer.write(exporter.exposition.body(openmetrics=False).body)
     sys.stdout.flush()
@@ -342,19 +389,74 @@ def only_targets(config: Config, names: Sequence[str]) -> Config:
     )
 
 
-@contextlib.asynccontextmanager
-async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
-    sim = simulator.Simulator(dynamic=True)
-    runner, url = await simulator.start(sim)
-    try:
-        config = validate_config(
-            {
-                "log": {"level": DEMO_LOG[0], "format": DEMO_LOG[1]},
-                "defaults": {"interval": DEMO_INTERVAL, "timeout": "5s"},
-                "targets": simulator.demo_targets(url, sim),
-            },
-            source="(built-in demo config)",
+def demo_config(url: str, sim: simulator.Simulator) -> dict[str, Any]:
+    """The demo's config (as YAML would decode it): every account of ``sim``, served at ``url``."""
+    return {
+        "log": {"level": DEMO_LOG[0], "format": DEMO_LOG[1]},
+        "defaults": {"interval": DEMO_INTERVAL, "timeout": "5s"},
+        "targets": simulator.demo_targets(url, sim),
+    }
+
+
+DEMO_CONFIG_HEADER = """\
+# The built-in demo's config: every target is an account of the provider simulator that
+# `messaging-stats-exporter --demo` starts at {url}.
+# The secrets in it are the simulator's own made-up credentials, printed on purpose. A real
+# config keeps its secrets in files (the *_file keys) or ${{VAR}}s: docs/configuration.md.
+"""
+
+
+def _simulator_url(host: str, port: int) -> str:
+    """``http://host:port`` of a simulator listening there (a wildcard host: loopback)."""
+    host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _print_demo_config(address: str) -> int:
+    host, port = parse_listen_address(address)  # checked in main
+    if port == 0:
+        print(
+            f"--demo.simulator-address: {address!r}: port 0 is chosen when the demo starts; "
+            "give the port in its log line (simulator=...)",
+            file=sys.stderr,
         )
+        return EXIT_CONFIG
+    url = _simulator_url(host, port)
+    config = demo_config(url, simulator.Simulator(dynamic=True))
+    sys.stdout.write(DEMO_CONFIG_HEADER.format(url=url))
+    sys.stdout.write(yaml.safe_dump(config, sort_keys=False, default_flow_style=None))
+    return EXIT_OK
+
+
+class DemoSimulatorCannotListen(Exception):
+    """The demo's simulator could not bind its address (the message names it and why)."""
+
+
+async def _start_demo_simulator(
+    sim: simulator.Simulator, address: str | None
+) -> tuple[web.AppRunner, str]:
+    """The simulator on ``address``; unless one was given, on the default address, or on any free
+    port when that one is taken."""
+    host, port = parse_listen_address(address or DEMO_SIMULATOR_ADDRESS)  # checked in main
+    try:
+        try:
+            runner, _ = await simulator.start(sim, host, port)
+        except OSError as exc:
+            if address is not None or exc.errno != errno.EADDRINUSE:
+                raise
+            runner, _ = await simulator.start(sim, host, 0)
+    except OSError as exc:
+        shown = address or DEMO_SIMULATOR_ADDRESS
+        raise DemoSimulatorCannotListen(f"{shown}: {exc.strerror or exc}") from None
+    return runner, _simulator_url(host, runner.addresses[0][1])
+
+
+@contextlib.asynccontextmanager
+async def _demo_simulator(address: str | None = None) -> AsyncIterator[tuple[Config, str]]:
+    sim = simulator.Simulator(dynamic=True)
+    runner, url = await _start_demo_simulator(sim, address)
+    try:
+        config = validate_config(demo_config(url, sim), source="(built-in demo config)")
         yield config, url
     finally:
         await runner.cleanup()
@@ -363,14 +465,13 @@ async def _demo_simulator() -> AsyncIterator[tuple[Config, str]]:
 async def _demo(
     args: argparse.Namespace, web_config: WebConfigFile | None, shard: Sharding | None
 ) -> int:
-    async with _demo_simulator() as (config, url):
+    async with _demo_simulator(args.demo_simulator_address) as (config, url):
         config = config.with_overrides(config_overrides(args))
         if args.check_config:
             return _check_config(config, "(built-in demo config)", shard, args.deprecated)
         setup_logging(config.log.level, config.log.format)
-        _warn_deprecated(args)
         if args.once:
-            return await _once(config, shard, args.targets)
+            return await _once(config, shard, args.targets, args.deprecated)
         log.info("demo: built-in provider simulator started", simulator=url)
         return await _serve(
             config,
@@ -381,6 +482,7 @@ async def _demo(
             shard,
             demo=True,
             lifecycle=args.web_enable_lifecycle,
+            deprecated=args.deprecated,
         )
 
 
@@ -416,14 +518,17 @@ async def _serve(
     demo: bool = False,
     lifecycle: bool = False,
     overrides: Mapping[str, Any] | None = None,
+    deprecated: Sequence[str] = (),
 ) -> int:
     """Collect and serve until SIGTERM or SIGINT; SIGHUP reloads the config (and so does
     ``POST /-/reload`` with ``lifecycle``). ``overrides`` are the flags' keys, which win over
     the reloaded file's too."""
     host, port = parse_listen_address(listen or config.web.listen_address)
+    exporter = make_exporter(config, config_path=path, shard=shard, overrides=overrides)
+    setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
+    _warn_deprecated(deprecated)
     for warning in config_warnings(config):
         log.warning("config", problem=warning)
-    exporter = make_exporter(config, config_path=path, shard=shard, overrides=overrides)
     settings = (
         WebSettings(web_config_path, web_config)
         if web_config is not None and web_config_path

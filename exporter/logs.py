@@ -1,75 +1,26 @@
 """structlog set-up: JSON lines (or logfmt, or console), stdlib loggers (aiohttp, asyncio) routed
-through the same processors, and a redactor that removes every configured secret from every event,
-tracebacks included."""
+through the same processors, and the service's redactor applied to every event, tracebacks
+included."""
 
 from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable
 from typing import Any
 
 import structlog
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-REDACTED = "<redacted>"
+from exporter.redaction import Redactor
 
 
-class SecretRedactor:
-    """Replaces known secret values anywhere in an event's strings. Secrets shorter than four
-    characters are not looked for (they would mangle ordinary words)."""
+def redacting(redactor: Redactor) -> Processor:
+    """The processor that passes every value of an event through ``redactor``."""
 
-    RUNTIME_LIMIT = 256
+    def redact(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+        return {key: redactor.scrub(value) for key, value in event_dict.items()}
 
-    def __init__(self) -> None:
-        self._configured: set[str] = set()
-        self._runtime: dict[str, None] = {}  # insertion-ordered, oldest dropped first
-        self._secrets: tuple[str, ...] = ()
-
-    def set_secrets(self, secrets: Iterable[str]) -> None:
-        """The secrets of the config (replaced on every load)."""
-        self._configured = {secret for secret in secrets if len(secret) >= 4}
-        self._rebuild()
-
-    def add_runtime_secret(self, secret: str) -> None:
-        """A secret obtained while running, such as an OAuth access token; the newest
-        ``RUNTIME_LIMIT`` are kept."""
-        if len(secret) < 4 or secret in self._runtime:
-            return
-        self._runtime[secret] = None
-        while len(self._runtime) > self.RUNTIME_LIMIT:
-            del self._runtime[next(iter(self._runtime))]
-        self._rebuild()
-
-    def _rebuild(self) -> None:
-        # Longest first, so a secret that contains another is removed whole.
-        found = self._configured | set(self._runtime)
-        self._secrets = tuple(sorted(found, key=len, reverse=True))
-
-    def redact(self, text: str) -> str:
-        for secret in self._secrets:
-            if secret in text:
-                text = text.replace(secret, REDACTED)
-        return text
-
-    def _scrub(self, value: Any) -> Any:
-        if isinstance(value, str):
-            return self.redact(value)
-        if isinstance(value, dict):
-            return {key: self._scrub(item) for key, item in value.items()}
-        if isinstance(value, list | tuple):
-            return type(value)(self._scrub(item) for item in value)
-        if isinstance(value, bytes | bytearray | BaseException):
-            return self.redact(repr(value))
-        return value
-
-    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
-        if not self._secrets:
-            return event_dict
-        return {key: self._scrub(value) for key, value in event_dict.items()}
-
-
-redactor = SecretRedactor()
+    return redact
 
 
 def _drop_color_message(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
@@ -91,8 +42,15 @@ def _renderer(fmt: str) -> Processor:
     return structlog.processors.JSONRenderer()
 
 
-def setup_logging(level: str = "info", fmt: str = "json", stream: Any = None) -> None:
-    """Configure structlog and the stdlib root logger; may be called again (after a reload)."""
+def setup_logging(
+    level: str = "info",
+    fmt: str = "json",
+    stream: Any = None,
+    *,
+    redactor: Redactor | None = None,
+) -> None:
+    """Configure structlog and the stdlib root logger; may be called again (after a reload).
+    ``redactor`` removes secrets from every event (the service's; without it, none are known)."""
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -101,11 +59,13 @@ def setup_logging(level: str = "info", fmt: str = "json", stream: Any = None) ->
         _drop_color_message,
     ]
     renderer = _renderer(fmt)
-    if fmt == "console":
-        final: list[Processor] = [redactor, renderer]
-    else:
-        # Tracebacks become a string field first, so the redactor sees them too.
-        final = [structlog.processors.format_exc_info, redactor, renderer]
+    # Tracebacks become a string field first, so the redactor sees them too (the console
+    # renderer prints that field as it is).
+    final: list[Processor] = [
+        structlog.processors.format_exc_info,
+        redacting(redactor or Redactor()),
+        renderer,
+    ]
     structlog.configure(
         processors=[
             structlog.stdlib.filter_by_level,  # below the level: dropped before any work

@@ -19,12 +19,13 @@ from exporter.clock import Clock, SystemClock
 from exporter.collect.scheduler import Scheduler
 from exporter.collect.sharding import split
 from exporter.config import Config, ConfigError, Sharding, config_warnings, load_config
-from exporter.logs import redactor, setup_logging
+from exporter.logs import setup_logging
 from exporter.metrics.exposition import Exposition, LiveFamilies
 from exporter.metrics.store import ExporterInfo, Store
 from exporter.providers import registry
 from exporter.providers.base import TargetConfig
 from exporter.providers.http import new_session, request_duration_histogram
+from exporter.redaction import Redactor
 
 log = structlog.get_logger("exporter.service")
 
@@ -41,6 +42,9 @@ class Exporter:
     registry: CollectorRegistry
     histogram: Histogram
     exposition: Exposition
+    redactor: Redactor
+    """Every secret of the config and those obtained at run time; handed to the provider clients,
+    the logs and the status page."""
     config_path: Path | None = None
     environ: Mapping[str, str] | None = None
     shard_override: Sharding | None = None
@@ -61,7 +65,7 @@ class Exporter:
         """Run the targets of ``config`` that this shard owns: unchanged ones keep their state
         and schedule, removed ones leave, new ones start."""
         self.config = config
-        redactor.set_secrets(config.secret_values())
+        self.redactor.set_secrets(config.secret_values())
         sharding = self.sharding
         self.assigned, skipped = split(
             config.targets, [target.name for target in config.targets], sharding
@@ -82,6 +86,7 @@ class Exporter:
             self.histogram,
             self.clock,
             self.config.max_concurrent_collections,
+            redactor=self.redactor,
         )
 
     async def collecting(self) -> AsyncIterator[None]:
@@ -124,11 +129,14 @@ class Exporter:
             before = {target.name: target for target in old.targets}
             after = {target.name: target for target in config.targets}
             if config.log != old.log:
-                setup_logging(config.log.level, config.log.format)
+                setup_logging(config.log.level, config.log.format, redactor=self.redactor)
             self.apply(config)
             self.store.reloaded(ok=True)
             log.info(
                 "config reloaded",
+                # The file read is the running config, secrets included: an edit that did not
+                # reach the exporter (a replaced file under a single-file bind mount) shows here.
+                unchanged=config == old,
                 targets=len(config.targets),
                 added=sorted(after.keys() - before.keys()),
                 removed=sorted(before.keys() - after.keys()),
@@ -183,6 +191,7 @@ def make_exporter(
         registry=collectors,
         histogram=histogram,
         exposition=Exposition(store, collectors),
+        redactor=Redactor(),  # apply() gives it the config's secrets
         config_path=config_path,
         environ=environ,
         shard_override=shard,

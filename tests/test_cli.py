@@ -85,21 +85,27 @@ async def test_logs_are_json_lines_and_never_show_a_secret(sim, sim_url, write_c
 def test_the_redactor_scrubs_secrets_from_messages_and_tracebacks(capsys) -> None:
     import structlog
 
-    from exporter.logs import redactor, setup_logging
+    from exporter.logs import setup_logging
+    from exporter.redaction import Redactor
 
-    setup_logging("info", "json", stream=sys.stdout)
-    redactor.set_secrets(["s3cr3t-value"])
-    try:
-        raise ValueError("failed with token s3cr3t-value")
-    except ValueError:
-        structlog.get_logger("test").exception("boom", detail="has s3cr3t-value inside")
-    redactor.add_runtime_secret("oauth-token-xyz")
-    structlog.get_logger("test").info("token", value={"nested": ["oauth-token-xyz"]})
-    out = capsys.readouterr().out
-    assert "s3cr3t-value" not in out
-    assert "oauth-token-xyz" not in out
-    assert out.count("<redacted>") >= 4
-    redactor.set_secrets([])
+    class Owner:
+        pass
+
+    redactor = Redactor(["s3cr3t-value"])
+    owner = Owner()
+    for fmt in ("json", "console"):
+        setup_logging("info", fmt, stream=sys.stdout, redactor=redactor)
+        try:
+            raise ValueError("failed with token s3cr3t-value")
+        except ValueError:
+            structlog.get_logger("test").exception("boom", detail="has s3cr3t-value inside")
+        redactor.add_secret("oauth-token-xyz", owner=owner)
+        structlog.get_logger("test").info("token", value={"nested": ["oauth-token-xyz"]})
+        out = capsys.readouterr().out
+        assert "ValueError" in out, "the traceback is logged"
+        assert "s3cr3t-value" not in out
+        assert "oauth-token-xyz" not in out
+        assert out.count("<redacted>") >= 3
 
 
 @contextlib.asynccontextmanager
@@ -572,3 +578,335 @@ async def test_shard_from_hostname_without_any_count_exits_2_naming_both_sources
         "--shard: --shard-from-hostname needs the shard count: --shard-count COUNT, "
         "or sharding.count in the config\n"
     )
+
+
+# ----------------------------------------------------------- --health-check, the demo's config
+
+
+async def next_event(process: asyncio.subprocess.Process, event: str, bound: float = 30) -> Any:
+    """The next JSON log line of ``process`` (stderr) with this event; fails at its exit."""
+    assert process.stderr is not None
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + bound
+    while True:
+        line = await asyncio.wait_for(process.stderr.readline(), max(deadline - loop.time(), 0.1))
+        if not line:
+            raise AssertionError(
+                f"the exporter exited (status {process.returncode}) before {event}"
+            )
+        entry = json.loads(line)
+        if entry["event"] == event:
+            return entry
+
+
+@contextlib.asynccontextmanager
+async def served(config: Path, *args: str) -> Any:
+    """``python -m exporter --config CONFIG ARGS``, once it logs ``serving``; killed after."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "exporter",
+        "--config",
+        str(config),
+        *args,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        await next_event(process, "serving")
+        yield process
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+QUIET_TARGET = {
+    "name": "thulium-quiet",
+    "provider": "thulium",
+    "base_url": "http://127.0.0.1:9/api",
+    "username": "u",
+    "password": "p",
+    "interval": "1h",
+}
+
+
+async def test_health_check_asks_healthz_at_the_configured_address(write_config, tmp_path):
+    port = free_port()
+    path = write_config({"web": {"listen_address": f"0.0.0.0:{port}"}, "targets": [QUIET_TARGET]})
+    async with served(path):
+        code, stdout, stderr = await run("--health-check", "--config", str(path))
+        assert (code, stderr) == (0, "")
+        assert stdout == f"healthy: GET http://127.0.0.1:{port}/healthz: HTTP 200\n"
+        # --listen overrides the config's address, as it does for serving: nothing listens there.
+        other = free_port()
+        code, _, stderr = await run(
+            "--health-check", "--config", str(path), "--listen", f":{other}"
+        )
+        assert code == 1
+        assert stderr.startswith(f"unhealthy: GET http://127.0.0.1:{other}/healthz: ")
+        # Only the web section is read: targets broken by an edit that was not reloaded (or
+        # secrets this user cannot read) leave the running exporter healthy.
+        broken = write_config(
+            {"web": {"listen_address": f":{port}"}, "targets": [{"name": "x"}]}, "edited.yaml"
+        )
+        code, _, stderr = await run("--health-check", "--config", str(broken))
+        assert (code, stderr) == (0, "")
+    code, _, stderr = await run("--health-check", "--config", str(path))
+    assert code == 1
+    assert "Connection refused" in stderr
+
+
+async def test_health_check_without_a_config_file_asks_the_demos_address():
+    """``--demo`` reads no file: neither does its health check (the image's HEALTHCHECK names the
+    config path, which holds no file when the image runs the demo)."""
+    async with exporter_process("--demo", "--demo.simulator-address", "127.0.0.1:0") as (_, port):
+        await wait_ready(port)
+        missing = "/nonexistent/config.yaml"
+        listen = f"127.0.0.1:{port}"
+        code, stdout, stderr = await run("--health-check", "--config", missing, "--listen", listen)
+        assert (code, stderr) == (0, "")
+        assert stdout == f"healthy: GET http://{listen}/healthz: HTTP 200\n"
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ("not a mapping", "the file must be a YAML mapping"),
+        ("web: [", "YAML syntax error"),
+        ({"web": {"listen_address": 10057}}, "web.listen_address: "),
+        ({"web": {"listen_address": "nowhere"}}, "web.listen_address: 'nowhere' is not host:port"),
+        ({"web": {"listen_address": "${UNSET_FOR_THE_TEST}"}}, "UNSET_FOR_THE_TEST is not set"),
+        ({"web": {"listen_address": "127.0.0.1:0"}}, "port 0"),
+        ({"web": {"listen": ":1"}}, "web.listen: unknown key"),
+    ],
+)
+async def test_health_check_exits_1_never_2_on_a_bad_config(
+    write_config, tmp_path, config, message
+):
+    """Docker reserves exit status 2 in a HEALTHCHECK: a config problem is "unhealthy" (1)."""
+    path = write_config(config)
+    code, stdout, stderr = await run("--health-check", "--config", str(path))
+    assert code == 1
+    assert stdout == ""
+    assert stderr.startswith("unhealthy: ")
+    assert message in stderr
+
+
+@pytest.fixture(scope="module")
+def tls_ca() -> Any:
+    import trustme
+
+    return trustme.CA()
+
+
+def web_config_file(
+    tmp_path: Path, ca: Any, name: str, client_auth: str | None = None, **top: Any
+) -> Path:
+    """A web config with a certificate of ``ca`` for ``localhost`` (not 127.0.0.1), and more."""
+    import yaml
+
+    leaf = ca.issue_cert("localhost")
+    cert, key = tmp_path / f"{name}.crt", tmp_path / f"{name}.key"
+    leaf.cert_chain_pems[0].write_to_path(str(cert))
+    leaf.private_key_pem.write_to_path(str(key))
+    tls: dict[str, str] = {"cert_file": str(cert), "key_file": str(key)}
+    if client_auth is not None:
+        ca.cert_pem.write_to_path(str(tmp_path / "ca.crt"))
+        tls |= {"client_ca_file": str(tmp_path / "ca.crt"), "client_auth_type": client_auth}
+    path = tmp_path / f"{name}.yml"
+    path.write_text(yaml.safe_dump({"tls_server_config": tls, **top}))
+    return path
+
+
+async def test_health_check_speaks_tls_and_trusts_only_the_configured_certificate(
+    write_config, tmp_path, tls_ca
+):
+    import bcrypt
+
+    port = free_port()
+    path = write_config({"web": {"listen_address": f"127.0.0.1:{port}"}, "targets": [QUIET_TARGET]})
+    hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
+    web = web_config_file(tmp_path, tls_ca, "server", basic_auth_users={"prometheus": hashed})
+    async with served(path, "--web.config.file", str(web)):
+        code, stdout, stderr = await run(
+            "--health-check", "--config", str(path), "--web.config.file", str(web)
+        )
+        assert (code, stderr) == (0, "")
+        assert stdout == f"healthy: GET https://127.0.0.1:{port}/healthz: HTTP 200\n"
+        # Without the web config the check speaks plain HTTP to a TLS port: unhealthy.
+        code, _, stderr = await run("--health-check", "--config", str(path))
+        assert code == 1, stderr
+        # A certificate of the same CA, but not the one the exporter was given: not trusted.
+        other = web_config_file(tmp_path, tls_ca, "other")
+        code, _, stderr = await run(
+            "--health-check", "--config", str(path), "--web.config.file", str(other)
+        )
+        assert code == 1
+        assert "the server's certificate is not the one in" in stderr
+
+
+async def test_health_check_presents_the_servers_certificate_when_client_certs_are_required(
+    write_config, tmp_path, tls_ca
+):
+    port = free_port()
+    path = write_config({"web": {"listen_address": f"127.0.0.1:{port}"}, "targets": [QUIET_TARGET]})
+    web = web_config_file(tmp_path, tls_ca, "server", client_auth="RequireAndVerifyClientCert")
+    async with served(path, "--web.config.file", str(web)):
+        code, stdout, stderr = await run(
+            "--health-check", "--config", str(path), "--web.config.file", str(web)
+        )
+        assert (code, stderr) == (0, "")
+        assert stdout.startswith("healthy: GET https://")
+
+
+async def test_a_reload_of_an_unchanged_file_says_so(sim, sim_url, write_config):
+    """After an edit that never reached the exporter (a replaced file under a single-file bind
+    mount) the reload reads what runs already: its log line says ``unchanged``."""
+    data = {"log": {"format": "json"}, "targets": thulium_targets(sim_url, sim)}
+    path = write_config(data)
+    port = free_port()
+    async with served(path, "--listen", f"127.0.0.1:{port}") as process:
+        await wait_ready(port)  # an answer: the signal handlers are in place
+        process.send_signal(signal.SIGHUP)
+        reloaded = await next_event(process, "config reloaded")
+        assert reloaded["unchanged"] is True
+        assert reloaded["changed"] == reloaded["added"] == reloaded["removed"] == []
+        data["targets"][0]["interval"] = "2m"
+        write_config(data)
+        process.send_signal(signal.SIGHUP)
+        reloaded = await next_event(process, "config reloaded")
+        assert reloaded["unchanged"] is False
+        assert reloaded["changed"] == ["thulium-acme"]
+        # A secret file's new content is a change, though the config file is the same.
+        secret = path.parent / "password"
+        secret.write_text(data["targets"][1].pop("password"))
+        data["targets"][1]["password_file"] = str(secret)
+        write_config(data)
+        process.send_signal(signal.SIGHUP)
+        assert (await next_event(process, "config reloaded"))["unchanged"] is False
+        secret.write_text("rotated")
+        process.send_signal(signal.SIGHUP)
+        reloaded = await next_event(process, "config reloaded")
+        assert reloaded["unchanged"] is False
+        assert reloaded["changed"] == ["thulium-globex"]
+
+
+def readme_demo_commands() -> tuple[str, str, str]:
+    """From the README's Quick start: the demo's start line as quoted, the command that prints its
+    config and the one that collects with it."""
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    quick_start = text[text.index("## Quick start") : text.index("## Running it for real")]
+    prose = re.sub(r"^```.*?^```", "", quick_start, flags=re.M | re.S)
+    spans = re.findall(r"`([^`]+)`", prose.replace("\n", " "))
+    (line,) = [span for span in spans if span.startswith("demo: ")]
+    (printing,) = [span for span in spans if "--demo.print-config" in span]
+    (once,) = [span for span in spans if span.endswith("--config demo.yaml --once")]
+    return line, printing, once
+
+
+async def test_the_demo_logs_its_simulator_and_prints_a_config_that_works_against_it(tmp_path):
+    """The demo's start line names the simulator, as the README quotes it; the README's
+    ``--demo.print-config`` command, pointed at it, prints a config that ``--check-config`` accepts
+    as it is, and the README's ``--once`` command with it collects every account."""
+    import re
+    import shlex
+
+    quoted, printing, once = readme_demo_commands()
+    assert printing == ".venv/bin/messaging-stats-exporter --demo.print-config > demo.yaml"
+    exporter = f"{shlex.quote(sys.executable)} -m exporter"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    async def shell(command: str) -> tuple[int, str, str]:
+        command = command.replace(".venv/bin/messaging-stats-exporter", exporter)
+        process = await asyncio.create_subprocess_exec(
+            "bash", "-c", command, cwd=tmp_path, env=env, stdout=-1, stderr=-1
+        )
+        stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
+        assert process.returncode is not None
+        return process.returncode, stdout.decode(), stderr.decode()
+
+    async with exporter_process("--demo", "--demo.simulator-address", "127.0.0.1:0") as (
+        process,
+        _,
+    ):
+        assert process.stderr is not None
+        line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
+        message, _, field = quoted.partition(" [exporter.cli] ")
+        assert message in line
+        assert "[exporter.cli]" in line
+        found = re.search(r"simulator=http://127\.0\.0\.1:(\d+)", line)
+        assert found, line
+        assert field.startswith("simulator=http://127.0.0.1:")
+        # The port is not 10058 here: the README says to add the address then.
+        address = f"127.0.0.1:{found.group(1)}"
+        code, _, stderr = await shell(f"{printing} --demo.simulator-address {address}")
+        assert (code, stderr) == (0, "")
+        printed = (tmp_path / "demo.yaml").read_text()
+        assert printed.startswith("# The built-in demo's config")
+        assert f"http://{address}/thulium/acme/api" in printed
+        code, stdout, stderr = await shell(f"{exporter} --config demo.yaml --check-config")
+        assert code == 0, stderr
+        assert stdout.startswith("demo.yaml: OK, 8 target(s)")
+        code, exposition, stderr = await shell(once)
+        assert code == 0, stderr
+        success = {
+            dict(key)["account"]: value
+            for (name, key), value in parse_exposition(exposition).items()
+            if name == "messaging_exporter_collect_success"
+        }
+        assert len(success) == 8
+        assert set(success.values()) == {1}
+
+
+def test_every_flag_is_in_the_configuration_reference() -> None:
+    from exporter.cli import parser
+
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    for action in parser()._actions:
+        for option in action.option_strings:
+            if option.startswith("--") and option != "--help":
+                assert f"`{option}" in reference, option
+
+
+async def test_the_demo_simulator_takes_another_port_when_the_default_is_taken():
+    import socket
+
+    from exporter.cli import DEMO_SIMULATOR_ADDRESS
+
+    host, _, port = DEMO_SIMULATOR_ADDRESS.rpartition(":")
+    with contextlib.ExitStack() as stack:
+        holder = stack.enter_context(socket.socket())
+        with contextlib.suppress(OSError):  # already taken by another demo: as good
+            holder.bind((host, int(port)))
+            holder.listen()
+        code, stdout, stderr = await run("--demo", "--once")
+        assert code == 0, stderr
+        assert "messaging_exporter_collect_success" in stdout
+        # Given explicitly, a taken address is an error that names it.
+        code, _, stderr = await run(
+            "--demo", "--once", "--demo.simulator-address", DEMO_SIMULATOR_ADDRESS
+        )
+        assert code == 1
+        assert stderr.startswith(f"--demo.simulator-address {DEMO_SIMULATOR_ADDRESS}: ")
+        assert "address already in use" in stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--demo.print-config", "--demo.simulator-address", "nowhere"], "is not host:port"),
+        (["--demo.print-config", "--demo.simulator-address", ":0"], "port 0 is chosen"),
+        (["--demo", "--demo.simulator-address", "nowhere"], "is not host:port"),
+    ],
+)
+async def test_a_bad_demo_simulator_address_exits_2(args, message):
+    code, stdout, stderr = await run(*args)
+    assert code == 2
+    assert stdout == ""
+    assert stderr.startswith("--demo.simulator-address: ")
+    assert message in stderr

@@ -8,8 +8,15 @@ The project's machines run no Docker engine and reach no container registry: .ci
 installs podman, makes the base image with debootstrap and builds the exporter image. The image
 tests build it again from this tree with ``.ci/build-image --build-only`` (a cache hit when nothing
 changed) and run it: the demo on a read-only root as uid 10001, its HEALTHCHECK, a real config whose
-secrets are mounted files and whose targets are the provider simulator on the host's loopback, and
-SIGTERM. Without podman or the base image they skip on a developer machine and fail in CI.
+secrets are mounted files and whose targets are the provider simulator on the host's loopback
+(listening on another port than the image's, which the HEALTHCHECK follows), and SIGTERM. Without
+podman or the base image they skip on a developer machine and fail in CI.
+
+The README's "Container" recipe runs as written, its commands taken from the README's text with
+podman playing `docker`: the fallback build, the config directory made from
+deploy/container/config.yaml, the config check, the container, an edit that replaces the file and
+the reload (the new value served), then TLS with its health check. Beside it, a bind mount of the
+single file shows why the recipe mounts the directory.
 """
 
 from __future__ import annotations
@@ -22,8 +29,11 @@ import json
 import os
 import re
 import resource
+import shlex
 import shutil
 import socket
+import ssl
+import stat
 import subprocess
 import sys
 import threading
@@ -38,6 +48,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import pytest
+import trustme
 import yaml
 
 from exporter import simulator
@@ -170,14 +181,19 @@ def test_entrypoint_port_and_default_config(instructions: list[Instruction]) -> 
     assert "PYTHONDONTWRITEBYTECODE=1" in env  # nothing written to the read-only root filesystem
 
 
-def test_healthcheck_needs_no_curl(instructions: list[Instruction]) -> None:
+def test_healthcheck_is_the_exporters_own_on_the_images_config(
+    instructions: list[Instruction],
+) -> None:
+    """No curl: the exporter's --health-check, reading the config the image's CMD reads, so that
+    another web.listen_address needs no other HEALTHCHECK."""
     healthcheck = _only(_final_stage(instructions), "HEALTHCHECK")
     command = healthcheck.exec_form()
-    assert command[:2] == ["python", "-c"]
+    assert command == ["messaging-stats-exporter", "--health-check", "--config", CONFIG_PATH]
+    assert _only(_final_stage(instructions), "CMD").exec_form() == ["--config", CONFIG_PATH]
     assert "curl" not in healthcheck.arguments
     assert "wget" not in healthcheck.arguments
     env = " ".join(i.arguments for i in _final_stage(instructions) if i.keyword == "ENV")
-    assert "HEALTHCHECK_URL=http://127.0.0.1:10057/healthz" in env
+    assert "HEALTHCHECK_URL" not in env
 
 
 class _Health(http.server.BaseHTTPRequestHandler):
@@ -205,24 +221,30 @@ def health_server() -> Iterator[tuple[str, type[_Health]]]:
         server.server_close()
 
 
-def _run_healthcheck(command: list[str], url: str) -> int:
-    env = {**os.environ, "HEALTHCHECK_URL": url}
-    argv = [sys.executable, *command[1:]]  # the image's `python` is this test's interpreter here
-    return subprocess.run(argv, env=env, capture_output=True, timeout=30, check=False).returncode
+def _run_healthcheck(command: list[str], config: Path, port: int) -> int:
+    """The HEALTHCHECK command here: this interpreter's exporter, and a config at ``config`` (in
+    place of the image's path) that listens on ``port``."""
+    config.write_text(yaml.safe_dump({"web": {"listen_address": f"0.0.0.0:{port}"}}))
+    argv = [sys.executable, "-m", "exporter", *command[1:]]
+    argv = [str(config) if arg == CONFIG_PATH else arg for arg in argv]
+    return subprocess.run(argv, capture_output=True, timeout=60, check=False, cwd=REPO).returncode
 
 
 def test_healthcheck_command_really_checks_healthz(
-    instructions: list[Instruction], health_server: tuple[str, type[_Health]]
+    instructions: list[Instruction], health_server: tuple[str, type[_Health]], tmp_path: Path
 ) -> None:
     command = _only(_final_stage(instructions), "HEALTHCHECK").exec_form()
+    assert command[0] == "messaging-stats-exporter"
     url, handler = health_server
-    assert _run_healthcheck(command, url) == 0
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    config = tmp_path / "config.yaml"
+    assert _run_healthcheck(command, config, port) == 0
     handler.status = 503
-    assert _run_healthcheck(command, url) != 0
+    assert _run_healthcheck(command, config, port) == 1
     with socket.socket() as unused:
         unused.bind(("127.0.0.1", 0))
         closed_port = unused.getsockname()[1]
-    assert _run_healthcheck(command, f"http://127.0.0.1:{closed_port}/healthz") != 0
+    assert _run_healthcheck(command, config, closed_port) == 1
 
 
 def test_dockerignore_sends_only_what_the_build_copies(instructions: list[Instruction]) -> None:
@@ -304,6 +326,7 @@ BASE_IMAGE = os.environ.get("MSE_BASE_IMAGE", "localhost/mse-python-base:bookwor
 SECRETS_PATH = "/etc/messaging-stats-exporter/secrets"
 UID = 10001
 SECRET_KEYS = ("token", "password", "client_secret", "access_token", "api_key")
+QUIET_TARGET = {"name": "quiet", "provider": "thulium", "username": "u", "password": "p"}
 SUCCESS = re.compile(r'^messaging_exporter_collect_success\{account="([^"]+)"[^}]*\} (\S+)$', re.M)
 
 
@@ -355,6 +378,11 @@ def _run_flags() -> list[str]:
     machines) the OCI runtime cannot set podman's default ones."""
     flags = ["--read-only", "--read-only-tmpfs=false"]  # no tmpfs either: nothing is writable
     flags += ["--cap-drop", "ALL", "--security-opt", "no-new-privileges"]
+    return flags + _ulimit_flags()
+
+
+def _ulimit_flags() -> list[str]:
+    flags = []
     for name, limit in (("nofile", resource.RLIMIT_NOFILE), ("nproc", resource.RLIMIT_NPROC)):
         hard = resource.getrlimit(limit)[1]
         value = 4096 if hard == resource.RLIM_INFINITY else min(4096, hard)
@@ -498,9 +526,8 @@ def test_image_serves_the_demo_read_only_as_uid_10001_and_is_healthy(
         (inspected,) = json.loads(_podman(podman, "inspect", name))
         test = inspected["Config"]["Healthcheck"]["Test"]
         assert test[0] == "CMD"
-        dead_url = "HEALTHCHECK_URL=http://127.0.0.1:9/healthz"
         dead = subprocess.run(
-            [*podman, "exec", "--env", dead_url, name, *test[1:]],
+            [*podman, "exec", name, *test[1:], "--listen", "127.0.0.1:9"],
             capture_output=True,
             timeout=60,
             check=False,
@@ -582,8 +609,6 @@ def test_image_runs_a_config_with_secret_files_and_exits_0_on_sigterm(
         f"{config}:{CONFIG_PATH}:ro",
         "--volume",
         f"{secrets_dir}:{SECRETS_PATH}:ro",
-        "--env",
-        f"HEALTHCHECK_URL=http://127.0.0.1:{port}/healthz",
         image,  # and the image's CMD: --config /etc/messaging-stats-exporter/config.yaml
     ) as name:
         base = f"http://127.0.0.1:{port}"
@@ -595,6 +620,7 @@ def test_image_runs_a_config_with_secret_files_and_exits_0_on_sigterm(
             podman,
             name,
         )
+        # The image's HEALTHCHECK follows the config's port, not the image's EXPOSEd one.
         health = _healthcheck(podman, name)
         assert health.returncode == 0, health.stdout + health.stderr
         status, elapsed = _stop_with_sigterm(podman, name)
@@ -611,3 +637,275 @@ def _stop_with_sigterm(podman: list[str], name: str) -> tuple[int, float]:
     _podman(podman, "kill", "--signal", "TERM", name)
     status = int(_podman(podman, "wait", name, timeout=30).strip())
     return status, time.monotonic() - started
+
+
+# ------------------------------------------------------------------ the README's recipe, as written
+
+README = REPO / "README.md"
+INTERVAL = re.compile(
+    r'^messaging_exporter_collect_interval_seconds\{account="([^"]+)"[^}]*\} (\S+)$', re.M
+)
+# `docker` as the README's commands use it, played by podman, the way the README says where no
+# registry answers: the fallback command builds the image, so `docker build` only finds it there.
+# The container and image name and the published port are made unique so that the recipe can run
+# beside other containers; every run gets the limits this machine needs and no DNS (the shipped
+# config names the providers' real hosts: no request leaves the container).
+SHIM = """\
+set -euo pipefail
+docker() {
+    local args=() arg
+    for arg in "$@"; do
+        case $arg in
+            messaging-stats-exporter) arg=$MSE_NAME ;;
+            10057:10057) arg=127.0.0.1::10057 ;;
+        esac
+        args+=("$arg")
+    done
+    case ${args[0]} in
+        build) "${PODMAN[@]}" image exists "$MSE_NAME"; return ;;  # the fallback built it
+        run) args=(run "${RUN_FLAGS[@]}" "${args[@]:1}") ;;
+    esac
+    "${PODMAN[@]}" "${args[@]}"
+}
+sudo() { if [ "$(id -u)" = 0 ]; then "$@"; else "${PODMAN[@]}" unshare "$@"; fi; }
+"""
+
+
+@dataclass(frozen=True)
+class ContainerBlocks:
+    """The ```sh blocks of the README's "### Container" section."""
+
+    setup: str  # the config directory, the build, the config check, the container
+    edit: str  # an edit of the config and the reload
+    fallback: str  # the build without a registry
+    tls: str  # the container again, with TLS and its health check
+
+
+def _readme_container_blocks() -> ContainerBlocks:
+    text = README.read_text()
+    match = re.search(r"^### Container\n(.*?)(?=^##)", text, re.M | re.S)
+    assert match, "README.md has no '### Container' section"
+    blocks = re.findall(r"^```sh\n(.*?)^```", match.group(1), re.M | re.S)
+
+    def the(marker: str) -> str:
+        (found,) = [block for block in blocks if marker in block]
+        return str(found)
+
+    found = ContainerBlocks(
+        setup=the("mkdir"),
+        edit=the("sed -i"),
+        fallback=the(".ci/build-image"),
+        tls=the("--health-cmd"),
+    )
+    assert len(blocks) == 4, blocks
+    return found
+
+
+def test_the_readmes_container_recipe_starts_from_the_shipped_config() -> None:
+    """The recipe copies deploy/container/config.yaml, whose secrets are files where the recipe
+    mounts them, and it needs no environment variable; the fallback build is one command."""
+    blocks = _readme_container_blocks()
+    setup = blocks.setup
+    assert "cp deploy/container/config.yaml exporter-config/" in setup
+    config_text = (REPO / "deploy" / "container" / "config.yaml").read_text()
+    assert "${" not in re.sub(r"#.*", "", config_text)
+    config = yaml.safe_load(config_text)
+    files = [
+        value
+        for target in config["targets"]
+        for key, value in target.items()
+        if key.endswith("_file")
+    ]
+    assert len(files) == len(config["targets"])
+    created = re.search(r"for secret in ([\w -]+); do", setup)
+    assert created, setup
+    assert sorted(files) == sorted(f"{SECRETS_PATH}/{name}" for name in created.group(1).split())
+    assert f'"$PWD/exporter-config:{CONFIG_PATH.rsplit("/", 1)[0]}:ro"' in setup
+    # The fallback is one command, and it makes the image that `docker build` would.
+    assert blocks.fallback.strip() == (
+        "sudo env MSE_IMAGE=messaging-stats-exporter bash .ci/build-image"
+    )
+    assert "docker build -t messaging-stats-exporter ." in setup
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """README blocks run in ``work``, a directory standing for the clone (its files the recipe
+    makes go there), or in the clone itself, with `docker` played by podman (SHIM); ``name`` is
+    the container's and the image's name there."""
+
+    name: str
+    work: Path
+    prelude: str
+
+    def run(self, block: str, in_the_clone: bool = False) -> str:
+        result = subprocess.run(
+            ["bash", "-c", self.prelude + block],
+            cwd=REPO if in_the_clone else self.work,
+            env={**os.environ, "MSE_NAME": self.name},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        assert result.returncode == 0, f"{block}\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+        return result.stdout
+
+
+@pytest.fixture
+def recipe(podman: list[str], image: str, tmp_path: Path) -> Iterator[Recipe]:
+    """The ``image`` fixture first: its build, from this tree, makes the fallback's a cache hit."""
+    name = f"mse-readme-{uuid.uuid4().hex[:12]}"
+    work = tmp_path / "clone"
+    work.mkdir()
+    (work / "deploy").symlink_to(REPO / "deploy")
+    run_flags = ["--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--dns", "127.0.0.1"]
+    prelude = (
+        f"PODMAN=({' '.join(map(shlex.quote, podman))})\n"
+        f"RUN_FLAGS=({' '.join(map(shlex.quote, run_flags + _ulimit_flags()))})\n{SHIM}"
+    )
+    try:
+        yield Recipe(name, work, prelude)
+    finally:
+        for args in (["rm", "--force", "--time", "0", name], ["rmi", "--force", name]):
+            subprocess.run([*podman, *args], capture_output=True, timeout=60, check=False)
+        if os.getuid() != 0:  # files that the container's user owns: only podman's user ns may
+            subprocess.run([*podman, "unshare", "rm", "-rf", str(work)], timeout=60, check=False)
+
+
+def _published(podman: list[str], name: str) -> str:
+    port = _podman(podman, "port", name, "10057/tcp").strip().rsplit(":", 1)[-1]
+    return f"127.0.0.1:{port}"
+
+
+def _intervals(base: str) -> dict[str, float]:
+    try:
+        status, body = _get(base + "/metrics")
+    except OSError:
+        return {}
+    if status != 200:
+        return {}
+    return {account: float(value) for account, value in INTERVAL.findall(body.decode())}
+
+
+def _reloads(podman: list[str], name: str) -> list[dict[str, Any]]:
+    """The container's ``config reloaded`` log lines, in order."""
+    found = []
+    for line in _logs(podman, name).splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if isinstance(entry, dict) and entry.get("event") == "config reloaded":
+                found.append(entry)
+    return found
+
+
+@pytest.mark.slow
+def test_the_readmes_container_recipe_runs_reloads_an_edit_and_checks_health_over_tls(
+    podman: list[str], recipe: Recipe
+) -> None:
+    blocks = _readme_container_blocks()
+    name, work = recipe.name, recipe.work
+
+    # The build without a registry, under this test's name; setup, the config check and the
+    # container, as written.
+    fallback = blocks.fallback.replace("MSE_IMAGE=messaging-stats-exporter", f"MSE_IMAGE={name}")
+    recipe.run(fallback, in_the_clone=True)
+    printed = recipe.run(blocks.setup)
+    assert f"{CONFIG_PATH}: OK, 4 target(s)" in printed
+    secrets = work / "exporter-config" / "secrets"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    for secret in secrets.iterdir():
+        if os.getuid() == 0:
+            assert (secret.stat().st_uid, stat.S_IMODE(secret.stat().st_mode)) == (UID, 0o600)
+    base = f"http://{_published(podman, name)}"
+    before = {"thulium-acme": 60.0, "altcraft-prod": 600.0, "trust": 60.0, "exolve-sms": 60.0}
+    _wait_for(lambda: _intervals(base) == before, 60, "the config not served", podman, name)
+    health = _healthcheck(podman, name)
+    assert health.returncode == 0, health.stdout + health.stderr
+
+    # A reload of what runs already says so; the README's edit and reload take effect.
+    _podman(podman, "kill", "--signal", "HUP", name)
+    _wait_for(lambda: len(_reloads(podman, name)) == 1, 30, "no reload logged", podman, name)
+    assert _reloads(podman, name)[0]["unchanged"] is True
+    recipe.run(blocks.edit)
+    after = {**before, "thulium-acme": 120.0, "trust": 120.0, "exolve-sms": 120.0}
+    _wait_for(lambda: _intervals(base) == after, 30, "the edit not served", podman, name)
+    reloaded = _reloads(podman, name)[-1]
+    assert reloaded["unchanged"] is False
+    assert reloaded["changed"] == ["exolve-sms", "thulium-acme", "trust"]
+
+    # TLS: the web config and its files in the mounted directory, the key readable by UID 10001.
+    ca = trustme.CA()
+    leaf = ca.issue_cert("exporter.example.com")  # a name 127.0.0.1 is not
+    directory = work / "exporter-config"
+    leaf.cert_chain_pems[0].write_to_path(str(directory / "tls.crt"))
+    leaf.private_key_pem.write_to_path(str(directory / "tls.key"))
+    mounted = CONFIG_PATH.rsplit("/", 1)[0]
+    tls = {"cert_file": f"{mounted}/tls.crt", "key_file": f"{mounted}/tls.key"}
+    (directory / "web-config.yml").write_text(yaml.safe_dump({"tls_server_config": tls}))
+    (directory / "tls.key").chmod(0o600)
+    if os.getuid() == 0:
+        os.chown(directory / "tls.key", UID, UID)
+    else:
+        _podman(podman, "unshare", "chown", f"{UID}:{UID}", str(directory / "tls.key"))
+    recipe.run(blocks.tls)
+    address = _published(podman, name)
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    context.check_hostname = False  # the test asks 127.0.0.1 for exporter.example.com
+
+    def served_over_tls() -> bool:
+        try:
+            with urllib.request.urlopen(f"https://{address}/healthz", context=context, timeout=5):
+                return True
+        except OSError:
+            return False
+
+    _wait_for(served_over_tls, 60, "TLS not served", podman, name)
+    health = _healthcheck(podman, name)
+    assert health.returncode == 0, health.stdout + health.stderr
+    # The image's own HEALTHCHECK, without the web config, asks in plain HTTP: it fails here.
+    command = _only(_final_stage(_instructions(DOCKERFILE.read_text())), "HEALTHCHECK").exec_form()
+    plain = subprocess.run(
+        [*podman, "exec", name, *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert plain.returncode == 1, plain.stdout + plain.stderr
+
+
+@pytest.mark.slow
+def test_a_single_file_mount_keeps_the_old_file_after_sed_i_and_the_reload_says_unchanged(
+    podman: list[str], image: str, tmp_path: Path
+) -> None:
+    """Why the README mounts the directory: through a bind mount of the file itself, the file
+    that ``sed -i`` puts in its place is not seen, and the reload reads the old config again."""
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "log": {"format": "json"},
+                "defaults": {"interval": "60s"},
+                "targets": [{**QUIET_TARGET, "base_url": "http://127.0.0.1:9/api"}],
+            }
+        )
+    )
+    config.chmod(0o644)
+    with _container(
+        podman,
+        "--publish",
+        "127.0.0.1::10057",
+        "--volume",
+        f"{config}:{CONFIG_PATH}:ro",
+        image,
+    ) as name:
+        base = f"http://{_published(podman, name)}"
+        _wait_for(lambda: _intervals(base) == {"quiet": 60.0}, 60, "not served", podman, name)
+        subprocess.run(["sed", "-i", "s/interval: 60s/interval: 2m/", str(config)], check=True)
+        assert "interval: 2m" in config.read_text()
+        _podman(podman, "kill", "--signal", "HUP", name)
+        _wait_for(lambda: len(_reloads(podman, name)) == 1, 30, "no reload logged", podman, name)
+        assert _reloads(podman, name)[0]["unchanged"] is True
+        assert _intervals(base) == {"quiet": 60.0}

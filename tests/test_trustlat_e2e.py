@@ -360,6 +360,7 @@ def json_logs() -> Iterator[io.StringIO]:
 
 async def test_secrets_and_tokens_appear_nowhere(sim, sim_url, harness, make_config, json_logs):
     h = await harness(make_config(trust_targets(sim_url, sim)))
+    setup_logging("debug", "json", stream=json_logs, redactor=h.exporter.redactor)
     await h.collect()
     trust(sim).expire_tokens("acme")
     await h.collect()  # a 401, a renewal

@@ -340,16 +340,12 @@ def test_config_errors_name_the_key(keys: dict[str, Any], message: str):
     assert message in str(caught.value)
 
 
-def test_error_texts_from_trust_have_our_secrets_removed():
-    from exporter.providers.trustlat import Trustlat
+def test_error_texts_from_trust():
+    from exporter.providers.trustlat import _error_text
 
-    config = validate_config(
-        {"targets": [target(company_id=1, client_id="id", client_secret="the-client-secret")]}
-    ).targets[0]
-    assert isinstance(config, TrustlatTarget)
-    provider = Trustlat(config, client=None)  # type: ignore[arg-type]  # no request is made
-    body = b'{"error": "invalid_client", "error_description": "bad secret the-client-secret"}'
-    assert provider._scrubbed_error_text(body) == "invalid_client: bad secret <redacted>"
+    body = b'{"error": "invalid_client", "error_description": "bad secret"}'
+    assert _error_text(body) == "invalid_client: bad secret"
+    assert _error_text(b'{"code": 404, "message": "Company not found"}') == "Company not found"
 
 
 # -- why a token request failed ------------------------------------------------------------------

@@ -172,8 +172,12 @@ async def test_a_reload_says_what_changed_and_applies_the_log_settings(
     targets = demo(sim_url, sim)
     path = write_config({"targets": targets})
     exporter = make_exporter(load_config(path), clock=clock, config_path=path, autostart=False)
-    applied: list[tuple[str, str]] = []
-    monkeypatch.setattr(service, "setup_logging", lambda *args: applied.append(args))
+    applied: list[tuple[object, ...]] = []
+    monkeypatch.setattr(
+        service,
+        "setup_logging",
+        lambda *args, redactor: applied.append((*args, redactor)),
+    )
     changed = {**targets[1], "interval": "7m"}
     added = {**targets[0], "name": "thulium-new"}
     write_config(
@@ -189,7 +193,7 @@ async def test_a_reload_says_what_changed_and_applies_the_log_settings(
     assert reloaded["added"] == ["thulium-new"]
     assert reloaded["removed"] == [targets[0]["name"]]
     assert reloaded["changed"] == [targets[1]["name"]]
-    assert applied == [("debug", "console")]
+    assert applied == [("debug", "console", exporter.redactor)]
     restart = next(entry for entry in logs if entry["event"].startswith("web settings changed"))
     assert restart["keys"] == ["web.telemetry_path"]
 

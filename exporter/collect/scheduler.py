@@ -21,6 +21,7 @@ from exporter.providers.base import Provider, TargetConfig
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ProviderClient
 from exporter.providers.turns import Turnstile
+from exporter.redaction import Redactor
 
 log = structlog.get_logger("exporter.collect.scheduler")
 
@@ -57,6 +58,8 @@ class TargetRunner:
         clock: Clock,
         turnstile: Turnstile,
         limit: asyncio.Semaphore | None = None,
+        *,
+        redactor: Redactor | None = None,
     ) -> None:
         self.config = config
         self._record = record
@@ -72,6 +75,7 @@ class TargetRunner:
             max_concurrency=config.max_concurrency,
             max_response_bytes=config.max_response_bytes,
             turnstile=turnstile,
+            redactor=redactor,
         )
         self.provider = provider_cls(config, self.client, clock)
 
@@ -166,8 +170,11 @@ class Scheduler:
         clock: Clock,
         max_concurrent_collections: int | None = None,
         turnstile: Turnstile | None = None,
+        *,
+        redactor: Redactor | None = None,
     ) -> None:
         self._providers = providers
+        self._redactor = redactor
         self._record = record
         self._session = session
         self._turnstile = turnstile or Turnstile()
@@ -203,6 +210,7 @@ class Scheduler:
                     self._clock,
                     self._turnstile,
                     self._limit,
+                    redactor=self._redactor,
                 )
                 previous = replaced.get(name)
                 if previous is not None and previous.name == runner.provider.name:

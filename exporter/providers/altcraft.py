@@ -65,7 +65,7 @@ from exporter.fields import (
 )
 from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ProviderClient, decode_json
+from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
 
 log = structlog.get_logger("exporter.providers.altcraft")
 _SYSTEM_CLOCK = SystemClock()
@@ -102,7 +102,6 @@ _TOKEN_ERROR = re.compile(
     re.IGNORECASE,
 )
 _FAILED_STATUS = re.compile(r"error|fail|cancel|abort", re.IGNORECASE)
-REDACTED = "<redacted>"
 
 
 # -- configuration -------------------------------------------------------------------------------
@@ -962,16 +961,15 @@ class Altcraft(Provider[AltcraftTarget]):
         envelope = parse_envelope(body)
         if envelope.error != 0:
             text = envelope.error_text.strip()
-            if token and len(token) >= 4:
-                text = text.replace(token, REDACTED)
             reason = (
                 Reason.AUTH
                 if envelope.error in (401, 403) or _TOKEN_ERROR.search(text)
                 else Reason.PROVIDER_ERROR
             )
+            text = self.client.redact(text, ERROR_TEXT_LIMIT)
             raise EnvelopeError(
                 reason,
-                f"{method}: Altcraft error {envelope.error}" + (f": {text[:300]}" if text else ""),
+                f"{method}: Altcraft error {envelope.error}" + (f": {text}" if text else ""),
                 envelope.error,
             )
         return envelope

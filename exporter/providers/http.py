@@ -2,7 +2,9 @@
 classification of failures into reasons, and a duration histogram for every request.
 
 Error texts built here name the host and path and the kind of failure, never headers, bodies or
-exception texts of aiohttp (those can carry URLs with credentials or tokens).
+exception texts of aiohttp (those can carry URLs with credentials or tokens). The provider's own
+error text is passed through the redactor the client is handed, which also learns the
+credentials of every ``Authorization`` header the client sends.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from yarl import URL
 
 from exporter.providers.errors import CollectError, Reason, reason_for_status
 from exporter.providers.turns import Turnstile
+from exporter.redaction import Redactor
 
 log = structlog.get_logger("exporter.providers.http")
 
@@ -34,6 +37,7 @@ MAX_ATTEMPTS = 3
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0
 ERROR_TEXT_LIMIT = 300
+AUTHORIZATION_HEADERS = frozenset({"authorization", "proxy-authorization"})
 
 
 def new_session(user_agent: str) -> aiohttp.ClientSession:
@@ -125,7 +129,8 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
 
 class ProviderClient:
     """A target's view of the shared session. The scheduler sets ``deadline`` (event-loop time)
-    before each run; every request and retry stays inside it."""
+    before each run; every request and retry stays inside it. ``redactor`` (the service's) scrubs
+    the error texts; a provider registers the secrets it obtains with :meth:`add_secret`."""
 
     def __init__(
         self,
@@ -137,8 +142,10 @@ class ProviderClient:
         max_concurrency: int,
         max_response_bytes: int,
         turnstile: Turnstile,
+        redactor: Redactor | None = None,
     ) -> None:
         self._turnstile = turnstile
+        self._redactor = redactor if redactor is not None else Redactor()
         self._session = session
         self.provider = provider
         self.account = account
@@ -146,6 +153,16 @@ class ProviderClient:
         self._limit = asyncio.Semaphore(max_concurrency)
         self._max_bytes = max_response_bytes
         self.deadline: float | None = None
+
+    def add_secret(self, secret: str) -> None:
+        """A secret obtained at run time (an access token): redacted wherever the exporter writes
+        text, for as long as this client lives."""
+        self._redactor.add_secret(secret, owner=self)
+
+    def redact(self, text: str, limit: int | None = None) -> str:
+        """``text`` (a provider's own message quoting an answer) with every secret removed; see
+        :meth:`Redactor.redact`."""
+        return self._redactor.redact(text, limit)
 
     def _remaining(self) -> float:
         if self.deadline is None:
@@ -170,6 +187,10 @@ class ProviderClient:
         made at all, so the provider cannot have seen it.
         """
         where = f"{method} {URL(url).with_query(None).with_user(None)}"
+        for name, value in (headers or {}).items():
+            if name.lower() in AUTHORIZATION_HEADERS:
+                # The credentials after the scheme: a Basic one's base64, a Bearer token.
+                self.add_secret(value.partition(" ")[2].strip() or value)
         attempt = 0
         while True:
             attempt += 1
@@ -271,7 +292,7 @@ class ProviderClient:
             except Exception:
                 detail = None
         if detail:
-            detail = detail[:ERROR_TEXT_LIMIT]
+            detail = self._redactor.redact(detail, ERROR_TEXT_LIMIT)
         message = f"{where}: HTTP {status}" + (f" ({detail})" if detail else "")
         raise HttpError(
             reason, message, status, detail, _retry_after(response_headers, time.time())

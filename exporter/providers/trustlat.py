@@ -44,7 +44,6 @@ from yarl import URL
 
 from exporter.clock import Clock
 from exporter.fields import NonEmptySecret, SecretFile, key_problem
-from exporter.logs import redactor
 from exporter.providers.base import (
     MetricSpec,
     Provider,
@@ -54,7 +53,7 @@ from exporter.providers.base import (
     label_value,
 )
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import HttpError, ProviderClient, decode_json
+from exporter.providers.http import ERROR_TEXT_LIMIT, HttpError, ProviderClient, decode_json
 
 NOTIFICATIONS = "trustlat_notifications"
 SCHEDULED = "trustlat_notifications_scheduled"
@@ -72,7 +71,6 @@ RENEW_SLACK = 30.0
 STATES = (("sended", "sent"), ("pending", "pending"), ("fails", "failed"))
 
 _COMPANY_ID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
-_REDACTED = "<redacted>"
 
 
 def _company_id(value: object) -> object:
@@ -191,7 +189,8 @@ def envelope_error(body: object) -> tuple[Reason, str] | None:
     """A well-formed answer whose ``code`` says it failed: (reason, the provider's message).
 
     The page shows ``code`` 200 next to ``data``; another code in an HTTP 200 answer is the
-    provider reporting an error (401/403 there mean the token, as an HTTP 401 would).
+    provider reporting an error (401/403 there mean the token, as an HTTP 401 would). The message
+    is whole: the caller redacts it, then cuts it (a cut first could split a secret).
     """
     if not isinstance(body, dict):
         return None
@@ -203,7 +202,7 @@ def envelope_error(body: object) -> tuple[Reason, str] | None:
         return None
     message = body.get("message")
     text = f"code {code_text[:20]}" + (
-        f" ({message[:200]})" if isinstance(message, str) and message else ""
+        f" ({message})" if isinstance(message, str) and message else ""
     )
     if code_text in ("401", "403"):
         return Reason.AUTH, text
@@ -312,9 +311,10 @@ malformed, which is no reason to suspect the credentials."""
 
 
 def oauth_error(body: object) -> str | None:
-    """The ``error`` code of an OAuth2 error answer (``{"error": "invalid_client", ...}``)."""
+    """The ``error`` code of an OAuth2 error answer (``{"error": "invalid_client", ...}``), whole:
+    whoever quotes it redacts it first."""
     if isinstance(body, dict) and isinstance(body.get("error"), str):
-        return str(body["error"]).strip()[:60] or None
+        return str(body["error"]).strip() or None
     return None
 
 
@@ -389,20 +389,6 @@ class Trustlat(Provider[TrustlatTarget]):
         super().__init__(config, client, clock)
         self._token: AccessToken | None = None
 
-    def _scrub(self, text: str) -> str:
-        """Error texts are shown on the landing page and logged: no secret of ours in them."""
-        secrets = [self.config.secret("client_secret"), self.config.secret("access_token")]
-        if self._token is not None:
-            secrets.append(self._token.value)
-        for secret in secrets:
-            if secret and len(secret) >= 4:
-                text = text.replace(secret, _REDACTED)
-        return text
-
-    def _scrubbed_error_text(self, body: bytes) -> str | None:
-        text = _error_text(body)
-        return self._scrub(text) if text else None
-
     async def _fetch_token(self) -> AccessToken:
         """A new token from Atenea; a failure's reason is :func:`token_failure_reason`'s."""
         config = self.config
@@ -415,7 +401,7 @@ class Trustlat(Provider[TrustlatTarget]):
             except CollectError:
                 code = None
             error_codes[:] = [code] if code is not None else []
-            return self._scrubbed_error_text(body)
+            return _error_text(body)
 
         try:
             body = await self.client.post_json(
@@ -442,7 +428,8 @@ class Trustlat(Provider[TrustlatTarget]):
             # An OAuth2 error answer sent with a success status.
             raise CollectError(
                 token_failure_reason(Reason.PROVIDER_ERROR, None, code),
-                f"no access token from the token endpoint: OAuth2 error {self._scrub(code)!r}",
+                "no access token from the token endpoint: OAuth2 error "
+                f"{self.client.redact(code, 60)!r}",
             )
         try:
             token = parse_token(body, requested_at)
@@ -451,7 +438,7 @@ class Trustlat(Provider[TrustlatTarget]):
                 Reason.PARSE,
                 f"no access token from the token endpoint: unexpected answer: {exc}",
             ) from None
-        redactor.add_runtime_secret(token.value)
+        self.client.add_secret(token.value)
         return token
 
     async def _access_token(self, renew: bool = False) -> tuple[AccessToken, bool]:
@@ -477,13 +464,14 @@ class Trustlat(Provider[TrustlatTarget]):
             f"{config.base_url}/campaigns/api/v1/company/{config.company_id}/statistics",
             endpoint=STATISTICS_ENDPOINT,
             headers={"Accept": "application/json", "Authorization": f"Bearer {token.value}"},
-            error_text=self._scrubbed_error_text,
+            error_text=_error_text,
         )
         refused = envelope_error(body)
         if refused is not None:
             reason, text = refused
+            text = self.client.redact(text, ERROR_TEXT_LIMIT)
             where = f"GET {config.base_url}/campaigns/api/v1/company/{config.company_id}/statistics"
-            message = f"{where}: the answer reports an error, {self._scrub(text)}"
+            message = f"{where}: the answer reports an error, {text}"
             if reason is Reason.AUTH:
                 # As an HTTP 401 would: the token is refused.
                 raise HttpError(reason, message, 401, text)

@@ -24,10 +24,15 @@ fault                  what the client gets
 ``reset``              the connection is closed without an answer
 ``rate_limited``       HTTP 429 with ``Retry-After: <retry_after>``
 ``auth``               the account's credentials are refused (the provider's own error)
+``echo``               HTTP 400, the provider's own error whose text is the request as
+                       received: request line, body, then headers, all verbatim
 =====================  ================================================================
 
 Providers add faults of their own (Altcraft's never-ending task, ...). ``/_sim/faults`` switches
-them over HTTP, ``/_sim/requests`` lists what was received.
+them over HTTP, ``/_sim/requests`` lists what was received. A part may define
+``echo_error(route, text)``: its API's error answer carrying ``text`` for the ``echo`` fault
+(``route`` is the route prefix, e.g. a token service's); without it the answer is
+``{"error": text, "message": text}``.
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ FAULTS = (
     "reset",
     "rate_limited",
     "auth",
+    "echo",
 )
 
 
@@ -198,6 +204,34 @@ async def _huge_body(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _echo_text(request: web.Request, body: bytes) -> str:
+    """The request as it came: request line, body, then headers (sorted by name)."""
+    headers = sorted(
+        (name.decode("utf-8", "replace"), value.decode("utf-8", "replace"))
+        for name, value in request.raw_headers
+    )
+    return "\n".join(
+        [
+            f"{request.method} {request.raw_path} HTTP/{request.version.major}."
+            f"{request.version.minor}",
+            body.decode("utf-8", "replace"),
+            *(f"{name}: {value}" for name, value in headers),
+        ]
+    )
+
+
+async def _echo(request: web.Request, route: str) -> web.Response:
+    text = _echo_text(request, await request.read())
+    for part, module in provider_modules().items():
+        listing = getattr(module, "fault_accounts", None)
+        routes = listing(request.app[SIMULATOR]) if callable(listing) else {part: None}
+        answer = getattr(module, "echo_error", None)
+        if route in routes and callable(answer):
+            response: web.Response = answer(route, text)
+            return response
+    return web.json_response({"error": text, "message": text}, status=400)
+
+
 @web.middleware
 async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     sim = request.app[SIMULATOR]
@@ -253,6 +287,8 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
         raise ConnectionResetError("simulated connection reset")
+    if name == "echo":
+        return await _echo(request, provider)
     if name == "rate_limited":
         return web.Response(
             status=429,

@@ -510,6 +510,10 @@ async def get_resource(request: web.Request) -> web.Response:
     )
 
 
+def echo_error(route: str, text: str) -> web.Response:
+    return _error(400, text, status=400)
+
+
 def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
     """The accounts a fault can be switched on, by route prefix."""
     state: AltcraftState = sim.state[PROVIDER]

@@ -259,6 +259,10 @@ async def get_count(request: web.Request) -> web.Response:
     return web.json_response({"count": str(count)})
 
 
+def echo_error(route: str, text: str) -> web.Response:
+    return _error(400, 3, text)  # gRPC code 3: INVALID_ARGUMENT
+
+
 def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
     """The accounts a fault can be switched on, by route prefix."""
     state: ExolveState = sim.state[PROVIDER]

@@ -102,6 +102,10 @@ async def outbound_stats(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+def echo_error(route: str, text: str) -> web.Response:
+    return _error(400, text, 400)
+
+
 def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
     """The accounts a fault can be switched on, by route prefix."""
     state: ThuliumState = sim.state[PROVIDER]

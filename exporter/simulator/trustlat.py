@@ -255,6 +255,15 @@ async def statistics(request: web.Request) -> web.Response:
     )
 
 
+def echo_error(route: str, text: str) -> web.Response:
+    """OAuth's error answer from the token service, the statistics envelope from the API."""
+    if route == TOKEN_SERVICE:
+        return web.json_response(
+            {"error": "invalid_request", "error_description": text}, status=400
+        )
+    return web.json_response({"code": 400, "resource": "Statistics", "message": text}, status=400)
+
+
 def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
     """The accounts a fault can be switched on, by route prefix: the statistics API's, and the
     token service's (only the companies that use client credentials have a token route)."""

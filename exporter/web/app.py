@@ -11,7 +11,6 @@ from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
 
 from exporter import __version__
-from exporter.logs import redactor
 from exporter.service import Exporter
 from exporter.web.status import StatusView, TargetRow, render_status_page
 from exporter.web.webconfig import WebSettings
@@ -94,7 +93,9 @@ def status_view(exporter: Exporter) -> StatusView:
                 interval=state.config.interval,
                 series=state.served,
                 reason=str(latest.reason) if failed and latest and latest.reason else None,
-                last_error=redactor.redact(latest.error or "") if failed and latest else None,
+                last_error=(
+                    exporter.redactor.redact(latest.error or "") if failed and latest else None
+                ),
             )
         )
     sharding = exporter.sharding
@@ -134,9 +135,10 @@ async def _collection(app: web.Application) -> AsyncIterator[None]:
 def build_app(
     exporter: Exporter, settings: WebSettings | None = None, *, lifecycle: bool = False
 ) -> web.Application:
-    """The exporter's app; ``settings`` (the web config) adds basic auth and response headers,
-    and is watched for changes while the app runs (TLS is the server's, see ``exporter.cli``).
-    Without ``lifecycle`` (``--web.enable-lifecycle``), ``POST /-/reload`` answers 403."""
+    """The exporter's app; ``settings`` (the web config) adds response headers, the client
+    certificate names let in, the rate limit and basic auth, and is watched for changes while the
+    app runs (TLS is the server's, see ``exporter.cli``). Without ``lifecycle``
+    (``--web.enable-lifecycle``), ``POST /-/reload`` answers 403."""
     app = web.Application(middlewares=settings.middlewares() if settings else [])
     app[EXPORTER] = exporter
     if settings is not None:
