@@ -70,7 +70,7 @@ async def start_demo(port: int) -> tuple[asyncio.subprocess.Process, str] | None
         "-m",
         "exporter",
         "--demo",
-        "--listen",
+        "--web.listen-address",
         f"127.0.0.1:{port}",
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

@@ -11,9 +11,9 @@ import logging
 import signal
 import socket
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, get_args
 
 import structlog
 import yaml
@@ -21,10 +21,11 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from exporter import __version__
-from exporter.collect.sharding import ordinal_from_hostname
+from exporter.collect.sharding import ordinal_from_hostname, split
 from exporter.config import (
     Config,
     ConfigError,
+    LogConfig,
     Sharding,
     config_warnings,
     load_config,
@@ -74,11 +75,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--health-check",
         action="store_true",
-        help="ask /healthz of the exporter that --config (its web section), --listen and "
-        "--web.config.file describe, over TLS when the web config has it; exit 0 if it "
-        "answered 200, else 1 (for a container HEALTHCHECK)",
+        help="ask /healthz of the exporter that --config (its web section), "
+        "--web.listen-address and --web.config.file describe, over TLS when the web config has "
+        "it; exit 0 if it answered 200, else 1 (for a container HEALTHCHECK)",
     )
-    p.add_argument("--listen", metavar="ADDR", help="override web.listen_address (host:port)")
+    p.add_argument(
+        "--web.listen-address",
+        dest="listen",
+        metavar="ADDR",
+        help="host:port to serve on (overrides web.listen_address)",
+    )
+    p.add_argument(
+        "--listen",
+        dest="listen",
+        metavar="ADDR",
+        action=_Deprecated,
+        help="deprecated: use --web.listen-address",
+    )
     p.add_argument(
         "--web.config.file",
         dest="web_config_file",
@@ -86,6 +99,7 @@ def parser() -> argparse.ArgumentParser:
         help="TLS and basic auth for the exporter's endpoints, in the exporter-toolkit format",
     )
     _shard_flags(p)
+    _add_conventional_flags(p)
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
@@ -130,24 +144,106 @@ def _shard_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-count", type=int, metavar="COUNT", help="shards in all")
 
 
+DEPRECATED_FLAGS = {"--listen": "--web.listen-address"}
+CONFIG_FLAGS = {
+    "listen": ("--web.listen-address", "web.listen_address"),
+    "telemetry_path": ("--web.telemetry-path", "web.telemetry_path"),
+    "log_level": ("--log.level", "log.level"),
+    "log_format": ("--log.format", "log.format"),
+}
+"""argparse dest → (flag, config key): the flags that win over a key of the config file."""
+
+
+class _Deprecated(argparse.Action):
+    """A flag kept under its old name: it sets what its new name sets, and is remembered so
+    that a warning can say so."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        setattr(namespace, self.dest, values)
+        namespace.deprecated = [*getattr(namespace, "deprecated", []), option_string]
+
+
+def _add_conventional_flags(p: argparse.ArgumentParser) -> None:
+    """The flags spelled as the Prometheus exporters spell them, and ``--target``."""
+    p.add_argument(
+        "--web.telemetry-path",
+        dest="telemetry_path",
+        metavar="PATH",
+        help="the path of the metrics (overrides web.telemetry_path)",
+    )
+    p.add_argument(
+        "--web.enable-lifecycle",
+        dest="web_enable_lifecycle",
+        action="store_true",
+        help="answer POST /-/reload (without it, 403); SIGHUP reloads in any case",
+    )
+    p.add_argument(
+        "--log.level",
+        dest="log_level",
+        choices=get_args(LogConfig.model_fields["level"].annotation),
+        help="overrides log.level",
+    )
+    p.add_argument(
+        "--log.format",
+        dest="log_format",
+        choices=get_args(LogConfig.model_fields["format"].annotation),
+        help="overrides log.format",
+    )
+    p.add_argument(
+        "--target",
+        dest="targets",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with --once: collect only the target of this name (repeatable); no other "
+        "provider is called, whichever shard the target belongs to",
+    )
+    p.set_defaults(deprecated=[])
+
+
+def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config keys the flags set, as ``Config.with_overrides`` takes them."""
+    return {
+        key: getattr(args, dest)
+        for dest, (_, key) in CONFIG_FLAGS.items()
+        if getattr(args, dest) is not None
+    }
+
+
+def _check_flags(args: argparse.Namespace) -> str | None:
+    """The first flag whose value its config key does not accept, as ``--flag: reason``."""
+    if args.targets and not args.once:
+        return "--target: only with --once"
+    for dest, (flag, key) in CONFIG_FLAGS.items():
+        value = getattr(args, dest)
+        if value is None:
+            continue
+        if dest == "listen" and "--listen" in args.deprecated:
+            flag = "--listen"
+        try:
+            Config().with_overrides({key: value})
+        except ValueError as exc:
+            return f"{flag}: {exc}"
+    return None
+
+
+def _warn_deprecated(deprecated: Sequence[str]) -> None:
+    """Log each deprecated flag given, once (logging is set up)."""
+    for flag in dict.fromkeys(deprecated):
+        log.warning("flag deprecated", flag=flag, instead=DEPRECATED_FLAGS[flag])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.health_check:
-        return healthcheck.main(args.config, args.listen, args.web_config_file)
-    if args.demo_simulator_address is not None:
-        try:
-            parse_listen_address(args.demo_simulator_address)
-        except ValueError as exc:
-            print(f"--demo.simulator-address: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-    if args.demo_print_config:
-        return _print_demo_config(args.demo_simulator_address or DEMO_SIMULATOR_ADDRESS)
-    if args.listen is not None:
-        try:
-            parse_listen_address(args.listen)
-        except ValueError as exc:
-            print(f"--listen: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
+    done = _before_the_config(args)
+    if done is not None:
+        return done
     try:
         shard = _shard(args)
     except ValueError as exc:
@@ -176,6 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 file=sys.stderr,
             )
         return EXIT_CONFIG
+    config = config.with_overrides(config_overrides(args))
     if shard is None and args.shard_from_hostname:
         try:
             shard = _shard(args, config)
@@ -183,12 +280,42 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"--shard: {exc}", file=sys.stderr)
             return EXIT_CONFIG
     if args.check_config:
-        return _check_config(config, args.config)
+        return _check_config(config, args.config, shard, args.deprecated)
     if args.once:
-        return asyncio.run(_once(config, shard))
+        return asyncio.run(_once(config, shard, args.targets, args.deprecated))
     return asyncio.run(
-        _serve(config, args.listen, Path(args.config), web_config, args.web_config_file, shard)
+        _serve(
+            config,
+            args.listen,
+            Path(args.config),
+            web_config,
+            args.web_config_file,
+            shard,
+            lifecycle=args.web_enable_lifecycle,
+            overrides=config_overrides(args),
+            deprecated=args.deprecated,
+        )
     )
+
+
+def _before_the_config(args: argparse.Namespace) -> int | None:
+    """What the flags settle alone: the health check, the demo's config printed, or a flag's
+    value refused; the exit status then, else None."""
+    if args.health_check:
+        return healthcheck.main(args.config, args.listen, args.web_config_file)
+    if args.demo_simulator_address is not None:
+        try:
+            parse_listen_address(args.demo_simulator_address)
+        except ValueError as exc:
+            print(f"--demo.simulator-address: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    if args.demo_print_config:
+        return _print_demo_config(args.demo_simulator_address or DEMO_SIMULATOR_ADDRESS)
+    problem = _check_flags(args)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    return None
 
 
 def _shard(args: argparse.Namespace, config: Config | None = None) -> Sharding | None:
@@ -222,11 +349,23 @@ def _shard(args: argparse.Namespace, config: Config | None = None) -> Sharding |
         raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
-def _check_config(config: Config, path: str) -> int:
+def _check_config(
+    config: Config, path: str, shard: Sharding | None = None, deprecated: Sequence[str] = ()
+) -> int:
+    """The config's summary and warnings, then one line per target this shard collects."""
     print(f"{path}: OK, {len(config.targets)} target(s)")
     for warning in config_warnings(config):
         print(f"warning: {warning}")
-    for target in config.targets:
+    for flag in dict.fromkeys(deprecated):
+        print(f"warning: {flag} is deprecated; use {DEPRECATED_FLAGS[flag]}", file=sys.stderr)
+    sharding = shard or config.sharding
+    targets, left = split(config.targets, [target.name for target in config.targets], sharding)
+    if sharding.count > 1:
+        print(
+            f"shard {sharding.index}/{sharding.count}: collects {len(targets)} target(s), "
+            f"leaves {left} to the other shards"
+        )
+    for target in targets:
         print(
             f"  {target.summary()} interval={format_duration(target.interval)} "
             f"timeout={format_duration(target.deadline)} "
@@ -235,15 +374,41 @@ def _check_config(config: Config, path: str) -> int:
     return EXIT_OK
 
 
-async def _once(config: Config, shard: Sharding | None = None) -> int:
-    """Collect every target once and print the exposition: the targets that worked, and the
-    exporter's own metrics saying which did not."""
+async def _once(
+    config: Config,
+    shard: Sharding | None = None,
+    only: Sequence[str] = (),
+    deprecated: Sequence[str] = (),
+) -> int:
+    """Collect every target once (or those named ``only``, whichever shard they belong to) and
+    print the exposition: the targets that worked, and the exporter's own metrics saying which
+    did not."""
+    if only:
+        try:
+            config = only_targets(config, only)
+        except ValueError as exc:
+            print(f"--target: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        shard = Sharding()
     exporter = make_exporter(config, autostart=False, shard=shard)
     setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
+    _warn_deprecated(deprecated)
     ok = await exporter.collect_once()
     sys.stdout.buffer.write(exporter.exposition.body(openmetrics=False).body)
     sys.stdout.flush()
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def only_targets(config: Config, names: Sequence[str]) -> Config:
+    """``config`` with only the targets named ``names``; ValueError naming any it does not have."""
+    known = {target.name for target in config.targets}
+    unknown = [name for name in dict.fromkeys(names) if name not in known]
+    if unknown:
+        raise ValueError(f"the config has no target named {', '.join(map(repr, unknown))}")
+    wanted = set(names)
+    return config.model_copy(
+        update={"targets": [target for target in config.targets if target.name in wanted]}
+    )
 
 
 def demo_config(url: str, sim: simulator.Simulator) -> dict[str, Any]:
@@ -331,14 +496,23 @@ async def _demo(
     args: argparse.Namespace, web_config: WebConfigFile | None, shard: Sharding | None
 ) -> int:
     async with _demo_simulator(args.demo_simulator_address) as (config, url):
+        config = config.with_overrides(config_overrides(args))
         if args.check_config:
-            return _check_config(config, "(built-in demo config)")
+            return _check_config(config, "(built-in demo config)", shard, args.deprecated)
         setup_logging(config.log.level, config.log.format)
         if args.once:
-            return await _once(config, shard)
+            return await _once(config, shard, args.targets, args.deprecated)
         log.info("demo: built-in provider simulator started", simulator=url)
         return await _serve(
-            config, args.listen, None, web_config, args.web_config_file, shard, demo=True
+            config,
+            args.listen,
+            None,
+            web_config,
+            args.web_config_file,
+            shard,
+            demo=True,
+            lifecycle=args.web_enable_lifecycle,
+            deprecated=args.deprecated,
         )
 
 
@@ -372,11 +546,17 @@ async def _serve(
     web_config_path: str | None = None,
     shard: Sharding | None = None,
     demo: bool = False,
+    lifecycle: bool = False,
+    overrides: Mapping[str, Any] | None = None,
+    deprecated: Sequence[str] = (),
 ) -> int:
-    """Collect and serve until SIGTERM or SIGINT; SIGHUP reloads the config."""
+    """Collect and serve until SIGTERM or SIGINT; SIGHUP reloads the config (and so does
+    ``POST /-/reload`` with ``lifecycle``). ``overrides`` are the flags' keys, which win over
+    the reloaded file's too."""
     host, port = parse_listen_address(listen or config.web.listen_address)
-    exporter = make_exporter(config, config_path=path, shard=shard)
+    exporter = make_exporter(config, config_path=path, shard=shard, overrides=overrides)
     setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
+    _warn_deprecated(deprecated)
     for warning in config_warnings(config):
         log.warning("config", problem=warning)
     settings = (
@@ -384,7 +564,7 @@ async def _serve(
         if web_config is not None and web_config_path
         else None
     )
-    runner = await _listening(exporter, settings, host, port)
+    runner = await _listening(exporter, settings, host, port, lifecycle=lifecycle)
     if runner is None:
         return EXIT_FAILED
     tls = settings is not None and settings.context is not None
@@ -398,12 +578,12 @@ async def _serve(
 
 
 async def _listening(
-    exporter: Exporter, settings: WebSettings | None, host: str, port: int
+    exporter: Exporter, settings: WebSettings | None, host: str, port: int, *, lifecycle: bool
 ) -> web.AppRunner | None:
     """The app served on ``host:port`` (TLS when the web config has it), or None when it cannot
     listen there (logged)."""
     runner = web.AppRunner(
-        build_app(exporter, settings),
+        build_app(exporter, settings, lifecycle=lifecycle),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         keepalive_timeout=exporter.config.web.keepalive_timeout,

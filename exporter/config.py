@@ -83,7 +83,7 @@ class WebConfig(StrictModel):
 
 class LogConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
-    format: Literal["json", "console"] = "json"
+    format: Literal["json", "logfmt", "console"] = "json"
 
 
 class Defaults(StrictModel):
@@ -129,6 +129,23 @@ class Config(StrictModel):
 
     def secret_values(self) -> list[str]:
         return [value for target in self.targets for value in target.secret_values()]
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> Config:
+        """This config with the dotted keys of ``overrides`` (``web.listen_address``,
+        ``log.level``: what the command line's flags set) in place of its own values. A value its
+        key does not accept raises ValueError with the reason."""
+        sections: dict[str, dict[str, Any]] = {}
+        for key, value in overrides.items():
+            section, _, name = key.partition(".")
+            sections.setdefault(section, {})[name] = value
+        update: dict[str, Any] = {}
+        for section, values in sections.items():
+            current = getattr(self, section)
+            try:
+                update[section] = type(current).model_validate({**current.model_dump(), **values})
+            except ValidationError as exc:
+                raise ValueError(exc.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        return self.model_copy(update=update)
 
 
 @cache

@@ -1,5 +1,6 @@
-"""structlog set-up: JSON lines (or console), stdlib loggers (aiohttp, asyncio) routed through the
-same processors, and the service's redactor applied to every event, tracebacks included."""
+"""structlog set-up: JSON lines (or logfmt, or console), stdlib loggers (aiohttp, asyncio) routed
+through the same processors, and the service's redactor applied to every event, tracebacks
+included."""
 
 from __future__ import annotations
 
@@ -27,6 +28,20 @@ def _drop_color_message(logger: WrappedLogger, name: str, event_dict: EventDict)
     return event_dict
 
 
+def _renderer(fmt: str) -> Processor:
+    """``json``: one JSON object a line; ``logfmt``: ``key=value`` pairs, the time, level, logger
+    and event first; ``console``: plain text for a terminal."""
+    if fmt == "console":
+        return structlog.dev.ConsoleRenderer(colors=False)
+    if fmt == "logfmt":
+        return structlog.processors.LogfmtRenderer(
+            key_order=["timestamp", "level", "logger", "event"],
+            drop_missing=True,
+            bool_as_flag=False,
+        )
+    return structlog.processors.JSONRenderer()
+
+
 def setup_logging(
     level: str = "info",
     fmt: str = "json",
@@ -43,11 +58,7 @@ def setup_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _drop_color_message,
     ]
-    renderer: Processor = (
-        structlog.dev.ConsoleRenderer(colors=False)
-        if fmt == "console"
-        else structlog.processors.JSONRenderer()
-    )
+    renderer = _renderer(fmt)
     # Tracebacks become a string field first, so the redactor sees them too (the console
     # renderer prints that field as it is).
     final: list[Processor] = [

@@ -12,7 +12,7 @@ from pathlib import Path
 import aiohttp
 import prometheus_client
 import structlog
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, GCCollector, Histogram, ProcessCollector
 
 from exporter import __version__
 from exporter.clock import Clock, SystemClock
@@ -21,7 +21,7 @@ from exporter.collect.sharding import split
 from exporter.collect.targets import TargetTable
 from exporter.config import Config, ConfigError, Sharding, config_warnings, load_config
 from exporter.logs import setup_logging
-from exporter.metrics.exposition import Exposition
+from exporter.metrics.exposition import Exposition, LiveFamilies
 from exporter.metrics.self_metrics import ExporterInfo
 from exporter.metrics.store import Store
 from exporter.providers import registry
@@ -52,6 +52,8 @@ class Exporter:
     config_path: Path | None = None
     environ: Mapping[str, str] | None = None
     shard_override: Sharding | None = None
+    overrides: Mapping[str, object] = field(default_factory=dict)
+    """Config keys the command line set: they win over the file's at every reload."""
     autostart: bool = True
     """Start the collection loop with the app (tests drive collections themselves)."""
     assigned: list[TargetConfig] = field(default_factory=list)
@@ -132,7 +134,8 @@ class Exporter:
         async with self.reload_lock:
             try:
                 # Off the loop: the file and its *_file secrets are read from disk.
-                config = await asyncio.to_thread(load_config, self.config_path, self.environ)
+                loaded = await asyncio.to_thread(load_config, self.config_path, self.environ)
+                config = loaded.with_overrides(self.overrides)
             except ConfigError as exc:
                 self.store.reloaded(ok=False)
                 log.error("config reload failed; the previous config stays", error=str(exc))
@@ -170,6 +173,16 @@ class Exporter:
             return None
 
 
+def process_collectors() -> CollectorRegistry:
+    """The process's own families, as every exporter serves them: prometheus_client's
+    ``ProcessCollector`` (``process_*``: memory, CPU time, file descriptors, start time) and
+    ``GCCollector`` (``python_gc_*``: the collections of each generation)."""
+    collectors = CollectorRegistry(auto_describe=False)
+    ProcessCollector(registry=collectors)
+    GCCollector(registry=collectors)
+    return collectors
+
+
 def make_exporter(
     config: Config,
     *,
@@ -178,6 +191,7 @@ def make_exporter(
     environ: Mapping[str, str] | None = None,
     shard: Sharding | None = None,
     autostart: bool = True,
+    overrides: Mapping[str, object] | None = None,
 ) -> Exporter:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     clock = clock or SystemClock()
@@ -200,7 +214,9 @@ def make_exporter(
         environ=environ,
         shard_override=shard,
         autostart=autostart,
+        overrides=overrides or {},
     )
+    exporter.exposition.live = LiveFamilies(process_collectors(), clock)
     exporter.apply(config)
     store.reloaded(ok=True)
     return exporter

@@ -142,7 +142,9 @@ def test_the_redactor_scrubs_secrets_from_messages_and_tracebacks(capsys) -> Non
 
 
 @contextlib.asynccontextmanager
-async def exporter_process(*args: str, output: int = asyncio.subprocess.PIPE) -> Any:
+async def exporter_process(
+    *args: str, output: int = asyncio.subprocess.PIPE, listen_flag: str = "--web.listen-address"
+) -> Any:
     """``python -m exporter ARGS`` served on a free loopback port; killed if still running."""
     port = free_port()
     process = await asyncio.create_subprocess_exec(
@@ -150,7 +152,7 @@ async def exporter_process(*args: str, output: int = asyncio.subprocess.PIPE) ->
         "-m",
         "exporter",
         *args,
-        "--listen",
+        listen_flag,
         f"127.0.0.1:{port}",
         stdout=output,
         stderr=output,
@@ -288,6 +290,253 @@ async def test_without_a_config_file_the_error_hints_at_config_and_demo(tmp_path
     assert process.returncode == 2
     assert "--config" in stderr.decode()
     assert "--demo" in stderr.decode()
+
+
+# ------------------------------------------------------------------ Prometheus's flag conventions
+
+
+async def test_help_shows_the_conventional_flags_and_the_deprecated_one():
+    code, stdout, _ = await run("--help")
+    assert code == 0
+    text = " ".join(stdout.split())  # argparse wraps the help text
+    for flag in (
+        "--web.listen-address ADDR",
+        "--web.telemetry-path PATH",
+        "--web.config.file PATH",
+        "--web.enable-lifecycle",
+        "--log.level {debug,info,warning,error}",
+        "--log.format {json,logfmt,console}",
+        "--target NAME",
+    ):
+        assert flag in text, flag
+    assert "--listen ADDR deprecated: use --web.listen-address" in text
+
+
+async def get(port: int, path: str, method: str = "GET") -> tuple[int, str]:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.request(method, f"http://127.0.0.1:{port}{path}") as response,
+    ):
+        return response.status, await response.text()
+
+
+async def stop(process: Any) -> str:
+    """SIGTERM, then everything the process wrote to stdout and stderr."""
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), 10) == 0
+    return (await process.stderr.read() + await process.stdout.read()).decode()
+
+
+@pytest.mark.parametrize("deprecated", [False, True], ids=["web.listen-address", "listen"])
+async def test_flags_win_over_the_config_file_and_listen_is_deprecated_with_a_warning(
+    sim, sim_url, write_config, deprecated
+):
+    path = write_config(
+        {
+            "web": {"listen_address": "127.0.0.1:9", "telemetry_path": "/from-file"},
+            "log": {"level": "error", "format": "json"},
+            "targets": thulium_targets(sim_url, sim),
+        }
+    )
+    flags = ["--web.telemetry-path", "/probe", "--log.level", "debug", "--log.format", "logfmt"]
+    async with exporter_process(
+        "--config",
+        str(path),
+        *flags,
+        listen_flag="--listen" if deprecated else "--web.listen-address",
+    ) as (process, port):
+        await wait_ready(port)
+        status, text = await get(port, "/probe")
+        assert status == 200
+        assert "messaging_exporter_collect_success" in text
+        assert (await get(port, "/from-file"))[0] == 404
+        output = await stop(process)
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert lines
+    assert not [line for line in lines if line.startswith("{")]  # logfmt, not the file's json
+    assert all(line.startswith("timestamp=") for line in lines), lines[:3]
+    assert any("level=debug" in line and "event=collection" in line for line in lines)
+    warnings = [line for line in lines if 'event="flag deprecated"' in line]
+    if deprecated:
+        assert len(warnings) == 1
+        assert "flag=--listen instead=--web.listen-address" in warnings[0]
+    else:
+        assert warnings == []
+
+
+async def test_flags_win_over_the_file_at_every_reload(sim, sim_url, write_config):
+    from exporter.config import load_config
+    from exporter.service import make_exporter
+
+    targets = thulium_targets(sim_url, sim)
+    path = write_config({"log": {"level": "info"}, "targets": targets})
+    overrides = {"log.level": "debug", "log.format": "logfmt", "web.telemetry_path": "/probe"}
+    config = load_config(path).with_overrides(overrides)
+    exporter = make_exporter(config, config_path=path, autostart=False, overrides=overrides)
+    write_config(
+        {
+            "log": {"level": "error", "format": "console"},
+            "web": {"telemetry_path": "/other"},
+            "targets": targets[:1],
+        }
+    )
+    assert await exporter.reload() is None
+    assert [target.name for target in exporter.config.targets] == [targets[0]["name"]]
+    assert exporter.config.log.level == "debug"
+    assert exporter.config.log.format == "logfmt"
+    assert exporter.config.web.telemetry_path == "/probe"
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--web.telemetry-path", "metrics"], "--web.telemetry-path: "),
+        (["--web.telemetry-path", "/healthz"], "--web.telemetry-path: "),
+        (["--web.listen-address", "nowhere"], "--web.listen-address: 'nowhere' is not host:port"),
+        (["--listen", "nowhere"], "--listen: 'nowhere' is not host:port"),
+        (["--log.level", "loud"], "--log.level: invalid choice: 'loud'"),
+        (["--log.format", "xml"], "--log.format: invalid choice: 'xml'"),
+        (["--target", "thulium-acme"], "--target: only with --once"),
+    ],
+)
+async def test_a_bad_flag_value_exits_2_naming_the_flag(sim, sim_url, write_config, flags, message):
+    path = write_config({"targets": thulium_targets(sim_url, sim)})
+    code, stdout, stderr = await run("--config", str(path), "--check-config", *flags)
+    assert code == 2
+    assert stdout == ""
+    assert message in stderr
+
+
+async def test_check_config_warns_of_a_deprecated_flag(sim, sim_url, write_config):
+    path = write_config({"targets": thulium_targets(sim_url, sim)})
+    code, stdout, stderr = await run("--config", str(path), "--check-config", "--listen", ":1")
+    assert code == 0
+    assert stdout.startswith(f"{path}: OK")
+    assert stderr == "warning: --listen is deprecated; use --web.listen-address\n"
+
+
+async def test_logfmt_in_the_config_file(sim, sim_url, write_config):
+    targets = thulium_targets(sim_url, sim)
+    targets[0]["password"] = "wrong-password-for-tests"  # refused: a warning is logged
+    path = write_config({"log": {"format": "logfmt"}, "targets": targets})
+    code, _, stderr = await run("--once", "--config", str(path))
+    assert code == 1
+    failure = next(line for line in stderr.splitlines() if "event=collection" in line)
+    assert failure.startswith("timestamp=")
+    assert " level=warning logger=exporter.collect.scheduler event=collection " in failure
+    assert "account=thulium-acme" in failure
+    assert "reason=auth" in failure
+    assert "wrong-password-for-tests" not in stderr
+
+
+@pytest.mark.parametrize("lifecycle", [False, True], ids=["without", "with"])
+async def test_reload_over_http_needs_web_enable_lifecycle_and_sighup_works_either_way(
+    sim, sim_url, write_config, lifecycle
+):
+    targets = thulium_targets(sim_url, sim)
+    path = write_config({"targets": targets})
+    flags = ["--web.enable-lifecycle"] if lifecycle else []
+    async with exporter_process("--config", str(path), *flags) as (process, port):
+        await wait_ready(port)
+        write_config({"targets": targets[:1]})
+        status, text = await get(port, "/-/reload", "POST")
+        if lifecycle:
+            assert (status, text) == (200, "reloaded\n")
+        else:
+            assert status == 403
+            assert "--web.enable-lifecycle" in text
+            process.send_signal(signal.SIGHUP)
+
+        async def reloaded() -> bool:
+            scraped = parse_exposition((await get(port, "/metrics"))[1])
+            accounts = {dict(key)["account"] for name, key in scraped if name.endswith("_success")}
+            return accounts == {targets[0]["name"]}
+
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 10
+        while not await reloaded():
+            assert loop.time() < deadline, "the reload did not take effect"
+            await asyncio.sleep(0.1)
+        output = await stop(process)
+    events = [json.loads(line)["event"] for line in output.splitlines() if line.startswith("{")]
+    assert events.count("config reloaded") == 1
+
+
+async def test_the_process_families_are_served(demo_process):
+    process, port = demo_process
+    await wait_ready(port)
+    status, text = await get(port, "/metrics")
+    assert status == 200
+    scraped = parse_exposition(text)
+    assert scraped[("process_start_time_seconds", frozenset())] > 1_600_000_000
+    assert scraped[("process_resident_memory_bytes", frozenset())] > 10 * 2**20
+    assert scraped[("process_open_fds", frozenset())] >= 3
+    assert ("process_cpu_seconds_total", frozenset()) in scraped
+    assert ("python_gc_collections_total", labels(generation="2")) in scraped
+    assert not [name for name, _ in scraped if name.startswith("python_info")]
+    await stop(process)
+
+
+# ------------------------------------------------------------------- looking at one account
+
+
+def accounts_asked(sim: simulator.Simulator) -> set[tuple[str, str]]:
+    return {(request.provider, request.account) for request in sim.requests}
+
+
+async def test_once_with_target_collects_only_the_named_targets(sim, sim_url, write_config):
+    targets = simulator.demo_targets(sim_url, sim)
+    names = ["thulium-globex", "exolve-shop"]
+    path = write_config({"sharding": {"index": 0, "count": 4}, "targets": targets})
+    code, stdout, stderr = await run(
+        "--once", "--config", str(path), "--target", names[0], "--target", names[1]
+    )
+    assert code == 0, stderr
+    assert accounts_asked(sim) == {("thulium", "globex"), ("exolve", "shop")}
+    scraped = parse_exposition(stdout)
+    collected = {
+        dict(key)["account"]
+        for name, key in scraped
+        if name == "messaging_exporter_collect_success"
+    }
+    assert collected == set(names)  # whichever shard of the config's four owns them
+    assert scraped[("thulium_outbound_active_campaigns", labels(account="thulium-globex"))] > 0
+
+
+async def test_once_with_an_unknown_target_exits_2_naming_it(sim, sim_url, write_config):
+    path = write_config({"targets": thulium_targets(sim_url, sim)})
+    code, stdout, stderr = await run(
+        "--once", "--config", str(path), "--target", "thulium-acme", "--target", "nope"
+    )
+    assert code == 2
+    assert stdout == ""
+    assert "--target: the config has no target named 'nope'" in stderr
+    assert sim.requests == []
+
+
+async def test_check_config_with_a_shard_lists_that_shards_targets(sim, sim_url, write_config):
+    from exporter.collect.sharding import shard_of
+
+    targets = simulator.demo_targets(sim_url, sim)
+    path = write_config({"targets": targets})
+    for index in range(3):
+        code, stdout, stderr = await run(
+            "--check-config", "--config", str(path), "--shard", f"{index}/3"
+        )
+        assert code == 0, stderr
+        mine = [t["name"] for t in targets if shard_of(t["name"], 3) == index]
+        lines = stdout.splitlines()
+        assert lines[0] == f"{path}: OK, {len(targets)} target(s)"
+        assert (
+            f"shard {index}/3: collects {len(mine)} target(s), "
+            f"leaves {len(targets) - len(mine)} to the other shards"
+        ) in lines
+        listed = [line.split()[0].rstrip(":") for line in lines if line.startswith("  ")]
+        assert listed == mine
+    code, stdout, _ = await run("--check-config", "--config", str(path))
+    assert code == 0
+    assert not [line for line in stdout.splitlines() if line.startswith("shard ")]
+    assert len([line for line in stdout.splitlines() if line.startswith("  ")]) == len(targets)
 
 
 async def run_on_host(hostname: str, *args: str) -> tuple[int, str, str]:

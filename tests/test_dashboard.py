@@ -80,9 +80,11 @@ PROVIDERS = tuple(builtin_providers())
 ROWS = {"Overview": "exporter", "Altcraft": "altcraft", "Thulium": "thulium"}
 ROWS |= {"Trust.lat": "trustlat", "Exolve": "exolve"}
 
-# Grafana's variables, as substituted for Prometheus. `$account`/`$provider` set to "All" become
-# the variables' allValue (`.*`).
+# Grafana's variables, as substituted for Prometheus. `$account`/`$provider`/`$instance` set to
+# "All" become the variables' allValue (`.*`); `$job` is one job, `.*` here unless a test says.
 ALL = ".*"
+INSTALL_MATCHERS = ('job=~"$job"', 'instance=~"$instance"')
+"""The matchers every selector carries: two installs scraped by one Prometheus do not mix."""
 
 
 def substitute(expr: str, rate_interval: str = "5m", **values: str) -> str:
@@ -93,6 +95,8 @@ def substitute(expr: str, rate_interval: str = "5m", **values: str) -> str:
         "__range": "1h",
         "account": values.get("account", ALL),
         "provider": values.get("provider", ALL),
+        "job": values.get("job", ALL),
+        "instance": values.get("instance", ALL),
     }
 
     def replace(match: re.Match[str]) -> str:
@@ -174,23 +178,32 @@ def test_schema_and_identity() -> None:
 
 def test_template_variables() -> None:
     variables = {v["name"]: v for v in load_dashboard()["templating"]["list"]}
-    assert list(variables) == ["datasource", "provider", "account"]
+    assert list(variables) == ["datasource", "job", "instance", "provider", "account"]
     datasource = variables["datasource"]
     assert datasource["type"] == "datasource"
     assert datasource["query"] == "prometheus"
+    install = 'job=~"$job", instance=~"$instance"'
     for name, query in {
-        "provider": "label_values(messaging_exporter_collect_success, provider)",
-        "account": 'label_values(messaging_exporter_collect_success{provider=~"$provider"}, '
-        "account)",
+        "job": "label_values(messaging_exporter_build_info, job)",
+        "instance": 'label_values(messaging_exporter_build_info{job=~"$job"}, instance)',
+        "provider": f"label_values(messaging_exporter_collect_success{{{install}}}, provider)",
+        "account": f"label_values(messaging_exporter_collect_success{{{install}, "
+        'provider=~"$provider"}, account)',
     }.items():
         variable = variables[name]
         assert variable["type"] == "query"
         assert variable["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
         assert variable["definition"] == query
         assert variable["query"]["query"] == query
+        assert variable["refresh"] in (1, 2)  # on load or time range change, never "never"
+        if name == "job":  # one install at a time: its shards (instances) together, by default
+            assert variable["multi"] is False
+            assert variable["includeAll"] is False
+            continue
         assert variable["multi"] is True
         assert variable["includeAll"] is True
         assert variable["allValue"] == ALL
+        assert variable["current"]["value"] == ["$__all"]
 
 
 def test_rows_overview_first_then_one_per_provider() -> None:
@@ -260,6 +273,21 @@ def test_queries_filter_by_account_and_provider_where_the_metric_has_them() -> N
                 assert 'provider=~"$provider"' in selector, f"{query.name}: {metric}"
 
 
+def test_every_selector_of_every_query_carries_the_job_and_instance_variables() -> None:
+    queries = dashboard_queries()
+    selectors = 0
+    for query in queries:
+        matches = list(_METRIC_RE.finditer(query.expr))
+        assert matches, query.name
+        for match in matches:
+            rest = query.expr[match.end() :]
+            assert rest.startswith("{"), f"{query.name}: {match.group(0)} has no selector"
+            selector = rest[1 : rest.index("}")]
+            assert selector.startswith(", ".join(INSTALL_MATCHERS)), f"{query.name}: {selector}"
+            selectors += 1
+    assert selectors > len(queries)
+
+
 def test_substitution_fills_every_variable() -> None:
     for query in dashboard_queries():
         assert "$" not in substitute(query.expr), query.name
@@ -326,7 +354,10 @@ def test_the_provider_variable_is_a_query_over_the_exporters_metrics() -> None:
     assert not [v["name"] for v in variables if v["type"] == "custom"]
     (provider,) = [v for v in variables if v["name"] == "provider"]
     assert provider["type"] == "query"
-    query = "label_values(messaging_exporter_collect_success, provider)"
+    query = (
+        'label_values(messaging_exporter_collect_success{job=~"$job", instance=~"$instance"}, '
+        "provider)"
+    )
     assert provider["definition"] == query
     assert provider["query"]["query"] == query
     assert provider["options"] == []
@@ -734,6 +765,77 @@ def test_overview_counts_targets_and_accounts_across_shards(tmp_path: Path, scen
         "tests": [{"interval": "1m", "input_series": series, "promql_expr_test": tests}],
     }
     path = tmp_path / "sharded_dashboard_test.yaml"
+    path.write_text(yaml.safe_dump(unit_test, width=1000), encoding="utf-8")
+    result = run_promtool("test", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Two installs scraped by one Prometheus, each with an account named thulium-acme: "a" unsharded
+# (acme up, 3 campaigns), "b" over two shards (acme failing with 7 campaigns on b-0, globex up on
+# b-1). The job and instance variables keep them apart.
+_TWO_INSTALLS = [
+    *_shard_series("a-0", 1, 0, {("thulium", "thulium-acme"): 1}, job="a"),
+    *_shard_series("b-0", 1, 1, {("thulium", "thulium-acme"): 0}, job="b"),
+    *_shard_series("b-1", 1, 1, {("thulium", "thulium-globex"): 1}, job="b"),
+    *(
+        {
+            "series": f"thulium_outbound_active_campaigns{{{_shard(pod, job=job)}, "
+            f'account="{account}"}}',
+            "values": f"{campaigns}x20",
+        }
+        for pod, job, account, campaigns in (
+            ("a-0", "a", "thulium-acme", 3),
+            ("b-0", "b", "thulium-acme", 7),
+            ("b-1", "b", "thulium-globex", 1),
+        )
+    ),
+]
+# (job, instance) selected -> (panel, refId) -> the one value it shows
+_BY_INSTALL: dict[tuple[str, str], dict[tuple[str, str], float]] = {
+    ("a", ALL): {
+        ("Targets up", "A"): 1,
+        ("Targets failing", "A"): 0,
+        ("Targets by state", "A"): 1,
+        ("Targets by state", "B"): 1,
+        ("Active campaigns", "A"): 3,
+    },
+    ("b", ALL): {
+        ("Targets up", "A"): 1,
+        ("Targets up", "B"): 2,
+        ("Targets failing", "A"): 1,
+        ("Targets by state", "A"): 2,
+        ("Targets by state", "B"): 2,
+    },
+    ("b", "b-1.ip:10057"): {
+        ("Targets up", "A"): 1,
+        ("Targets up", "B"): 1,
+        ("Targets failing", "A"): 0,
+        ("Targets by state", "B"): 1,
+    },
+}
+
+
+def test_the_job_and_instance_variables_keep_two_installs_apart(tmp_path: Path) -> None:
+    tests = []
+    for (job, instance), expected in _BY_INSTALL.items():
+        for (panel, ref_id), value in expected.items():
+            (query,) = [q for q in dashboard_queries() if (q.panel, q.ref_id) == (panel, ref_id)]
+            expr = substitute(query.expr, job=job, instance=instance, account="thulium-acme")
+            if panel.startswith("Targets"):  # the overview's counts: every account
+                expr = substitute(query.expr, job=job, instance=instance)
+            tests.append(
+                {
+                    "expr": f"sum({expr})",
+                    "eval_time": "15m",
+                    "exp_samples": [{"labels": "{}", "value": value}],
+                }
+            )
+    unit_test = {
+        "rule_files": [],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": _TWO_INSTALLS, "promql_expr_test": tests}],
+    }
+    path = tmp_path / "two_installs_dashboard_test.yaml"
     path.write_text(yaml.safe_dump(unit_test, width=1000), encoding="utf-8")
     result = run_promtool("test", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr

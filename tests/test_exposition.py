@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import re
+import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import Collector
 
 from exporter.collect.snapshot import Snapshot
 from exporter.config import validate_config
@@ -158,6 +163,13 @@ async def scrape(exporter: Exporter, accept: str = "", encoding: str = "") -> An
     return await exporter.exposition.get(accept, encoding)
 
 
+def with_live(exporter: Exporter, body: bytes, openmetrics: bool) -> bytes:
+    """``body`` as a scrape gets it: with the live families (the process's) before ``# EOF``."""
+    live = exporter.exposition.live
+    assert live is not None
+    return body.removesuffix(b"# EOF\n" if openmetrics else b"") + live.text(openmetrics)
+
+
 @pytest.mark.parametrize("accept", ["", OPENMETRICS])
 async def test_gzip_is_the_identity_body_compressed(accept):
     clock = FakeClock()
@@ -194,14 +206,14 @@ async def test_each_body_is_built_once_per_change():
     again = [
         await scrape(exporter, accept, enc) for accept in ("", OPENMETRICS) for enc in ("", "gzip")
     ]
-    # Nothing changed: every scrape got the very answer built before, not a new one.
-    assert all(a is f for a, f in zip(again, first, strict=True))
+    # Nothing changed: every scrape got the very body built before, not a new one.
+    assert all(a.rendered is f.rendered for a, f in zip(again, first, strict=True))
     fill(exporter, clock, 2)
     packed = await scrape(exporter, "", "gzip")
-    assert packed is not first[1]
+    assert packed.rendered is not first[1].rendered
     assert gzip.decompress(packed.body) == (await scrape(exporter)).body
-    assert await scrape(exporter) is await scrape(exporter)
-    assert await scrape(exporter, "", "gzip") is packed
+    assert (await scrape(exporter)).rendered is (await scrape(exporter)).rendered
+    assert (await scrape(exporter, "", "gzip")).rendered is packed.rendered
 
 
 async def test_concurrent_scrapes_of_one_generation_share_one_build():
@@ -209,7 +221,7 @@ async def test_concurrent_scrapes_of_one_generation_share_one_build():
     exporter = new_exporter(clock, [f"t{i}" for i in range(50)])
     fill(exporter, clock, 1)
     scrapes = await asyncio.gather(*(scrape(exporter, "", "gzip") for _ in range(10)))
-    assert len({id(s) for s in scrapes}) == 1  # one compression, its answer shared
+    assert len({id(s.rendered) for s in scrapes}) == 1  # one compression, its body shared
     assert gzip.decompress(scrapes[0].body) == (await scrape(exporter)).body
 
 
@@ -248,7 +260,8 @@ async def test_every_escaping_scheme_gets_legacy_names_it_can_read(escaping):
         (f"text/plain; version=1.0.0; escaping={escaping}", False),
     ):
         got = await scrape(exporter, accept)
-        assert got.body == expected(exporter, openmetrics)
+        assert got.rendered.body == expected(exporter, openmetrics)
+        assert got.body == with_live(exporter, expected(exporter, openmetrics), openmetrics)
         assert "escaping" not in got.content_type  # no escaping: the names are legacy ones
 
 
@@ -268,7 +281,7 @@ async def test_stale_samples_leave_once_and_the_generation_counts_it_once():
     assert after.generation == before.generation + 1
     clock.advance(1000)
     check_all(exporter)
-    assert await scrape(exporter) is after  # nothing more went stale: nothing rebuilt
+    assert (await scrape(exporter)).rendered is after.rendered  # nothing more went stale
 
 
 async def test_the_target_states_follow_the_staleness_rule():
@@ -342,3 +355,130 @@ async def test_closing_waits_for_the_build_in_flight():
     await exporter.exposition.aclose()
     assert pending.done()
     assert (await pending).gzipped
+
+
+PROCESS_FAMILIES = {
+    "process_resident_memory_bytes",
+    "process_virtual_memory_bytes",
+    "process_start_time_seconds",
+    "process_cpu_seconds",
+    "process_open_fds",
+    "process_max_fds",
+    "python_gc_collections",
+    "python_gc_objects_collected",
+    "python_gc_objects_uncollectable",
+}
+
+
+@pytest.mark.parametrize("accept", ["", OPENMETRICS])
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+async def test_every_answer_is_the_body_then_the_process_families(accept, encoding):
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_om
+    from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+    clock = FakeClock()
+    exporter = new_exporter(clock, [f"t{i}" for i in range(30)])
+    fill(exporter, clock, 1)
+    openmetrics = bool(accept)
+    answer = await scrape(exporter, accept, encoding)
+    body = answer.body
+    if encoding:
+        # One gzip member, read to its end: a client that reads a single member gets it all.
+        unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        body = unpacker.decompress(body)
+        assert unpacker.eof
+        assert unpacker.unused_data == b""
+    identity = exporter.exposition.body(openmetrics).body
+    assert body == with_live(exporter, identity, openmetrics)
+    assert sum(len(part) for part in answer.parts) == len(answer.body)
+    parse = parse_om if openmetrics else parse_text
+    names = [family.name for family in parse(body.decode())]
+    assert len(names) == len(set(names))  # every family once
+    assert set(names) >= PROCESS_FAMILIES
+    assert RECORDS in names
+    if openmetrics:
+        assert body.endswith(b"\n# EOF\n")
+        assert body.count(b"# EOF") == 1
+
+
+class CountingCollector(Collector):
+    """A live family whose value is the number of times it was collected."""
+
+    def __init__(self) -> None:
+        self.collected = 0
+
+    def collect(self) -> Iterator[Metric]:
+        self.collected += 1
+        yield GaugeMetricFamily("test_collected", "collections", value=self.collected)
+
+
+async def test_the_live_families_are_rendered_again_after_max_age_not_per_scrape():
+    from prometheus_client import CollectorRegistry
+
+    from exporter.metrics.exposition import LiveFamilies
+
+    clock = FakeClock()
+    exporter = new_exporter(clock, ["a", "b"])
+    fill(exporter, clock, 1)
+    counting = CountingCollector()
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(counting)
+    live = LiveFamilies(registry, clock, max_age=1.0)
+    exporter.exposition.live = live
+    first = await scrape(exporter, "", "gzip")
+    assert b"test_collected 1.0" in gzip.decompress(first.body)
+    clock.advance(0.5)
+    for _ in range(3):
+        assert await scrape(exporter, "", "gzip") is first
+    assert b"test_collected 1.0" in (await scrape(exporter)).body  # another format: same render
+    assert counting.collected == 1
+    fill(exporter, clock, 2)  # a new body within max_age: the same families after it
+    second = await scrape(exporter, "", "gzip")
+    assert second.generation > first.generation
+    assert b"test_collected 1.0" in gzip.decompress(second.body)
+    assert counting.collected == 1
+    clock.advance(0.5)  # max_age since the render: the next scrape renders them again
+    third = await scrape(exporter, "", "gzip")
+    assert b"test_collected 2.0" in gzip.decompress(third.body)
+    assert third.rendered is second.rendered  # the body's gzip was not built again
+    clock.advance(-60)  # a clock set back renders them again too
+    assert b"test_collected 3.0" in gzip.decompress((await scrape(exporter, "", "gzip")).body)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    body=st.binary(max_size=5000) | st.text(max_size=3000).map(str.encode),
+    tail=st.binary(max_size=3000) | st.text(max_size=3000).map(str.encode),
+    level=st.integers(1, 9),
+)
+def test_gzip_append_adds_to_a_member_without_compressing_it_again(body, tail, level):
+    from exporter.metrics.exposition import gzip_append, gzip_body
+
+    member = gzip_body(body, level)
+    assert gzip.decompress(member) == body
+    appended = gzip_append(member, tail, level)
+    assert gzip.decompress(appended) == body + tail
+    unpacker = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    assert unpacker.decompress(appended) == body + tail
+    assert unpacker.eof
+    assert unpacker.unused_data == b""
+
+
+def test_the_metrics_reference_lists_every_process_family_served() -> None:
+    from pathlib import Path
+
+    from prometheus_client.parser import text_string_to_metric_families as parse_text
+
+    from exporter.service import process_collectors
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "metrics.md").read_text("utf-8")
+    section = text[text.index("\n## The process\n") :]
+    section = section[: section.index("\n## ", 1)]
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE))
+    served = {
+        sample.name
+        for family in parse_text(generate_latest(process_collectors()).decode())
+        for sample in family.samples
+    }
+    assert documented == served
+    assert {"process_resident_memory_bytes", "process_start_time_seconds"} <= served

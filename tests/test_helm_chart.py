@@ -421,7 +421,7 @@ def test_default_values_render_the_workload_only(render: Callable[..., Any]) -> 
     deployment = _one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     container = _container(docs)
-    assert container["args"] == ["--config", CONFIG_PATH, "--listen", "0.0.0.0:10057"]
+    assert container["args"] == ["--config", CONFIG_PATH, "--web.listen-address", "0.0.0.0:10057"]
     assert container["ports"] == [{"name": "http", "containerPort": 10057, "protocol": "TCP"}]
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     assert container["image"] == f"messaging-stats-exporter:{app_version}"
@@ -519,14 +519,20 @@ def test_demo_runs_the_simulator(render: Callable[..., Any]) -> None:
     args = _container(docs)["args"]
     assert args[0] == "--demo"
     assert "--config" not in args
-    assert args[args.index("--listen") + 1] == "0.0.0.0:10057"
+    assert args[args.index("--web.listen-address") + 1] == "0.0.0.0:10057"
 
 
 def test_extra_args_env_and_port(render: Callable[..., Any]) -> None:
     env = [{"name": "ALTCRAFT_TOKEN", "valueFrom": {"secretKeyRef": {"name": "a", "key": "t"}}}]
     docs = render({"extraArgs": ["--demo"], "containerPort": 9100, "env": env})
     container = _container(docs)
-    assert container["args"] == ["--config", CONFIG_PATH, "--listen", "0.0.0.0:9100", "--demo"]
+    assert container["args"] == [
+        "--config",
+        CONFIG_PATH,
+        "--web.listen-address",
+        "0.0.0.0:9100",
+        "--demo",
+    ]
     assert container["env"] == env
     assert container["ports"][0]["containerPort"] == 9100
 

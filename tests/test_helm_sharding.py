@@ -129,7 +129,7 @@ def test_sharded_values_render_a_statefulset_headless_service_and_pdb(
         "--shard-count",
         str(SHARDS),
     ]
-    assert args[:4] == ["--config", CONFIG_PATH, "--listen", "0.0.0.0:10057"]
+    assert args[:4] == ["--config", CONFIG_PATH, "--web.listen-address", "0.0.0.0:10057"]
 
     # serviceName is a headless Service that selects the StatefulSet's pods.
     services = _services(docs)

@@ -288,7 +288,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
                 "-m",
                 "exporter",
                 "--demo",
-                "--listen",
+                "--web.listen-address",
                 f"127.0.0.1:{exporter_port}",
             ],
             tmp / "exporter.log",
@@ -424,10 +424,17 @@ async def test_every_dashboard_query_returns_data(stack: Stack) -> None:
 
     queries = [q for q in dashboard_queries() if required(q, exposed)]
     assert queries
-    # Grafana sends "All" as the variables' allValue, and a selection as a regex alternation.
+    # Grafana sends "All" as the variables' allValue, and a selection as a regex alternation;
+    # the job variable is one job, as its label_values query finds it.
+    instance = stack.exporter_url.removeprefix("http://")
     selections = [
-        {"account": ALL, "provider": ALL},
-        {"account": "|".join(sorted(accounts)), "provider": "|".join(sorted(providers))},
+        {"account": ALL, "provider": ALL, "job": JOB, "instance": ALL},
+        {
+            "account": "|".join(sorted(accounts)),
+            "provider": "|".join(sorted(providers)),
+            "job": JOB,
+            "instance": instance,
+        },
     ]
     expressions = sorted(
         {substitute(q.expr, rate_interval="1m", **values) for q in queries for values in selections}
@@ -446,13 +453,22 @@ async def test_every_dashboard_query_returns_data(stack: Stack) -> None:
         empty = [expr for expr in expressions if not await stack.query(expr)]
         pytest.fail(f"dashboard queries without data: {empty}\n{stack.logs()}")
 
-    # The template variables (label_values of messaging_exporter_collect_success) find them all.
-    for label, values in (("provider", providers), ("account", accounts)):
+    # The template variables (label_values of messaging_exporter_build_info for the job and the
+    # instance, of messaging_exporter_collect_success for the others) find them all.
+    for label, values, metric in (
+        ("job", {JOB}, "messaging_exporter_build_info"),
+        ("instance", {instance}, "messaging_exporter_build_info"),
+        ("provider", providers, "messaging_exporter_collect_success"),
+        ("account", accounts, "messaging_exporter_collect_success"),
+    ):
         body = await stack.get_json(
-            f"{stack.prometheus_url}/api/v1/label/{label}/values",
-            **{"match[]": "messaging_exporter_collect_success"},
+            f"{stack.prometheus_url}/api/v1/label/{label}/values", **{"match[]": metric}
         )
         assert set(body["data"]) == values
+    # The process's families, appended to the cached (gzip, OpenMetrics) body at each scrape, are
+    # read by Prometheus's own client.
+    for family in ("process_start_time_seconds", "process_resident_memory_bytes"):
+        assert await stack.query(f'{family}{{job="{JOB}", instance="{instance}"}}'), family
     elapsed = time.monotonic() - started
     print(f"{len(expressions)} dashboard queries with data after {elapsed:.1f} s")
 

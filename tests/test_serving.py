@@ -100,7 +100,7 @@ async def served(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Serv
         "exporter",
         "--config",
         str(path),
-        "--listen",
+        "--web.listen-address",
         f"127.0.0.1:{port}",
         stderr=asyncio.subprocess.DEVNULL,
         cwd=ROOT,

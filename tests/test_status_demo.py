@@ -42,7 +42,7 @@ async def test_the_demo_status_page_shows_a_failing_target_first(tmp_path: Path)
         "-m",
         "exporter",
         "--demo",
-        "--listen",
+        "--web.listen-address",
         f"127.0.0.1:{port}",
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,

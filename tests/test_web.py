@@ -28,8 +28,9 @@ async def test_metrics_are_rendered_once_per_change(sim, sim_url, harness, make_
     assert gzipped.headers["Content-Encoding"] == "gzip"
 
     async def answers() -> list[Any]:
-        """The answers the exposition holds for the next scrape, identity and gzip."""
-        return [await h.exporter.exposition.get("", encoding) for encoding in ("", "gzip")]
+        """The bodies the exposition holds for the next scrape, identity and gzip."""
+        exposition = h.exporter.exposition
+        return [(await exposition.get("", encoding)).rendered for encoding in ("", "gzip")]
 
     held = await answers()
     for _ in range(5):
@@ -122,7 +123,7 @@ async def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(
     targets = demo(sim_url, sim)
     path = write_config({"targets": targets})
     exporter = make_exporter(load_config(path), clock=clock, config_path=path, autostart=False)
-    client = await aiohttp_client(build_app(exporter))
+    client = await aiohttp_client(build_app(exporter, lifecycle=True))
     assert exporter.scheduler is not None
     await exporter.scheduler.run_all_once()
 
@@ -150,6 +151,25 @@ async def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(
         == 1
     )
     assert yaml.safe_load(path.read_text()) == {"targets": [{"name": "broken"}]}
+
+
+async def test_reload_over_http_is_refused_with_403_naming_the_flag_without_lifecycle(
+    sim, sim_url, aiohttp_client, write_config, clock
+):
+    import structlog.testing
+
+    targets = demo(sim_url, sim)
+    path = write_config({"targets": targets})
+    exporter = make_exporter(load_config(path), clock=clock, config_path=path, autostart=False)
+    client = await aiohttp_client(build_app(exporter))
+    write_config({"targets": targets[:1]})
+    with structlog.testing.capture_logs() as logs:
+        response = await client.post("/-/reload")
+    assert response.status == 403
+    assert "--web.enable-lifecycle" in await response.text()
+    assert not [entry for entry in logs if entry["event"].startswith("config reload")]
+    assert [target.name for target in exporter.config.targets] == [t["name"] for t in targets]
+    assert (await client.get("/-/reload")).status == 405  # POST only, as before
 
 
 async def test_a_reload_says_what_changed_and_applies_the_log_settings(

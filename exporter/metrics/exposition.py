@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
+import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +42,10 @@ GZIP_LEVEL = 3
 """zlib's level for the gzip body: about half the time of its default level 6, for a body a tenth
 larger (docs/performance.md has the figures)."""
 EOF = b"# EOF\n"
+FINAL_EMPTY_BLOCK = b"\x03\x00"
+"""A final deflate block with nothing in it (fixed codes, end of block alone), byte-aligned."""
+LIVE_MAX_AGE = 1.0
+"""Seconds for which later scrapes reuse the live families that a scrape rendered."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,15 +90,124 @@ def accepts_gzip(accept_encoding: str) -> bool:
     return False
 
 
-def gzip_body(body: bytes, level: int = GZIP_LEVEL) -> bytes:
-    """``body`` as one gzip member with no name and no time (the same bytes every time)."""
+def gzip_body(body: bytes | memoryview, level: int = GZIP_LEVEL) -> bytes:
+    """``body`` as one gzip member with no name and no time (the same bytes every time), made so
+    that :func:`gzip_append` can add to it: the deflate stream is flushed to a byte boundary and
+    ended with :data:`FINAL_EMPTY_BLOCK`, then the trailer."""
     packer = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-    return packer.compress(body) + packer.flush()
+    head = packer.compress(body) + packer.flush(zlib.Z_SYNC_FLUSH)
+    trailer = packer.flush()[-8:]  # CRC-32 and size of body, after zlib's own final block
+    return head + FINAL_EMPTY_BLOCK + trailer
+
+
+def gzip_append(member: bytes, tail: bytes, level: int = GZIP_LEVEL) -> bytes:
+    """A gzip member of ``member``'s content (made by :func:`gzip_body`) followed by ``tail``,
+    without compressing that content again: the empty final block and the trailer are replaced
+    by ``tail``'s own deflate blocks (which refer to nothing before them) and the trailer of the
+    whole."""
+    crc, size = struct.unpack("<II", member[-8:])
+    packer = zlib.compressobj(level, zlib.DEFLATED, -zlib.MAX_WBITS)
+    deflated = packer.compress(tail) + packer.flush()
+    trailer = struct.pack("<II", zlib.crc32(tail, crc), (size + len(tail)) & 0xFFFFFFFF)
+    return b"".join((memoryview(member)[: -len(FINAL_EMPTY_BLOCK) - 8], deflated, trailer))
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What a scrape is sent: ``parts``, one after the other, make its body."""
+
+    rendered: Rendered
+    """The cached body it is made from (its format, encoding, headers and generation)."""
+    parts: tuple[bytes | memoryview, ...]
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self.rendered.headers
+
+    @property
+    def content_type(self) -> str:
+        return self.rendered.content_type
+
+    @property
+    def gzipped(self) -> bool:
+        return self.rendered.gzipped
+
+    @property
+    def generation(self) -> int:
+        return self.rendered.generation
+
+    @property
+    def body(self) -> bytes:
+        """The body in one piece (joined, when it has several parts)."""
+        first = self.parts[0]
+        if len(self.parts) == 1 and isinstance(first, bytes):
+            return first
+        return b"".join(self.parts)
+
+
+class LiveFamilies:
+    """Families rendered at scrape time, not once per change of the store: the process's own
+    (``process_*``, ``python_gc_*``), whose values move by the second. A scrape renders them and
+    the scrapes of the next ``max_age`` seconds reuse them, and the answers made with them: the
+    cached body, then these families (before ``# EOF``; for gzip, :func:`gzip_append`)."""
+
+    def __init__(
+        self, registry: CollectorRegistry, clock: Clock, max_age: float = LIVE_MAX_AGE
+    ) -> None:
+        self._registry = registry
+        self._clock = clock
+        self.max_age = max_age
+        self._rendered_at = -math.inf
+        self._texts: dict[bool, bytes] = {}
+        self._answers: dict[tuple[bool, bool], Answer] = {}
+
+    def _expire(self) -> None:
+        now = self._clock.time()
+        if not 0 <= now - self._rendered_at < self.max_age:
+            self._texts.clear()
+            self._answers.clear()
+            self._rendered_at = now
+
+    def text(self, openmetrics: bool) -> bytes:
+        """The families in this format, as rendered in the last ``max_age`` seconds (now, if
+        they were not); OpenMetrics's with ``# EOF``."""
+        self._expire()
+        text = self._texts.get(openmetrics)
+        if text is None:
+            if openmetrics:
+                text = openmetrics_latest(self._registry)  # type: ignore[no-untyped-call]
+            else:
+                text = text_latest(self._registry)
+            self._texts[openmetrics] = text
+        return text
+
+    def answer(self, rendered: Rendered, openmetrics: bool) -> Answer:
+        """``rendered`` followed by the families (before ``# EOF``). An OpenMetrics gzip body
+        comes without its ``# EOF``: the families' text brings it."""
+        self._expire()
+        key = (openmetrics, rendered.gzipped)
+        answer = self._answers.get(key)
+        if answer is not None and answer.rendered is rendered:
+            return answer
+        tail = self.text(openmetrics)
+        parts: tuple[bytes | memoryview, ...]
+        if rendered.gzipped:
+            parts = (gzip_append(rendered.body, tail),)
+        elif openmetrics:
+            parts = (memoryview(rendered.body)[: -len(EOF)], tail)
+        else:
+            parts = (rendered.body, tail)
+        answer = Answer(rendered, parts)
+        self._answers[key] = answer
+        return answer
 
 
 class Exposition:
     """The bytes of the store's targets (and of the rest of ``registry``) per format and
     encoding. ``metrics`` are the providers' metric descriptions, by provider name."""
+
+    live: LiveFamilies | None = None
+    """Families added to every answer at scrape time (see :class:`LiveFamilies`)."""
 
     def __init__(
         self,
@@ -168,12 +282,19 @@ class Exposition:
         self._identity[openmetrics] = rendered
         return rendered
 
-    async def get(self, accept: str, accept_encoding: str) -> Rendered:
+    async def get(self, accept: str, accept_encoding: str) -> Answer:
         """The answer for a scrape with these request headers."""
         openmetrics = wants_openmetrics(accept)
-        identity = self.body(openmetrics)
-        if not accepts_gzip(accept_encoding):
-            return identity
+        rendered = self.body(openmetrics)
+        if accepts_gzip(accept_encoding):
+            rendered = await self._gzip(rendered, openmetrics)
+        if self.live is None:
+            return Answer(rendered, (rendered.body,))
+        return self.live.answer(rendered, openmetrics)
+
+    async def _gzip(self, identity: Rendered, openmetrics: bool) -> Rendered:
+        """The gzip body of ``identity``: cached, in the making, or made now. With live
+        families, an OpenMetrics one leaves out ``# EOF``, which comes after them."""
         cached = self._gzipped.get(openmetrics)
         if cached is not None and cached.generation == identity.generation:
             return cached
@@ -188,9 +309,10 @@ class Exposition:
         try:
             if self._pool is None:
                 self._pool = ThreadPoolExecutor(1, thread_name_prefix="exposition-gzip")
-            body = await asyncio.get_running_loop().run_in_executor(
-                self._pool, gzip_body, identity.body
-            )
+            source: bytes | memoryview = identity.body
+            if openmetrics and self.live is not None:
+                source = memoryview(source)[: -len(EOF)]
+            body = await asyncio.get_running_loop().run_in_executor(self._pool, gzip_body, source)
             packed = Rendered(identity.content_type, body, True, identity.generation)
             cached = self._gzipped.get(openmetrics)
             if cached is None or cached.generation < packed.generation:

@@ -7,7 +7,8 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import structlog
-from aiohttp import web
+from aiohttp import payload, web
+from aiohttp.abc import AbstractStreamWriter
 
 from exporter import __version__
 from exporter.service import Exporter
@@ -20,13 +21,32 @@ EXPORTER = web.AppKey("exporter", Exporter)
 WEB_SETTINGS = web.AppKey("web_settings", WebSettings)
 
 
+class Parts(payload.Payload):
+    """A body sent as the buffers it is made of, one after the other, without joining them."""
+
+    _value: tuple[bytes | memoryview, ...]
+
+    def __init__(self, parts: tuple[bytes | memoryview, ...]) -> None:
+        super().__init__(parts)
+        self._size = sum(len(part) for part in parts)
+
+    def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
+        return b"".join(self._value).decode(encoding, errors)
+
+    async def write(self, writer: AbstractStreamWriter) -> None:
+        for part in self._value:
+            await writer.write(part)
+
+
 async def metrics(request: web.Request) -> web.Response:
     exporter = request.app[EXPORTER]
     headers = request.headers
-    rendered = await exporter.exposition.get(
+    answer = await exporter.exposition.get(
         headers.get("Accept", ""), headers.get("Accept-Encoding", "")
     )
-    return web.Response(body=rendered.body, headers=rendered.headers)
+    parts = answer.parts
+    body = parts[0] if len(parts) == 1 else Parts(parts)
+    return web.Response(body=body, headers=answer.headers)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -44,6 +64,17 @@ async def reload(request: web.Request) -> web.Response:
     if error is None:
         return web.Response(text="reloaded\n")
     return web.Response(status=500, text=f"reload failed; the previous config stays.\n{error}\n")
+
+
+LIFECYCLE_FLAG = "--web.enable-lifecycle"
+
+
+async def reload_refused(request: web.Request) -> web.Response:
+    return web.Response(
+        status=403,
+        text=f"the lifecycle API is not enabled: start the exporter with {LIFECYCLE_FLAG} to "
+        "reload the config over HTTP (SIGHUP reloads it in any case)\n",
+    )
 
 
 def status_view(exporter: Exporter) -> StatusView:
@@ -104,10 +135,13 @@ async def _collection(app: web.Application) -> AsyncIterator[None]:
         yield
 
 
-def build_app(exporter: Exporter, settings: WebSettings | None = None) -> web.Application:
+def build_app(
+    exporter: Exporter, settings: WebSettings | None = None, *, lifecycle: bool = False
+) -> web.Application:
     """The exporter's app; ``settings`` (the web config) adds response headers, the client
     certificate names let in, the rate limit and basic auth, and is watched for changes while the
-    app runs (TLS is the server's, see ``exporter.cli``)."""
+    app runs (TLS is the server's, see ``exporter.cli``). Without ``lifecycle``
+    (``--web.enable-lifecycle``), ``POST /-/reload`` answers 403."""
     app = web.Application(middlewares=settings.middlewares() if settings else [])
     app[EXPORTER] = exporter
     if settings is not None:
@@ -117,6 +151,6 @@ def build_app(exporter: Exporter, settings: WebSettings | None = None) -> web.Ap
     app.router.add_get(exporter.config.web.telemetry_path, metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_post("/-/reload", reload)
+    app.router.add_post("/-/reload", reload if lifecycle else reload_refused)
     app.router.add_get("/", status_page)
     return app

@@ -1,10 +1,10 @@
 """``--health-check``: ask ``/healthz`` of the exporter that a config and web config file describe,
 as a container's ``HEALTHCHECK`` does, and say 0 (a 200) or 1 (anything else).
 
-The address is the config's ``web.listen_address`` (or ``--listen``; without a config file, as in
-``--demo``, the default), a wildcard host asked on loopback. Only the config's ``web`` section is
-read, so targets and their secrets play no part: a file broken by an edit that the running
-exporter refused on reload does not make it unhealthy.
+The address is the config's ``web.listen_address`` (or ``--web.listen-address``; without a config
+file, as in ``--demo``, the default), a wildcard host asked on loopback. Only the config's ``web``
+section is read, so targets and their secrets play no part: a file broken by an edit that the
+running exporter refused on reload does not make it unhealthy.
 
 With ``tls_server_config`` the check speaks TLS and trusts exactly the certificate that
 ``cert_file`` holds: on loopback the certificate's names cannot match and its CA may be unknown to

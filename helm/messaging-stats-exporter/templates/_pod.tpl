@@ -49,7 +49,7 @@ sharding.replicas.
             - --config
             - /etc/messaging-stats-exporter/config.yaml
             {{- end }}
-            - --listen
+            - --web.listen-address
             - {{ printf "0.0.0.0:%v" .Values.containerPort | quote }}
             {{- if eq (include "messaging-stats-exporter.sharded" .) "true" }}
             - --shard-from-hostname
