@@ -202,17 +202,17 @@ def test_bad_durations_are_refused(value: object) -> None:
         ),
         pytest.param(
             {"log": {"level": "verbose"}},
-            "log.level: Input should be 'debug', 'info', 'warning' or 'error'",
+            "log.level: must be 'debug', 'info', 'warning' or 'error'",
             id="bad-log-level",
         ),
         pytest.param(
             {"targets": [thulium_target(max_concurrency=0)]},
-            "targets[0].max_concurrency: Input should be greater than or equal to 1",
+            "targets[0].max_concurrency: must be at least 1; it is 0",
             id="bad-concurrency",
         ),
         pytest.param(
             {"targets": {"name": "x"}},
-            "targets: Input should be a valid list",
+            "targets: must be a list",
             id="targets-not-a-list",
         ),
     ],

@@ -34,12 +34,18 @@ from typing import Literal
 import aiohttp
 import bcrypt
 import structlog
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from pydantic import Field, ValidationError, field_validator
 
-from exporter.config import ConfigError, ConfigProblem, format_path
+from exporter.bounded import (
+    WEB_CONFIG_FILE_MAX_BYTES,
+    FileProblem,
+    YAMLProblem,
+    load_yaml,
+    read_text,
+)
+from exporter.config import ConfigError, ConfigProblem, format_path, yaml_problem
 from exporter.fields import StrictModel
 
 log = structlog.get_logger("exporter.web.webconfig")
@@ -100,13 +106,12 @@ def load_web_config(path: str | Path) -> WebConfigFile:
     """The file, validated, its certificate files loaded once to prove they load."""
     source = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError([ConfigProblem("", "the file does not exist")], source) from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            [ConfigProblem("", f"cannot be read ({type(exc).__name__})")], source
-        ) from None
+        text = read_text(path, WEB_CONFIG_FILE_MAX_BYTES)
+        raw = load_yaml(text, max_chars=WEB_CONFIG_FILE_MAX_BYTES) or {}
+    except FileProblem as exc:
+        raise ConfigError([ConfigProblem("", f"the file {exc}")], source) from None
+    except YAMLProblem as exc:
+        raise ConfigError([yaml_problem(exc)], source) from None
     try:
         config = WebConfigFile.model_validate(raw)
     except ValidationError as exc:
