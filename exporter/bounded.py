@@ -40,7 +40,7 @@ TLS_FILE_MAX_BYTES = 1 * MiB
 
 MAX_DEPTH = 64
 """Nesting levels of mappings and sequences; a config needs fewer than ten."""
-MAX_NODES = 200_000
+MAX_NODES = 100_000
 """Keys, values and items of a document, aliases counted as what they stand for."""
 
 

@@ -132,8 +132,8 @@ def check_telemetry_path(value: str) -> str:
             raise ValueError("must not have . or .. segments")
         if not _PATH_SEGMENT.fullmatch(segment):
             raise ValueError(
-                "must be a plain path: letters, digits and - . _ ~ ! $ & ' ( ) * + , ; = : @ "
-                "between slashes (no {, }, ?, #, %, spaces or non-ASCII characters)"
+                "must be a plain path, as it is served: no {, }, ?, #, %, spaces or non-ASCII "
+                "characters"
             )
     return value
 
