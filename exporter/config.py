@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 from pydantic import (
     BaseModel,
     Field,
+    TypeAdapter,
     ValidationError,
     create_model,
     field_validator,
@@ -189,14 +190,23 @@ class Config(StrictModel):
 
 
 @cache
+def _target_type() -> Any:
+    """A discriminated union over the registered providers' config models."""
+    models = tuple(provider.config_model for provider in registry().values())
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[models], Field(discriminator="provider")]  # noqa: UP007
+
+
+@cache
+def _target_adapter() -> TypeAdapter[TargetConfig]:
+    return TypeAdapter(_target_type())
+
+
+@cache
 def _config_model() -> type[Config]:
     """``Config`` with ``targets`` as a discriminated union over the registered providers."""
-    models = tuple(provider.config_model for provider in registry().values())
-    target_type: Any
-    if len(models) == 1:
-        target_type = models[0]
-    else:
-        target_type = Annotated[Union[models], Field(discriminator="provider")]  # noqa: UP007
+    target_type: Any = _target_type()
     model: type[Config] = create_model(
         "Config", __base__=Config, targets=(list[target_type], Field(default_factory=list))
     )
@@ -422,11 +432,14 @@ def _keys_at(loc: Sequence[str | int]) -> list[str]:
     return list(models[0].model_fields) if len(models) == 1 else []
 
 
-def _problems_from(error: ValidationError) -> Iterator[ConfigProblem]:
+def _problems_from(
+    error: ValidationError, prefix: tuple[str | int, ...] = ()
+) -> Iterator[ConfigProblem]:
+    """The problems of ``error``, whose locations are relative to ``prefix``."""
     provider_names = set(registry())
     known = f"known: {', '.join(sorted(provider_names))}"
     for item in error.errors(include_url=False):
-        loc = list(item["loc"])
+        loc = [*prefix, *item["loc"]]
         kind = item["type"]
         ctx = item.get("ctx") or {}
         message = _phrase(kind, str(item["msg"]), ctx, item.get("input"))
@@ -484,28 +497,103 @@ def validate_config(
         # An exporter without targets serves nothing but its own metrics: surely a mistake
         # (a file that is empty, or not the one meant).
         problems.append(ConfigProblem("targets", "at least one target is required"))
+    listed = _Problems(problems, inherited)
+    target_problems = _Problems([], inherited, listed.reported)
+    targets = expanded.get("targets")
+    if isinstance(targets, list):
+        # One target at a time: the errors of one validation, and the memory they take, are
+        # bounded by the size of a target, however many targets the file has.
+        validated: list[Any] = []
+        for index, target in enumerate(targets):
+            if _size(target, MAX_TARGET_NODES) > MAX_TARGET_NODES:
+                target_problems.add(
+                    ConfigProblem(
+                        f"targets[{index}]",
+                        f"has more than {MAX_TARGET_NODES:,} keys, values and items",
+                    )
+                )
+                continue
+            try:
+                validated.append(_target_adapter().validate_python(target))
+            except ValidationError as exc:
+                target_problems.add_errors(exc, ("targets", index))
+        # The rest, and what concerns the targets together (unique names), once all are valid.
+        expanded = {**expanded, "targets": validated if len(validated) == len(targets) else []}
     try:
         config = _config_model().model_validate(expanded)
     except ValidationError as exc:
-        # A key whose variable is unset has already been reported; its emptiness is no news.
-        reported = {problem.path for problem in problems}
-        for seen, problem in enumerate(_problems_from(exc)):
-            if len(problems) >= MAX_PROBLEMS:
-                more = exc.error_count() - seen
-                problems.append(ConfigProblem("", f"... and {more:,} more problems"))
-                break
-            if problem.path in reported:
-                continue
-            index = _target_index(problem.path)
-            key = problem.path.rpartition(".")[2]
-            if index is not None and key in inherited.get(index, ()):
-                problem = ConfigProblem(
-                    problem.path, f"{problem.message} (inherited from defaults.{key})"
-                )
-            problems.append(problem)
-    if problems:
-        raise ConfigError(problems, source)
+        listed.add_errors(exc)
+    listed.extend(target_problems)  # after the others, in the order of the file's keys
+    if listed.problems:
+        raise ConfigError(listed.result(), source)
     return config
+
+
+MAX_TARGET_NODES = 10_000
+"""Keys, values and items of one target: far more than a target needs (an Altcraft target with
+2,000 resources has 10,000), and what bounds the errors of validating it."""
+
+
+def _size(node: Any, limit: int) -> int:
+    """The keys, values and items in ``node``, counted up to just past ``limit``."""
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+class _Problems:
+    """A config's problems as they are found: the first :data:`MAX_PROBLEMS` listed, the rest
+    counted. A key whose variable is unset has already been reported, so its emptiness is no
+    news; a problem with a value a target inherited from ``defaults`` says so."""
+
+    def __init__(
+        self,
+        problems: list[ConfigProblem],
+        inherited: dict[int, set[str]],
+        reported: set[str] | None = None,
+    ) -> None:
+        self.problems = problems
+        self.reported = {problem.path for problem in problems} if reported is None else reported
+        self.inherited = inherited
+        self.more = 0
+
+    def add(self, problem: ConfigProblem) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.more += 1
+            return
+        if problem.path in self.reported:
+            return
+        index = _target_index(problem.path)
+        key = problem.path.rpartition(".")[2]
+        if index is not None and key in self.inherited.get(index, ()):
+            problem = ConfigProblem(
+                problem.path, f"{problem.message} (inherited from defaults.{key})"
+            )
+        self.problems.append(problem)
+
+    def add_errors(self, error: ValidationError, prefix: tuple[str | int, ...] = ()) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.more += error.error_count()  # without building the problems
+            return
+        for problem in _problems_from(error, prefix):
+            self.add(problem)
+
+    def extend(self, other: _Problems) -> None:
+        room = max(0, MAX_PROBLEMS - len(self.problems))
+        self.problems += other.problems[:room]
+        self.more += len(other.problems[room:]) + other.more
+
+    def result(self) -> list[ConfigProblem]:
+        if not self.more:
+            return self.problems
+        return [*self.problems, ConfigProblem("", f"... and {self.more:,} more problems")]
 
 
 _TARGET_KEY = re.compile(r"^targets\[(\d+)\]\.[a-z_]+$")

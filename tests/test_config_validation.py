@@ -631,3 +631,34 @@ def test_a_malformed_listen_address_is_refused(address: str) -> None:
 def test_listen_addresses_that_are_accepted(address: str) -> None:
     config = validate_config({"targets": [thulium()], "web": {"listen_address": address}})
     assert config.web.listen_address == address
+
+
+def test_a_target_of_more_than_10000_nodes_is_refused_and_the_others_still_checked() -> None:
+    huge = altcraft(resources=[{}] * 5000)  # 1 + 2 x 6 + 1 + 5,000 nodes: under
+    assert problems({"targets": [huge]})[0] == "targets[0].resources[0].id: required key is missing"
+    huger = altcraft(resources=[{}] * 10_000)
+    found = problems({"targets": [thulium(), huger, thulium(name="b", interval="x")]})
+    assert found == [
+        "targets[1]: has more than 10,000 keys, values and items",
+        "targets[2].interval: invalid duration 'x': use a number of seconds or a string such as "
+        "500ms, 30s, 5m, 1h, 1h30m",
+    ]
+
+
+def test_targets_are_validated_one_at_a_time_with_the_same_problems() -> None:
+    found = problems(
+        {
+            "log": {"level": "loud"},
+            "targets": [thulium(), thulium(name="b", pasword="x"), thulium(), 7],
+        }
+    )
+    assert found == [
+        "log.level: must be 'debug', 'info', 'warning' or 'error'",
+        "targets[1].pasword: unknown key; did you mean password?",
+        "targets[3]: must be a mapping (key: value)",
+    ]
+    # Once every target is valid, what concerns them together is checked.
+    assert problems({"targets": [thulium(), thulium()]}) == [
+        "targets[1].name: 'thulium-acme' is already the name of targets[0]; target names must "
+        "be unique"
+    ]
