@@ -374,6 +374,41 @@ def test_the_config_file_is_read_up_to_4_mib(tmp_path: Path) -> None:
     ]
 
 
+def test_the_web_config_file_is_read_up_to_1_mib_and_only_if_regular(tmp_path: Path) -> None:
+    from exporter.web.webconfig import load_web_config
+
+    path = tmp_path / "web.yaml"
+    text = "http_server_config: {headers: {X-Frame-Options: deny}}\n"
+    path.write_text(text + "#" * (1024 * 1024 - len(text) - 1) + "\n")
+    assert load_web_config(path).http_server_config.headers == {"X-Frame-Options": "deny"}
+    with path.open("a") as file:
+        file.write("#")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(path)
+    assert [str(p) for p in caught.value.problems] == [
+        "the file is larger than 1 MiB, the most that is read"
+    ]
+    for kind, refusal in REFUSED_KINDS.items():
+        with pytest.raises(ConfigError) as caught:
+            load_web_config(special_file(tmp_path, kind))
+        assert [str(p) for p in caught.value.problems] == [f"the file {refusal}"]
+
+
+def test_the_web_config_file_is_parsed_with_the_same_yaml_bounds(tmp_path: Path) -> None:
+    from exporter.web.webconfig import load_web_config
+
+    path = tmp_path / "web.yaml"
+    path.write_text(billion_laughs())
+    with pytest.raises(ConfigError, match=r"more than 100,000 keys, values and items"):
+        load_web_config(path)
+    path.write_text("basic_auth_users: {a: x}\nbasic_auth_users: {b: y}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_web_config(path)
+    assert [str(p) for p in caught.value.problems] == [
+        "basic_auth_users: the key is given twice in one mapping (on lines 1 and 2)"
+    ]
+
+
 def test_a_secret_file_is_read_up_to_64_kib(tmp_path: Path) -> None:
     secret = tmp_path / "secret"
     secret.write_text("s" * 65536)

@@ -480,8 +480,12 @@ def test_the_unmutated_base_config_passes_and_the_worst_splices_are_refused(
         code, out, err = run_in_process(["--config", str(path), "--check-config"])
     assert (code, err) == (0, "")
     assert out.splitlines()[0].endswith("OK, 4 target(s)")
-    for splice in TEXT_SPLICES[-2:]:
+    for splice, refusal in [
+        (TEXT_SPLICES[-2], "x" + "[0]" * 63 + ": nested deeper than 64 levels (line 1)"),
+        (TEXT_SPLICES[-1], "x[0]: the alias *r is inside the node it names"),
+    ]:
         path.write_text(render(Mutated(base_config(), edits=[("splice", 0, splice)]), files))
         with environment(ENV):
             code, _, err = run_in_process(["--config", str(path), "--check-config"])
-        assert code == 2, err
+        assert code == 2
+        assert f"\n  {refusal}" in err, err
