@@ -28,7 +28,9 @@ from pydantic import Field, model_validator
 from exporter.fields import (
     BaseUrl,
     Duration,
+    IntervalDuration,
     SecretsModel,
+    TimeoutDuration,
     format_duration,
     key_problem,
     parse_duration,
@@ -56,8 +58,8 @@ class TargetConfig(SecretsModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     provider: str
     base_url: BaseUrl
-    interval: Duration = DEFAULT_INTERVAL
-    timeout: Duration = DEFAULT_TIMEOUT
+    interval: IntervalDuration = DEFAULT_INTERVAL
+    timeout: TimeoutDuration = DEFAULT_TIMEOUT
     stale_after: Duration = MIN_STALE_AFTER
     """Given, inherited from ``defaults``, or else :func:`default_stale_after` of ``interval``."""
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
