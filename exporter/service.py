@@ -80,6 +80,7 @@ class Exporter:
             self.histogram,
             self.clock,
             self.config.max_concurrent_collections,
+            max_response_bytes_in_flight=self.config.max_response_bytes_in_flight,
         )
 
     async def collecting(self) -> AsyncIterator[None]:

@@ -19,7 +19,7 @@ from exporter.clock import Clock
 from exporter.collect.snapshot import Snapshot
 from exporter.providers.base import Provider, TargetConfig
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ProviderClient
+from exporter.providers.http import ProviderClient, ResponseBudget
 from exporter.providers.turns import Turnstile
 
 log = structlog.get_logger("exporter.collect.scheduler")
@@ -57,6 +57,7 @@ class TargetRunner:
         clock: Clock,
         turnstile: Turnstile,
         limit: asyncio.Semaphore | None = None,
+        budget: ResponseBudget | None = None,
     ) -> None:
         self.config = config
         self._record = record
@@ -72,6 +73,7 @@ class TargetRunner:
             max_concurrency=config.max_concurrency,
             max_response_bytes=config.max_response_bytes,
             turnstile=turnstile,
+            budget=budget,
         )
         self.provider = provider_cls(config, self.client, clock)
 
@@ -166,6 +168,7 @@ class Scheduler:
         clock: Clock,
         max_concurrent_collections: int | None = None,
         turnstile: Turnstile | None = None,
+        max_response_bytes_in_flight: int | None = None,
     ) -> None:
         self._providers = providers
         self._record = record
@@ -178,6 +181,10 @@ class Scheduler:
         self._max_concurrent = max_concurrent_collections or None
         self._limit = (
             asyncio.Semaphore(max_concurrent_collections) if max_concurrent_collections else None
+        )
+        # What the answers in flight may hold, all targets together. Fixed for the process.
+        self._budget = (
+            ResponseBudget(max_response_bytes_in_flight) if max_response_bytes_in_flight else None
         )
         self.runners: dict[str, TargetRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -203,6 +210,7 @@ class Scheduler:
                     self._clock,
                     self._turnstile,
                     self._limit,
+                    self._budget,
                 )
                 previous = replaced.get(name)
                 if previous is not None and previous.name == runner.provider.name:
