@@ -42,7 +42,7 @@ COPIES = 3
 """Targets per simulator account: the demo's 8 accounts become 24 targets."""
 ROUNDS = 3
 """Failed (or, for a fault the client takes, successful) collections of every target per fault."""
-PHASE_BOUND = 60.0
+PHASE_BOUND = 180.0
 """Seconds a phase may take before the test gives up on it (a hang, not a measurement)."""
 
 SIMULATOR = """
@@ -196,7 +196,7 @@ async def exporter_process(
     ]
     config = {
         "log": {"level": "error"},
-        "defaults": {"interval": "1s", "timeout": "1s"},
+        "defaults": {"interval": "2s", "timeout": "2s"},
         "targets": targets,
     }
     path = tmp_path / "config.yaml"
@@ -260,7 +260,7 @@ async def test_every_huge_answer_of_every_provider_at_once_stays_under_the_bound
         nonlocal peak_rss
         while sampling:
             peak_rss = max(peak_rss, memory(exporter.process.pid)[0])
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.05)
 
     # Every target collected once, without faults: the exporter's own size, its data included.
     await exporter.wait_for(
@@ -324,6 +324,10 @@ async def test_every_huge_answer_of_every_provider_at_once_stays_under_the_bound
     report.append(f"after recovery {now / MIB:.1f} MiB; sampled peak {peak_rss / MIB:.1f} MiB")
     print("; ".join(report))
     assert peak < BOUND, report
+    # The bound's derivation (docs/design.md): what answers in flight hold fits the budget, and
+    # one body at a time is decoded.
+    largest = max(default_limit(provider) for provider in registry())
+    assert peak < baseline + DEFAULT_MAX_RESPONSE_BYTES_IN_FLIGHT + 26 * largest, report
 
 
 # -- the contract ---------------------------------------------------------------------------------

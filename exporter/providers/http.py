@@ -115,6 +115,11 @@ class ResponseBudget:
         self.reserved -= size
         self._grant()
 
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for room."""
+        return len(self._waiting)
+
     def _grant(self) -> None:
         while self._waiting:
             size, waiter = self._waiting[0]
@@ -425,8 +430,16 @@ class ProviderClient:
             # collections.
             await self._turnstile.turn()
             if reason is None:
-                return read(status, response_headers, body)
+                try:
+                    return read(status, response_headers, body)
+                except CollectError as exc:
+                    exc.excerpt = self._excerpt(body)
+                    raise
             raise self._http_error(reason, where, status, response_headers, body, error_text)
+
+    def _excerpt(self, body: bytearray) -> str:
+        """What an error keeps of the body it failed on."""
+        return excerpt(body)
 
     def _http_error(
         self,
@@ -452,7 +465,7 @@ class ProviderClient:
             status,
             detail,
             _retry_after(headers, time.time()),
-            excerpt(body),
+            self._excerpt(body),
         )
 
     async def _read_body(
@@ -488,7 +501,7 @@ class ProviderClient:
                 buffer += chunk
         if not too_large:
             return buffer
-        start = excerpt(buffer) if buffer else None
+        start = self._excerpt(buffer) if buffer else None
         del buffer
         raise CollectError(
             Reason.PARSE, f"{where}: the response body is larger than {limit} bytes", excerpt=start
@@ -523,11 +536,7 @@ def _keep_response(status: int, headers: Mapping[str, str], body: bytearray) -> 
 
 
 def _decode(status: int, headers: Mapping[str, str], body: bytearray) -> Any:
-    try:
-        return decode_json(body)
-    except CollectError as exc:
-        exc.excerpt = excerpt(body)
-        raise
+    return decode_json(body)
 
 
 def basic_auth(username: str, password: str) -> str:
