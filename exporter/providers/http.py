@@ -49,7 +49,7 @@ SOCKET_READ = 256 * 1024
 MAX_RESPONSE_HEADERS = 64
 MAX_HEADER_FIELD = 4096
 """A response head may have at most this many header lines of at most this many bytes each (name
-and value): 256 KiB in all, a hundred times what an API answers with."""
+and value): 256 KiB in all, where an API's answers carry a few KB."""
 RESPONSE_OVERHEAD = 2 * MAX_RESPONSE_HEADERS * MAX_HEADER_FIELD + 2 * READ_BUFSIZE + SOCKET_READ
 """What one response may hold besides its body: its head twice (the raw lines and the parsed
 headers) and aiohttp's read-ahead (its buffer's high-water mark plus one socket read): 800 KiB."""
