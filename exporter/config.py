@@ -46,12 +46,14 @@ from exporter.providers import registry
 from exporter.providers.base import (
     DEFAULT_INTERVAL,
     DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
+    MIN_RESPONSE_BYTES,
     TargetConfig,
 )
+from exporter.providers.http import RESPONSE_OVERHEAD, response_reservation
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:10057"
+DEFAULT_MAX_RESPONSE_BYTES_IN_FLIGHT = 64 * 1024 * 1024
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -150,7 +152,8 @@ class Defaults(StrictModel):
     stale_after: Duration | None = None
     """None: each target's own default, the larger of 5m and 3 x its interval."""
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
-    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    max_response_bytes: int | None = Field(default=None, ge=MIN_RESPONSE_BYTES)
+    """None: each target's provider's own default."""
 
     @model_validator(mode="after")
     def _stale_after_covers_an_interval(self) -> Defaults:
@@ -171,6 +174,9 @@ class Config(StrictModel):
     defaults: Defaults = Defaults()
     sharding: Sharding = Sharding()
     max_concurrent_collections: int = Field(default=64, ge=1, le=10_000)
+    max_response_bytes_in_flight: int = Field(
+        default=DEFAULT_MAX_RESPONSE_BYTES_IN_FLIGHT, ge=MIN_RESPONSE_BYTES + RESPONSE_OVERHEAD
+    )
     targets: Sequence[TargetConfig] = Field(default=())
 
     @model_validator(mode="after")
@@ -183,6 +189,17 @@ class Config(StrictModel):
                     f"targets[{seen[target.name]}]; target names must be unique"
                 )
             seen[target.name] = index
+        return self
+
+    @model_validator(mode="after")
+    def _answers_fit_in_flight(self) -> Config:
+        for index, target in enumerate(self.targets):
+            if response_reservation(target.max_response_bytes) > self.max_response_bytes_in_flight:
+                raise ValueError(
+                    f"targets[{index}].max_response_bytes: {target.max_response_bytes} does not "
+                    f"fit in max_response_bytes_in_flight ({self.max_response_bytes_in_flight}) "
+                    f"with the {RESPONSE_OVERHEAD} bytes a request reserves besides its body"
+                )
         return self
 
     def secret_values(self) -> list[str]:

@@ -19,7 +19,7 @@ from exporter.clock import Clock
 from exporter.collect.snapshot import Snapshot
 from exporter.providers.base import Provider, TargetConfig
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ProviderClient
+from exporter.providers.http import ProviderClient, ResponseBudget
 from exporter.providers.turns import Turnstile
 from exporter.redaction import Redactor
 
@@ -60,6 +60,7 @@ class TargetRunner:
         limit: asyncio.Semaphore | None = None,
         *,
         redactor: Redactor | None = None,
+        budget: ResponseBudget | None = None,
     ) -> None:
         self.config = config
         self._record = record
@@ -76,6 +77,7 @@ class TargetRunner:
             max_response_bytes=config.max_response_bytes,
             turnstile=turnstile,
             redactor=redactor,
+            budget=budget,
         )
         self.provider = provider_cls(config, self.client, clock)
 
@@ -172,6 +174,7 @@ class Scheduler:
         turnstile: Turnstile | None = None,
         *,
         redactor: Redactor | None = None,
+        max_response_bytes_in_flight: int | None = None,
     ) -> None:
         self._providers = providers
         self._redactor = redactor
@@ -185,6 +188,10 @@ class Scheduler:
         self._max_concurrent = max_concurrent_collections or None
         self._limit = (
             asyncio.Semaphore(max_concurrent_collections) if max_concurrent_collections else None
+        )
+        # What the answers in flight may hold, all targets together. Fixed for the process.
+        self._budget = (
+            ResponseBudget(max_response_bytes_in_flight) if max_response_bytes_in_flight else None
         )
         self.runners: dict[str, TargetRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -211,6 +218,7 @@ class Scheduler:
                     self._turnstile,
                     self._limit,
                     redactor=self._redactor,
+                    budget=self._budget,
                 )
                 previous = replaced.get(name)
                 if previous is not None and previous.name == runner.provider.name:

@@ -63,7 +63,14 @@ from exporter.fields import (
     format_duration,
     key_problem,
 )
-from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
+from exporter.providers.base import (
+    MetricSpec,
+    Provider,
+    Sample,
+    TargetConfig,
+    label_value,
+    max_response_bytes_field,
+)
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
 
@@ -169,6 +176,9 @@ class AltcraftTarget(TargetConfig):
     resources: Annotated[tuple[ResourceRef, ...] | Literal["auto"], WrapValidator(_resources)] = ()
     segments: Annotated[tuple[SegmentRef, ...], WrapValidator(_segments)] = ()
     discovery_interval: Duration = DEFAULT_DISCOVERY_INTERVAL
+    # The largest answer is a resources/list page of up to 1,000 resources; a task's result or a
+    # resource is a few KB.
+    max_response_bytes: int = max_response_bytes_field(512 * 1024)
 
     SECRETS = ("token",)
 
@@ -817,6 +827,7 @@ class Altcraft(Provider[AltcraftTarget]):
                 return state.last_outcome
             envelope = await self._call(obj.refresh_method, obj.refresh_body(), idempotent=False)
             state.task_id = parse_task_id(envelope.data)
+            del envelope  # an answer is not kept across a wait
             state.last_refresh = now
             state.last_status, state.last_progress = "", None
             log.debug(
@@ -835,6 +846,7 @@ class Altcraft(Provider[AltcraftTarget]):
                     state.task_id = None
                 raise
             status = parse_task_status(envelope.data)
+            del envelope
             state.last_status, state.last_progress = status.status, status.progress
             if status.completed:
                 state.task_id = None
@@ -895,16 +907,13 @@ class Altcraft(Provider[AltcraftTarget]):
         resource_ids = await self._list_resources()
         try:
             async with asyncio.TaskGroup() as group:
-                lookups = [
-                    group.create_task(self._call("resources/get", {"id": rid}))
-                    for rid in resource_ids
-                ]
+                lookups = [group.create_task(self._database_ids(rid)) for rid in resource_ids]
         except BaseExceptionGroup as failed:  # the first failed lookup fails the discovery
             raise failed.exceptions[0] from None
         pairs = tuple(
             ResourceRef(id=rid, list_id=db)
             for rid, lookup in zip(resource_ids, lookups, strict=True)
-            for db in parse_database_ids(lookup.result().data)
+            for db in lookup.result()
         )
         self.discovery = Discovery(pairs, now)
         log.info(
@@ -915,6 +924,11 @@ class Altcraft(Provider[AltcraftTarget]):
             pairs=len(pairs),
         )
         return pairs
+
+    async def _database_ids(self, resource_id: int) -> list[int]:
+        """A resource's databases; its answer is parsed as it comes, not kept until every
+        lookup is done."""
+        return parse_database_ids((await self._call("resources/get", {"id": resource_id})).data)
 
     async def _list_resources(self) -> list[int]:
         """``resources/list`` page by page: ``from_id`` is the first id of a page, the answer's
@@ -928,11 +942,12 @@ class Altcraft(Provider[AltcraftTarget]):
             )
             page = parse_resource_ids(envelope.data)
             ids.update(dict.fromkeys(page))
-            next_from_id = envelope.next_from_id
+            next_from_id, total_count = envelope.next_from_id, envelope.total_count
+            del envelope  # not kept while the next page is asked for
             if (
                 not page
                 or next_from_id is None
-                or (envelope.total_count is not None and len(ids) >= envelope.total_count)
+                or (total_count is not None and len(ids) >= total_count)
             ):
                 return sorted(ids)
             if next_from_id <= from_id:
