@@ -178,3 +178,81 @@ async def eventually(predicate: Callable[[], bool], bound: float = 10.0) -> None
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {bound} s")
         await asyncio.sleep(0.02)
+
+
+# -- markers ------------------------------------------------------------------------------------
+# `slow` marks every test that starts a program (an exporter process, a venv with pip, promtool,
+# prometheus, alertmanager, chromium, helm, hadolint, systemd-analyze, podman). It is found here,
+# at collection, so that no test has to say it: a test starts a program when its code, a fixture
+# it uses, or a function or class of the tests' own that these name (followed to any depth) calls
+# subprocess.* or asyncio.create_subprocess_*. `-m 'not slow'` keeps the tests that run inside the
+# pytest process only: they need nothing beyond the venv, so none of them skips for a missing tool.
+
+_SPAWNERS = frozenset({"create_subprocess_exec", "create_subprocess_shell"})
+
+
+def _starts_a_program(obj: Any, seen: set[int]) -> bool:
+    """Whether ``obj``, a function or class of the tests' own, starts a program: by a call of
+    subprocess.* or asyncio.create_subprocess_*, or through the tests' functions it names and the
+    tests' classes it calls."""
+    import ast
+    import inspect
+    import sys
+    import textwrap
+
+    module_name = getattr(obj, "__module__", None) or ""
+    if id(obj) in seen or not (module_name == "tests" or module_name.startswith("tests.")):
+        return False
+    seen.add(id(obj))
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    except (OSError, TypeError, SyntaxError):
+        return False
+    names = vars(sys.modules[module_name])
+
+    def ours(value: Any, kind: Callable[[Any], bool]) -> bool:
+        return kind(value) and _starts_a_program(value, seen)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            call = node.func
+            if isinstance(call, ast.Attribute):
+                owner = call.value
+                if call.attr in _SPAWNERS or (
+                    isinstance(owner, ast.Name)
+                    and (owner.id == "subprocess" or names.get(owner.id) is subprocess)
+                ):
+                    return True
+            elif isinstance(call, ast.Name):
+                called = names.get(call.id)
+                if getattr(called, "__module__", None) == "subprocess":
+                    return True
+                if ours(called, inspect.isclass):
+                    return True
+        elif isinstance(node, ast.Name) and ours(names.get(node.id), inspect.isfunction):
+            return True
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    import inspect
+
+    known: dict[Any, bool] = {}
+
+    def starts(obj: Any) -> bool:
+        obj = inspect.unwrap(obj)
+        if obj not in known:
+            known[obj] = _starts_a_program(obj, set())
+        return known[obj]
+
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.get_closest_marker("slow") is not None:
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)  # pytest's own record of what it uses
+        used = [
+            definition.func
+            for definitions in (fixtures.name2fixturedefs.values() if fixtures else ())
+            for definition in definitions
+        ]
+        if any(starts(obj) for obj in [item.function, *used]):
+            item.add_marker(pytest.mark.slow)
