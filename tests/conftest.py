@@ -191,46 +191,66 @@ async def eventually(predicate: Callable[[], bool], bound: float = 10.0) -> None
 _SPAWNERS = frozenset({"create_subprocess_exec", "create_subprocess_shell"})
 
 
-def _starts_a_program(obj: Any, seen: set[int]) -> bool:
-    """Whether ``obj``, a function or class of the tests' own, starts a program: by a call of
-    subprocess.* or asyncio.create_subprocess_*, or through the tests' functions it names and the
-    tests' classes it calls."""
+def _ours(obj: Any) -> bool:
+    module = getattr(obj, "__module__", None) or ""
+    return module == "tests" or module.startswith("tests.")
+
+
+_read: dict[Any, tuple[bool, tuple[Any, ...]]] = {}
+
+
+def _read_code(obj: Any) -> tuple[bool, tuple[Any, ...]]:
+    """Of a function or class of the tests' own: whether its code calls subprocess.* or
+    asyncio.create_subprocess_*, and the tests' functions it names and classes it calls."""
     import ast
     import inspect
     import sys
     import textwrap
 
-    module_name = getattr(obj, "__module__", None) or ""
-    if id(obj) in seen or not (module_name == "tests" or module_name.startswith("tests.")):
-        return False
-    seen.add(id(obj))
+    if obj in _read:
+        return _read[obj]
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
     except (OSError, TypeError, SyntaxError):
-        return False
-    names = vars(sys.modules[module_name])
-
-    def ours(value: Any, kind: Callable[[Any], bool]) -> bool:
-        return kind(value) and _starts_a_program(value, seen)
-
+        tree = ast.Module(body=[], type_ignores=[])
+    names = vars(sys.modules[obj.__module__])
+    spawns = False
+    named: list[Any] = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call):
-            call = node.func
-            if isinstance(call, ast.Attribute):
-                owner = call.value
-                if call.attr in _SPAWNERS or (
-                    isinstance(owner, ast.Name)
-                    and (owner.id == "subprocess" or names.get(owner.id) is subprocess)
-                ):
-                    return True
-            elif isinstance(call, ast.Name):
-                called = names.get(call.id)
-                if getattr(called, "__module__", None) == "subprocess":
-                    return True
-                if ours(called, inspect.isclass):
-                    return True
-        elif isinstance(node, ast.Name) and ours(names.get(node.id), inspect.isfunction):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            spawns = spawns or node.func.attr in _SPAWNERS
+            spawns = spawns or (
+                isinstance(owner, ast.Name)
+                and (owner.id == "subprocess" or names.get(owner.id) is subprocess)
+            )
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            called = names.get(node.func.id)
+            spawns = spawns or getattr(called, "__module__", None) == "subprocess"
+            if inspect.isclass(called) and _ours(called):
+                named.append(called)
+        elif isinstance(node, ast.Name):
+            value = names.get(node.id)
+            if inspect.isfunction(value) and _ours(value):
+                named.append(value)
+    _read[obj] = (spawns, tuple(named))
+    return _read[obj]
+
+
+def _starts_a_program(obj: Any) -> bool:
+    """Whether a function or class of the tests' own starts a program, itself or through the
+    tests' functions and classes it reaches."""
+    seen: set[Any] = set()
+    todo = [obj]
+    while todo:
+        current = todo.pop()
+        if current in seen or not _ours(current):
+            continue
+        seen.add(current)
+        spawns, named = _read_code(current)
+        if spawns:
             return True
+        todo.extend(named)
     return False
 
 
@@ -242,7 +262,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     def starts(obj: Any) -> bool:
         obj = inspect.unwrap(obj)
         if obj not in known:
-            known[obj] = _starts_a_program(obj, set())
+            known[obj] = _starts_a_program(obj)
         return known[obj]
 
     for item in items:
