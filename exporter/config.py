@@ -6,28 +6,54 @@ exits with status 2 (see ``docs/configuration.md``).
 
 from __future__ import annotations
 
+import difflib
+import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
-import yaml
-from pydantic import Field, ValidationError, create_model, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
-from exporter.fields import KEY_PROBLEM, Duration, StrictModel, format_duration, key_problem
+from exporter.bounded import (
+    CONFIG_FILE_MAX_BYTES,
+    FileProblem,
+    YAMLProblem,
+    load_yaml,
+    read_text,
+)
+from exporter.fields import (
+    KEY_PROBLEM,
+    Duration,
+    IntervalDuration,
+    StrictModel,
+    TimeoutDuration,
+    format_duration,
+    key_problem,
+)
 from exporter.providers import registry
 from exporter.providers.base import (
     DEFAULT_INTERVAL,
     DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
+    MIN_RESPONSE_BYTES,
     TargetConfig,
 )
+from exporter.providers.http import RESPONSE_OVERHEAD, response_reservation
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:10057"
+DEFAULT_MAX_RESPONSE_BYTES_IN_FLIGHT = 64 * 1024 * 1024
 
 
 def parse_listen_address(value: str) -> tuple[str, int]:
@@ -35,12 +61,19 @@ def parse_listen_address(value: str) -> tuple[str, int]:
     host, sep, port_text = value.rpartition(":")
     if not sep:
         raise ValueError(f"{value!r} is not host:port")
-    if host.startswith("[") and host.endswith("]"):
+    if host.startswith("[") or host.endswith("]") or "[" in port_text or "]" in port_text:
+        if not (host.startswith("[") and host.endswith("]")):
+            raise ValueError(f"{value!r} is not host:port: a [ has no matching ] or the reverse")
         host = host[1:-1]
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(f"{value!r} has no valid port") from None
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{value!r}: {host!r} in brackets is not an IPv6 address") from None
+    elif ":" in host:
+        raise ValueError(f"{value!r}: an IPv6 address goes in brackets, as in [::1]:10057")
+    if not (port_text.isascii() and port_text.isdigit()):
+        raise ValueError(f"{value!r} has no valid port")
+    port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError(f"port {port} is out of range")
     return host, port
@@ -75,10 +108,37 @@ class WebConfig(StrictModel):
     @field_validator("telemetry_path")
     @classmethod
     def _path(cls, value: str) -> str:
-        reserved = {"/", "/healthz", "/readyz", "/-/reload"}
-        if not value.startswith("/") or value in reserved:
-            raise ValueError(f"must start with / and not be one of {sorted(reserved)}")
-        return value
+        return check_telemetry_path(value)
+
+
+RESERVED_PATHS = ("/", "/-/reload", "/healthz", "/readyz")
+"""The exporter's other endpoints: ``web.telemetry_path`` may be none of them."""
+_PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
+"""An RFC 3986 path segment without percent-encoding: no {, }, ?, #, %, space or non-ASCII."""
+
+
+def check_telemetry_path(value: str) -> str:
+    """A plain absolute path: it is the route of ``/metrics`` as written, not a pattern."""
+    if not value.startswith("/"):
+        raise ValueError("must be an absolute path, starting with /")
+    if value in RESERVED_PATHS:
+        raise ValueError(
+            f"must not be one of the exporter's other paths ({', '.join(RESERVED_PATHS)})"
+        )
+    segments = value[1:].split("/")
+    if value.endswith("/"):
+        segments.pop()  # a trailing / is part of the path
+    for segment in segments:
+        if not segment:
+            raise ValueError("must not have an empty segment (//)")
+        if segment in (".", ".."):
+            raise ValueError("must not have . or .. segments")
+        if not _PATH_SEGMENT.fullmatch(segment):
+            raise ValueError(
+                "must be a plain path, as it is served: no {, }, ?, #, %, spaces or non-ASCII "
+                "characters"
+            )
+    return value
 
 
 class LogConfig(StrictModel):
@@ -87,12 +147,13 @@ class LogConfig(StrictModel):
 
 
 class Defaults(StrictModel):
-    interval: Duration = DEFAULT_INTERVAL
-    timeout: Duration = DEFAULT_TIMEOUT
+    interval: IntervalDuration = DEFAULT_INTERVAL
+    timeout: TimeoutDuration = DEFAULT_TIMEOUT
     stale_after: Duration | None = None
     """None: each target's own default, the larger of 5m and 3 x its interval."""
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
-    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    max_response_bytes: int | None = Field(default=None, ge=MIN_RESPONSE_BYTES)
+    """None: each target's provider's own default."""
 
     @model_validator(mode="after")
     def _stale_after_covers_an_interval(self) -> Defaults:
@@ -113,6 +174,9 @@ class Config(StrictModel):
     defaults: Defaults = Defaults()
     sharding: Sharding = Sharding()
     max_concurrent_collections: int = Field(default=64, ge=1, le=10_000)
+    max_response_bytes_in_flight: int = Field(
+        default=DEFAULT_MAX_RESPONSE_BYTES_IN_FLIGHT, ge=MIN_RESPONSE_BYTES + RESPONSE_OVERHEAD
+    )
     targets: Sequence[TargetConfig] = Field(default=())
 
     @model_validator(mode="after")
@@ -125,6 +189,17 @@ class Config(StrictModel):
                     f"targets[{seen[target.name]}]; target names must be unique"
                 )
             seen[target.name] = index
+        return self
+
+    @model_validator(mode="after")
+    def _answers_fit_in_flight(self) -> Config:
+        for index, target in enumerate(self.targets):
+            if response_reservation(target.max_response_bytes) > self.max_response_bytes_in_flight:
+                raise ValueError(
+                    f"targets[{index}].max_response_bytes: {target.max_response_bytes} does not "
+                    f"fit in max_response_bytes_in_flight ({self.max_response_bytes_in_flight}) "
+                    f"with the {RESPONSE_OVERHEAD} bytes a request reserves besides its body"
+                )
         return self
 
     def secret_values(self) -> list[str]:
@@ -149,14 +224,23 @@ class Config(StrictModel):
 
 
 @cache
+def _target_type() -> Any:
+    """A discriminated union over the registered providers' config models."""
+    models = tuple(provider.config_model for provider in registry().values())
+    if len(models) == 1:
+        return models[0]
+    return Annotated[Union[models], Field(discriminator="provider")]  # noqa: UP007
+
+
+@cache
+def _target_adapter() -> TypeAdapter[TargetConfig]:
+    return TypeAdapter(_target_type())
+
+
+@cache
 def _config_model() -> type[Config]:
     """``Config`` with ``targets`` as a discriminated union over the registered providers."""
-    models = tuple(provider.config_model for provider in registry().values())
-    target_type: Any
-    if len(models) == 1:
-        target_type = models[0]
-    else:
-        target_type = Annotated[Union[models], Field(discriminator="provider")]  # noqa: UP007
+    target_type: Any = _target_type()
     model: type[Config] = create_model(
         "Config", __base__=Config, targets=(list[target_type], Field(default_factory=list))
     )
@@ -198,44 +282,62 @@ def format_path(loc: Sequence[str | int]) -> str:
 
 _VAR = re.compile(r"\$\$|\$\{([^}]*)\}")
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+EXPANSION_MAX_CHARS = CONFIG_FILE_MAX_BYTES
+"""The most characters that ``${VAR}`` substitutions may add to a config, all together."""
 
 
 def expand_env(
     node: Any, environ: Mapping[str, str], path: tuple[str | int, ...] = ()
 ) -> tuple[Any, list[ConfigProblem]]:
-    """Replace ``${VAR}`` in every string (``$$`` is a literal ``$``); collect unset variables."""
+    """Replace ``${VAR}`` in every string (``$$`` is a literal ``$``); collect unset variables,
+    values that are not valid UTF-8, and substitutions past :data:`EXPANSION_MAX_CHARS`."""
     problems: list[ConfigProblem] = []
-    if isinstance(node, str):
+    budget = EXPANSION_MAX_CHARS
 
-        def substitute(match: re.Match[str]) -> str:
-            if match.group(0) == "$$":
-                return "$"
-            name = match.group(1)
-            if not _VAR_NAME.match(name):
-                problems.append(ConfigProblem(format_path(path), f"invalid variable ${{{name}}}"))
-                return ""
-            if name not in environ:
-                problems.append(
-                    ConfigProblem(format_path(path), f"environment variable {name} is not set")
-                )
-                return ""
-            return environ[name]
+    def expand(node: Any, path: tuple[str | int, ...]) -> Any:
+        nonlocal budget
+        if isinstance(node, str):
 
-        return _VAR.sub(substitute, node), problems
-    if isinstance(node, dict):
-        out_dict: dict[Any, Any] = {}
-        for key, value in node.items():
-            out_dict[key], sub = expand_env(value, environ, (*path, str(key)))
-            problems += sub
-        return out_dict, problems
-    if isinstance(node, list):
-        out_list = []
-        for index, value in enumerate(node):
-            expanded, sub = expand_env(value, environ, (*path, index))
-            out_list.append(expanded)
-            problems += sub
-        return out_list, problems
-    return node, problems
+            def substitute(match: re.Match[str]) -> str:
+                nonlocal budget
+                if match.group(0) == "$$":
+                    return "$"
+                name = match.group(1)
+                where = format_path(path)
+                if not _VAR_NAME.match(name):
+                    problems.append(ConfigProblem(where, f"invalid variable ${{{name}}}"))
+                    return ""
+                if name not in environ:
+                    problems.append(ConfigProblem(where, f"environment variable {name} is not set"))
+                    return ""
+                value = environ[name]
+                if _SURROGATE.search(value):  # bytes that are not UTF-8, as Python decodes them
+                    problems.append(
+                        ConfigProblem(where, f"environment variable {name} is not valid UTF-8")
+                    )
+                    return ""
+                budget -= len(value)
+                if budget < 0:
+                    if budget + len(value) >= 0:  # reported once, where it was passed
+                        problems.append(
+                            ConfigProblem(
+                                where,
+                                f"environment variables add more than "
+                                f"{EXPANSION_MAX_CHARS:,} characters to the file in all",
+                            )
+                        )
+                    return ""
+                return value
+
+            return _VAR.sub(substitute, node)
+        if isinstance(node, dict):
+            return {key: expand(value, (*path, str(key))) for key, value in node.items()}
+        if isinstance(node, list):
+            return [expand(value, (*path, index)) for index, value in enumerate(node)]
+        return node
+
+    return expand(node, path), problems
 
 
 def _inherit_defaults(raw: dict[str, Any]) -> dict[int, set[str]]:
@@ -264,25 +366,124 @@ def _inherit_defaults(raw: dict[str, Any]) -> dict[int, set[str]]:
 _MESSAGES = {
     "extra_forbidden": "unknown key",
     "missing": "required key is missing",
+    "int_type": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "finite_number": "must be a finite number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "string_type": "must be a string",
+    "string_unicode": "must be UTF-8 text",
+    "list_type": "must be a list",
+    "tuple_type": "must be a list",
+    "set_type": "must be a list",
+    "dict_type": "must be a mapping (key: value)",
+    "model_type": "must be a mapping (key: value)",
+    "model_attributes_type": "must be a mapping (key: value)",
 }
+_BOUNDS = {
+    "greater_than_equal": ("ge", "must be at least {}"),
+    "greater_than": ("gt", "must be more than {}"),
+    "less_than_equal": ("le", "must be at most {}"),
+    "less_than": ("lt", "must be less than {}"),
+}
+_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]+$"
+MAX_PROBLEMS = 100
+"""Problems listed in one error; the rest are counted."""
 
 
-def _problems_from(error: ValidationError) -> list[ConfigProblem]:
+def _phrase(kind: str, message: str, ctx: Mapping[str, Any], value: object) -> str:
+    """A pydantic error in the words of the rest of the config's errors."""
+    if kind in _MESSAGES:
+        return _MESSAGES[kind]
+    if kind in _BOUNDS:
+        key, text = _BOUNDS[kind]
+        phrase = text.format(ctx.get(key))
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            phrase += f"; it is {value}"
+        return phrase
+    if kind in ("too_short", "string_too_short"):
+        least = ctx.get("min_length")
+        if least == 1:
+            return "must not be empty"
+        unit = "items" if kind == "too_short" else "characters"
+        return f"must have at least {least} {unit}"
+    if kind in ("too_long", "string_too_long"):
+        unit = "items" if kind == "too_long" else "characters"
+        return f"must have at most {ctx.get('max_length')} {unit}"
+    if kind == "string_pattern_mismatch":
+        if ctx.get("pattern") == _CONTROL_CHARACTERS:
+            return "must not contain control characters (such as a newline or a tab)"
+        return f"must match the pattern {ctx.get('pattern')}"
+    if kind in ("literal_error", "enum"):
+        return f"must be {ctx.get('expected')}"
+    # Errors of the config's own validators are already phrased; pydantic's others start with
+    # "Input should be ...".
+    message = message.removeprefix("Value error, ")
+    for prefix in ("Input should be ", "Value should be "):
+        if message.startswith(prefix):
+            return "must be " + message.removeprefix(prefix)
+    return message
+
+
+def unknown_key(key: object, allowed: Sequence[str]) -> str:
+    """``unknown key``, with the nearest of the ``allowed`` keys when one is close:
+    ``unknown key; did you mean password_file?``."""
+    if isinstance(key, str):
+        close = difflib.get_close_matches(key, allowed, n=1)
+        if close:
+            return f"unknown key; did you mean {close[0]}?"
+    return "unknown key"
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def _keys_at(loc: Sequence[str | int]) -> list[str]:
+    """The keys allowed in the mapping at ``loc`` (a location as pydantic reports it: a target's
+    provider is part of it); empty where that is not one model."""
+    models: list[type[BaseModel]] = [_config_model()]
+    providers = registry()
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        inner = [
+            m
+            for model in models
+            if part in model.model_fields
+            for m in _models_in(model.model_fields[part].annotation)
+        ]
+        if not inner and part in providers:  # the branch of the targets' union
+            inner = [providers[part].config_model]
+        if not inner:
+            return []
+        models = inner
+    return list(models[0].model_fields) if len(models) == 1 else []
+
+
+def _problems_from(
+    error: ValidationError, prefix: tuple[str | int, ...] = ()
+) -> Iterator[ConfigProblem]:
+    """The problems of ``error``, whose locations are relative to ``prefix``."""
     provider_names = set(registry())
     known = f"known: {', '.join(sorted(provider_names))}"
-    problems = []
     for item in error.errors(include_url=False):
-        loc = list(item["loc"])
+        loc = [*prefix, *item["loc"]]
+        kind = item["type"]
+        ctx = item.get("ctx") or {}
+        message = _phrase(kind, str(item["msg"]), ctx, item.get("input"))
+        if kind == "extra_forbidden":
+            message = unknown_key(loc[-1], _keys_at(loc[:-1]))
         # A discriminated union puts the provider's name into the location: targets[0].thulium.x
         if len(loc) >= 3 and loc[0] == "targets" and loc[2] in provider_names:
             del loc[2]
         # Errors raised by a model validator that already name their key start with the path.
-        message = str(item["msg"]).removeprefix("Value error, ")
-        kind = item["type"]
-        ctx = item.get("ctx") or {}
-        if kind in _MESSAGES:
-            message = _MESSAGES[kind]
-        elif kind == KEY_PROBLEM:
+        if kind == KEY_PROBLEM:
             loc.append(str(ctx["key"]))
             message = str(ctx["message"])
         elif kind == "union_tag_invalid":
@@ -291,29 +492,28 @@ def _problems_from(error: ValidationError) -> list[ConfigProblem]:
         elif kind == "union_tag_not_found":
             message = f"required key is missing; {known}"
             loc.append("provider")
-        elif kind == "too_short" and ctx.get("min_length") == 1:
-            message = "must not be empty"
         elif kind == "literal_error" and loc[-1:] == ["provider"]:
             message = f"unknown provider {item['input']!r}; {known}"
         path = format_path(loc)
         head, sep, rest = message.partition(": ")
         if sep and (head.startswith("targets[") or head == path):
             path, message = head, rest
-        problems.append(ConfigProblem(path, message))
-    return problems
+        yield ConfigProblem(path, message)
+
+
+def yaml_problem(exc: YAMLProblem) -> ConfigProblem:
+    """A YAML document refused by :func:`exporter.bounded.load_yaml`, at its key or line."""
+    if exc.path:
+        return ConfigProblem(format_path(exc.path), exc.message)
+    return ConfigProblem(f"line {exc.line}, column {exc.column}" if exc.line else "", exc.message)
 
 
 def parse_config(text: str, source: str = "", environ: Mapping[str, str] | None = None) -> Config:
     """Validate a config file's text; raise :class:`ConfigError` listing every problem."""
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        where = ""
-        mark = getattr(exc, "problem_mark", None)
-        if mark is not None:
-            where = f"line {mark.line + 1}, column {mark.column + 1}"
-        problem = getattr(exc, "problem", None) or "not valid YAML"
-        raise ConfigError([ConfigProblem(where, f"YAML syntax error: {problem}")], source) from None
+        raw = load_yaml(text, max_chars=CONFIG_FILE_MAX_BYTES)
+    except YAMLProblem as exc:
+        raise ConfigError([yaml_problem(exc)], source) from None
     return validate_config(raw, source, environ)
 
 
@@ -331,24 +531,103 @@ def validate_config(
         # An exporter without targets serves nothing but its own metrics: surely a mistake
         # (a file that is empty, or not the one meant).
         problems.append(ConfigProblem("targets", "at least one target is required"))
+    listed = _Problems(problems, inherited)
+    target_problems = _Problems([], inherited, listed.reported)
+    targets = expanded.get("targets")
+    if isinstance(targets, list):
+        # One target at a time: the errors of one validation, and the memory they take, are
+        # bounded by the size of a target, however many targets the file has.
+        validated: list[Any] = []
+        for index, target in enumerate(targets):
+            if _size(target, MAX_TARGET_NODES) > MAX_TARGET_NODES:
+                target_problems.add(
+                    ConfigProblem(
+                        f"targets[{index}]",
+                        f"has more than {MAX_TARGET_NODES:,} keys, values and items",
+                    )
+                )
+                continue
+            try:
+                validated.append(_target_adapter().validate_python(target))
+            except ValidationError as exc:
+                target_problems.add_errors(exc, ("targets", index))
+        # The rest, and what concerns the targets together (unique names), once all are valid.
+        expanded = {**expanded, "targets": validated if len(validated) == len(targets) else []}
     try:
         config = _config_model().model_validate(expanded)
     except ValidationError as exc:
-        # A key whose variable is unset has already been reported; its emptiness is no news.
-        reported = {problem.path for problem in problems}
-        for problem in _problems_from(exc):
-            if problem.path in reported:
-                continue
-            index = _target_index(problem.path)
-            key = problem.path.rpartition(".")[2]
-            if index is not None and key in inherited.get(index, ()):
-                problem = ConfigProblem(
-                    problem.path, f"{problem.message} (inherited from defaults.{key})"
-                )
-            problems.append(problem)
-    if problems:
-        raise ConfigError(problems, source)
+        listed.add_errors(exc)
+    listed.extend(target_problems)  # after the others, in the order of the file's keys
+    if listed.problems:
+        raise ConfigError(listed.result(), source)
     return config
+
+
+MAX_TARGET_NODES = 10_000
+"""Keys, values and items of one target: far more than a target needs (an Altcraft target with
+2,000 resources has 10,000), and what bounds the errors of validating it."""
+
+
+def _size(node: Any, limit: int) -> int:
+    """The keys, values and items in ``node``, counted up to just past ``limit``."""
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            count += len(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return count
+
+
+class _Problems:
+    """A config's problems as they are found: the first :data:`MAX_PROBLEMS` listed, the rest
+    counted. A key whose variable is unset has already been reported, so its emptiness is no
+    news; a problem with a value a target inherited from ``defaults`` says so."""
+
+    def __init__(
+        self,
+        problems: list[ConfigProblem],
+        inherited: dict[int, set[str]],
+        reported: set[str] | None = None,
+    ) -> None:
+        self.problems = problems
+        self.reported = {problem.path for problem in problems} if reported is None else reported
+        self.inherited = inherited
+        self.more = 0
+
+    def add(self, problem: ConfigProblem) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.more += 1
+            return
+        if problem.path in self.reported:
+            return
+        index = _target_index(problem.path)
+        key = problem.path.rpartition(".")[2]
+        if index is not None and key in self.inherited.get(index, ()):
+            problem = ConfigProblem(
+                problem.path, f"{problem.message} (inherited from defaults.{key})"
+            )
+        self.problems.append(problem)
+
+    def add_errors(self, error: ValidationError, prefix: tuple[str | int, ...] = ()) -> None:
+        if len(self.problems) >= MAX_PROBLEMS:
+            self.more += error.error_count()  # without building the problems
+            return
+        for problem in _problems_from(error, prefix):
+            self.add(problem)
+
+    def extend(self, other: _Problems) -> None:
+        room = max(0, MAX_PROBLEMS - len(self.problems))
+        self.problems += other.problems[:room]
+        self.more += len(other.problems[room:]) + other.more
+
+    def result(self) -> list[ConfigProblem]:
+        if not self.more:
+            return self.problems
+        return [*self.problems, ConfigProblem("", f"... and {self.more:,} more problems")]
 
 
 _TARGET_KEY = re.compile(r"^targets\[(\d+)\]\.[a-z_]+$")
@@ -375,13 +654,10 @@ def config_warnings(config: Config) -> list[str]:
 
 
 def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    path = Path(path)
+    """Read and validate the config file: a regular file of at most
+    :data:`~exporter.bounded.CONFIG_FILE_MAX_BYTES`."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([ConfigProblem("", "the file does not exist")], str(path)) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(
-            [ConfigProblem("", f"cannot read the file ({type(exc).__name__})")], str(path)
-        ) from None
+        text = read_text(path, CONFIG_FILE_MAX_BYTES)
+    except FileProblem as exc:
+        raise ConfigError([ConfigProblem("", f"the file {exc}")], str(path)) from None
     return parse_config(text, str(path), environ)

@@ -19,6 +19,8 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 from yarl import URL
 
+from exporter.bounded import SECRET_FILE_MAX_BYTES, FileProblem, read_text
+
 KEY_PROBLEM = "key_problem"
 """The error type of :func:`key_problem`; its context carries ``key`` and ``message``."""
 
@@ -73,14 +75,41 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-"""Seconds, written in the config as ``30s``, ``5m``, ... or a bare number."""
+MIN_DURATION = 0.001
+"""No duration is shorter: a loop paced by a shorter one spins a core."""
+MIN_INTERVAL = 1.0
+"""The shortest ``interval``: the providers' statistics change more slowly, and each run costs
+the provider and the exporter requests."""
+MIN_TIMEOUT = 0.1
+"""The shortest ``timeout``: a collection over a network can hardly finish sooner."""
+
+
+def at_least(minimum: float) -> AfterValidator:
+    def check(seconds: float) -> float:
+        if seconds < minimum:
+            raise ValueError(
+                f"must be at least {format_duration(minimum)}; it is {format_duration(seconds)}"
+            )
+        return seconds
+
+    return AfterValidator(check)
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), at_least(MIN_DURATION)]
+"""Seconds, written in the config as ``30s``, ``5m``, ... or a bare number; at least
+:data:`MIN_DURATION`."""
+IntervalDuration = Annotated[float, BeforeValidator(parse_duration), at_least(MIN_INTERVAL)]
+"""A target's ``interval``: a :data:`Duration` of at least :data:`MIN_INTERVAL`."""
+TimeoutDuration = Annotated[float, BeforeValidator(parse_duration), at_least(MIN_TIMEOUT)]
+"""A target's ``timeout``: a :data:`Duration` of at least :data:`MIN_TIMEOUT`."""
 
 
 def format_duration(seconds: float) -> str:
     for unit, size in (("h", 3600.0), ("m", 60.0), ("s", 1.0)):
         if seconds >= size and seconds % size == 0:
             return f"{int(seconds // size)}{unit}"
+    if seconds < MIN_DURATION:
+        return f"{seconds:g}s"
     if seconds < 1:
         return f"{seconds * 1000:g}ms"
     return f"{seconds:g}s"
@@ -108,25 +137,18 @@ BaseUrl = Annotated[str, AfterValidator(_check_base_url)]
 
 
 def read_secret_file(value: object) -> SecretStr:
-    """Read a ``*_file`` secret: the file's text without its trailing newline (a Secret mount)."""
+    """Read a ``*_file`` secret: the file's text without its trailing newline (a Secret mount).
+    Only a regular file of at most :data:`~exporter.bounded.SECRET_FILE_MAX_BYTES` is read."""
     if not isinstance(value, str | Path) or not str(value):
         raise ValueError("must be the path of a file that holds the secret")
-    path = Path(value)
+    path = str(value)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"secret file {str(path)!r} does not exist") from None
-    except IsADirectoryError:
-        raise ValueError(f"secret file {str(path)!r} is a directory") from None
-    except PermissionError:
-        raise ValueError(f"secret file {str(path)!r} is not readable") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ValueError(
-            f"secret file {str(path)!r} cannot be read ({type(exc).__name__})"
-        ) from None
+        text = read_text(path, SECRET_FILE_MAX_BYTES)
+    except FileProblem as exc:
+        raise ValueError(f"secret file {path!r} {exc}") from None
     secret = text.rstrip("\r\n")
     if not secret:
-        raise ValueError(f"secret file {str(path)!r} is empty")
+        raise ValueError(f"secret file {path!r} is empty")
     return SecretStr(secret)
 
 

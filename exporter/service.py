@@ -98,6 +98,7 @@ class Exporter:
             self.clock,
             self.config.max_concurrent_collections,
             redactor=self.redactor,
+            max_response_bytes_in_flight=self.config.max_response_bytes_in_flight,
         )
 
     async def collecting(self) -> AsyncIterator[None]:

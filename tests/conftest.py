@@ -181,3 +181,101 @@ async def eventually(predicate: Callable[[], bool], bound: float = 10.0) -> None
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {bound} s")
         await asyncio.sleep(0.02)
+
+
+# -- markers ------------------------------------------------------------------------------------
+# `slow` marks every test that starts a program (an exporter process, a venv with pip, promtool,
+# prometheus, alertmanager, chromium, helm, hadolint, systemd-analyze, podman). It is found here,
+# at collection, so that no test has to say it: a test starts a program when its code, a fixture
+# it uses, or a function or class of the tests' own that these name (followed to any depth) calls
+# subprocess.* or asyncio.create_subprocess_*. `-m 'not slow'` keeps the tests that run inside the
+# pytest process only: they need nothing beyond the venv, so none of them skips for a missing tool.
+
+_SPAWNERS = frozenset({"create_subprocess_exec", "create_subprocess_shell"})
+
+
+def _ours(obj: Any) -> bool:
+    module = getattr(obj, "__module__", None) or ""
+    return module == "tests" or module.startswith("tests.")
+
+
+_read: dict[Any, tuple[bool, tuple[Any, ...]]] = {}
+
+
+def _read_code(obj: Any) -> tuple[bool, tuple[Any, ...]]:
+    """Of a function or class of the tests' own: whether its code calls subprocess.* or
+    asyncio.create_subprocess_*, and the tests' functions it names and classes it calls."""
+    import ast
+    import inspect
+    import sys
+    import textwrap
+
+    if obj in _read:
+        return _read[obj]
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(obj)))
+    except (OSError, TypeError, SyntaxError):
+        tree = ast.Module(body=[], type_ignores=[])
+    names = vars(sys.modules[obj.__module__])
+    spawns = False
+    named: list[Any] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            spawns = spawns or node.func.attr in _SPAWNERS
+            spawns = spawns or (
+                isinstance(owner, ast.Name)
+                and (owner.id == "subprocess" or names.get(owner.id) is subprocess)
+            )
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            called = names.get(node.func.id)
+            spawns = spawns or getattr(called, "__module__", None) == "subprocess"
+            if inspect.isclass(called) and _ours(called):
+                named.append(called)
+        elif isinstance(node, ast.Name):
+            value = names.get(node.id)
+            if inspect.isfunction(value) and _ours(value):
+                named.append(value)
+    _read[obj] = (spawns, tuple(named))
+    return _read[obj]
+
+
+def _starts_a_program(obj: Any) -> bool:
+    """Whether a function or class of the tests' own starts a program, itself or through the
+    tests' functions and classes it reaches."""
+    seen: set[Any] = set()
+    todo = [obj]
+    while todo:
+        current = todo.pop()
+        if current in seen or not _ours(current):
+            continue
+        seen.add(current)
+        spawns, named = _read_code(current)
+        if spawns:
+            return True
+        todo.extend(named)
+    return False
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    import inspect
+
+    known: dict[Any, bool] = {}
+
+    def starts(obj: Any) -> bool:
+        obj = inspect.unwrap(obj)
+        if obj not in known:
+            known[obj] = _starts_a_program(obj)
+        return known[obj]
+
+    for item in items:
+        if not isinstance(item, pytest.Function) or item.get_closest_marker("slow") is not None:
+            continue
+        fixtures = getattr(item, "_fixtureinfo", None)  # pytest's own record of what it uses
+        used = [
+            definition.func
+            for definitions in (fixtures.name2fixturedefs.values() if fixtures else ())
+            for definition in definitions
+        ]
+        if any(starts(obj) for obj in [item.function, *used]):
+            item.add_marker(pytest.mark.slow)

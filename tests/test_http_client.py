@@ -1,10 +1,13 @@
 """The shared HTTP client against a real upstream on loopback: retries, Retry-After, the deadline,
-the size limit, classification into reasons, the request histogram."""
+the size limit, classification into reasons, the request histogram; what an error keeps, and the
+budget of bytes in flight."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
@@ -15,7 +18,19 @@ from prometheus_client import CollectorRegistry, Histogram
 
 from exporter.clock import SystemClock
 from exporter.providers.errors import CollectError, Reason
-from exporter.providers.http import ProviderClient, new_session, request_duration_histogram
+from exporter.providers.http import (
+    EXCERPT_BYTES,
+    MAX_HEADER_FIELD,
+    MAX_RESPONSE_HEADERS,
+    HttpError,
+    HttpResponse,
+    ProviderClient,
+    ResponseBudget,
+    decode_json,
+    new_session,
+    request_duration_histogram,
+    response_reservation,
+)
 from exporter.providers.turns import Turnstile
 from tests.conftest import FakeClock
 
@@ -258,3 +273,242 @@ async def test_a_cookie_one_account_receives_is_never_sent_for_another(aiohttp_s
             url = str(server.make_url("/api")).replace("127.0.0.1", "localhost")
             await http.get_json(url, endpoint="ep")
     assert sent == [None, None]
+
+
+# -- memory: what an error keeps, the budget of bytes in flight -----------------------------------
+
+
+def held_text(error: BaseException) -> int:
+    """The bytes of text and binary data that keeping ``error`` keeps: its attributes, the
+    exceptions chained to it, and the locals of the frames in its traceback (containers
+    included; other objects, such as the client the frames were methods of, are not walked)."""
+    seen: set[int] = set()
+    stack: list[object] = [error]
+    total = 0
+    while stack:
+        item = stack.pop()
+        if id(item) in seen or item is None:
+            continue
+        seen.add(id(item))
+        if isinstance(item, str | bytes | bytearray | memoryview):
+            total += len(item)
+        elif isinstance(item, BaseException):
+            stack += [item.__traceback__, item.__context__, item.__cause__, *item.args]
+            stack += vars(item).values()
+        elif isinstance(item, types.TracebackType):
+            stack += [item.tb_frame, item.tb_next]
+        elif isinstance(item, types.FrameType):
+            stack += item.f_locals.values()
+        elif isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack += item
+        elif isinstance(item, HttpResponse):
+            stack += [item.headers, item.body]
+    return total
+
+
+async def failure(pending: Awaitable[Any]) -> CollectError:
+    """The error ``pending`` fails with, as a provider that keeps it would keep it."""
+    try:
+        await pending
+    except CollectError as exc:
+        return exc
+    raise AssertionError("no failure")
+
+
+def streamed(status: int, size: int | None) -> Callable[[web.Request], Awaitable[Any]]:
+    """A handler answering ``status`` with a chunked body of ``size`` bytes of "x" (without
+    end: None), 64 KiB at a time, until the client stops reading."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(status=status)
+        await response.prepare(request)
+        sent = 0
+        try:
+            while size is None or sent < size:
+                await response.write(b"x" * 65536)
+                sent += 65536
+        except (ConnectionError, RuntimeError):
+            pass
+        return response
+
+    return handle
+
+
+async def serve(aiohttp_server: Any, handler: Callable[[web.Request], Awaitable[Any]]) -> str:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    server = await aiohttp_server(app)
+    return str(server.make_url("/x"))
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_an_error_answer_of_any_size_keeps_its_reason_and_an_excerpt_not_its_body(
+    upstream, aiohttp_server, client, chunked
+):
+    up, url = upstream
+    http, _ = client
+    if chunked:
+        url = await serve(aiohttp_server, streamed(500, 32 * 1024 * 1024))
+    else:
+        up.script = [(500, {}, b"<html>" + b"x" * 1_000_000)]
+        url = f"{url}/x"
+    error = await failure(http.get_json(url, endpoint="ep"))
+    assert isinstance(error, HttpError)
+    assert error.reason is Reason.HTTP_5XX
+    assert error.excerpt is not None
+    assert len(error.excerpt) == EXCERPT_BYTES
+    assert held_text(error) < 4 * EXCERPT_BYTES
+
+
+async def test_a_retried_answer_is_not_kept_while_the_retry_waits(upstream, client):
+    up, url = upstream
+    http, _ = client
+    up.script = [(503, {"Retry-After": "0"}, b"x" * 1_000_000)] * 3
+    error = await failure(http.get_json(f"{url}/x", endpoint="ep"))
+    assert error.reason is Reason.HTTP_5XX
+    assert up.hits == 3
+    assert held_text(error) < 4 * EXCERPT_BYTES
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" + b"{}," * 1300,  # decodes into objects to its end, then is not JSON
+        b"[" + b"[" * 4000,  # too deeply nested
+        b"x" * 4000,
+    ],
+)
+async def test_a_body_that_does_not_decode_leaves_an_excerpt_not_the_body(upstream, client, body):
+    up, url = upstream
+    http, _ = client
+    up.script = [(200, {}, body)]
+    error = await failure(http.get_json(f"{url}/x", endpoint="ep"))
+    assert error.reason is Reason.PARSE
+    assert error.excerpt == body[:EXCERPT_BYTES].decode()
+    assert held_text(error) < 4 * EXCERPT_BYTES
+
+
+def test_a_decoding_error_keeps_neither_the_body_nor_its_decoded_text():
+    """Called by a provider on an error body, outside the client: json's own error, which holds
+    the whole decoded text, is not chained to it."""
+    with pytest.raises(CollectError) as caught:
+        decode_json(b"[" + b"0," * 100_000)
+    assert caught.value.__context__ is None
+    assert held_text(caught.value) < EXCERPT_BYTES
+
+
+async def test_a_body_without_a_length_is_read_no_further_than_the_limit(aiohttp_server, client):
+    http, _ = client
+    url = await serve(aiohttp_server, streamed(200, None))
+    error = await failure(http.get_json(url, endpoint="ep"))
+    assert error.reason is Reason.PARSE
+    assert "larger than 4096 bytes" in error.message
+    assert held_text(error) < 4 * EXCERPT_BYTES
+
+
+async def test_a_head_at_the_clients_limits_is_read(aiohttp_server, client):
+    async def handle(request: web.Request) -> web.Response:
+        # With aiohttp's own Content-Type, Content-Length, Date and Server.
+        padding = "x" * (MAX_HEADER_FIELD - 8)
+        lines = {f"X-{index:04d}": padding for index in range(MAX_RESPONSE_HEADERS - 4)}
+        return web.json_response({"ok": 1}, headers=lines)
+
+    http, _ = client
+    assert await http.get_json(await serve(aiohttp_server, handle), endpoint="ep") == {"ok": 1}
+
+
+async def test_a_head_past_the_clients_limits_is_a_connection_failure(aiohttp_server, client):
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(headers={f"X-{index}": "x" for index in range(MAX_RESPONSE_HEADERS)})
+
+    http, _ = client
+    error = await failure(http.get_json(await serve(aiohttp_server, handle), endpoint="ep"))
+    assert error.reason is Reason.CONNECTION
+    assert f"more than {MAX_RESPONSE_HEADERS} header lines" in error.message
+
+
+def budgeted(session: Any, histogram: Histogram, budget: ResponseBudget, account: str) -> Any:
+    made = provider_client(session, histogram, account)
+    made._budget = budget
+    return made
+
+
+async def test_requests_wait_for_room_in_the_budget_of_bytes_in_flight(aiohttp_server):
+    """Room for one request (4096 bytes plus the overhead): two targets' requests go one after the
+    other."""
+    arrived: asyncio.Queue[asyncio.Event] = asyncio.Queue()
+    in_flight = 0
+    most = 0
+
+    async def handle(request: web.Request) -> web.Response:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        gate = asyncio.Event()
+        await arrived.put(gate)
+        await gate.wait()
+        in_flight -= 1
+        return web.json_response({"ok": 1})
+
+    url = await serve(aiohttp_server, handle)
+    budget = ResponseBudget(response_reservation(4096))
+    histogram = request_duration_histogram(CollectorRegistry())
+    async with new_session("test") as session:
+        first, second = (budgeted(session, histogram, budget, name) for name in ("a", "b"))
+        requests = [
+            asyncio.create_task(http.get_json(url, endpoint="ep")) for http in (first, second)
+        ]
+        (await arrived.get()).set()
+        (await arrived.get()).set()
+        assert await asyncio.gather(*requests) == [{"ok": 1}, {"ok": 1}]
+    assert most == 1
+    assert budget.reserved == 0
+
+
+async def test_a_request_that_finds_no_room_before_its_deadline_is_timeout(upstream, client):
+    up, url = upstream
+    http, _ = client
+    budget = ResponseBudget(response_reservation(4096))
+    held = await budget.acquire(budget.limit)
+    http._budget = budget
+    http = http.bound(asyncio.get_running_loop().time() + 0.2, SystemClock())
+    error = await failure(http.get_json(f"{url}/x", endpoint="ep"))
+    assert error.reason is Reason.TIMEOUT
+    assert "no room in max_response_bytes_in_flight" in error.message
+    assert up.hits == 0
+    assert (budget.reserved, budget.waiting) == (budget.limit, 0)
+    budget.release(held)
+    assert budget.reserved == 0
+
+
+@pytest.mark.parametrize(
+    ("status", "body"), [(200, b'{"ok": 1}'), (200, b"{"), (500, b"x"), (200, b"x" * 10_000)]
+)
+async def test_every_attempt_gives_its_share_of_the_budget_back(upstream, client, status, body):
+    up, url = upstream
+    http, _ = client
+    budget = ResponseBudget(10 * response_reservation(4096))
+    http._budget = budget
+    up.script = [(status, {}, body)]
+    with contextlib.suppress(CollectError):
+        await http.get_json(f"{url}/x", endpoint="ep")
+    assert (budget.reserved, budget.waiting) == (0, 0)
+
+
+async def test_the_budget_is_first_come_first_served():
+    """A small request that would fit does not overtake a large one waiting before it."""
+    budget = ResponseBudget(10)
+    await budget.acquire(6)
+    large = asyncio.create_task(budget.acquire(10))
+    await asyncio.sleep(0)  # the large one starts waiting
+    small = asyncio.create_task(budget.acquire(2))
+    await asyncio.sleep(0)
+    assert budget.waiting == 2
+    budget.release(6)
+    assert await large == 10
+    assert not small.done()
+    budget.release(10)
+    assert await small == 2
+    assert budget.reserved == 2

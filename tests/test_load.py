@@ -27,7 +27,7 @@ async def test_200_concurrent_scrapers_never_fail_while_collections_run_and_faul
     sim, sim_url, make_config
 ):
     targets = simulator.demo_targets(sim_url, sim)
-    config = make_config(targets, defaults={"interval": "0.3s", "timeout": "0.25s"})
+    config = make_config(targets, defaults={"interval": "1s", "timeout": "0.9s"})
     exporter = make_exporter(config)
     # As ``exporter.cli._serve`` starts it: the collection loop starts with the app.
     runner = web.AppRunner(

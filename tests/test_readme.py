@@ -1,7 +1,8 @@
 """The README works as written: its quick-start demo command, run exactly as it stands in a fresh
-copy of the repository, installs the exporter and serves metrics on port 10057; its test command is
-the one CI means; every relative link in README.md and docs/*.md points at a file (and heading)
-that exists; the docs describe the exporter, not the history of its making."""
+copy of the repository, installs the exporter and serves metrics on port 10057; its test command
+is the one .ci/run reads from it and runs; every relative link in README.md and docs/*.md points
+at a file (and heading) that exists; the docs describe the exporter, not the history of its
+making."""
 
 from __future__ import annotations
 
@@ -63,6 +64,56 @@ def test_the_quick_start_commands_are_one_line_each_and_use_a_venv() -> None:
     assert tests.endswith(".venv/bin/python -m pytest"), tests
 
 
+def test_ci_runs_the_readme_test_command_as_written() -> None:
+    """.ci/run reads the command it runs from README.md: what it finds is the command shown."""
+    _, tests = quick_start_commands()
+    result = subprocess.run(
+        ["bash", str(ROOT / ".ci" / "run"), "--print-test-command"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == tests + "\n"
+    # It is the block that follows the paragraph saying so.
+    quick_start = section(README.read_text(), "Quick start")
+    paragraph = quick_start.index("Run the **tests**")
+    assert quick_start.index(f"```sh\n{tests}\n```") > paragraph
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        (("## Quick start", "## Quick look"), "no '## Quick start' section"),
+        (("Run the **tests**", "Run the tests"), "0 paragraphs beginning with"),
+        (("\n```sh\npython3 -m venv .venv && .venv/bin/pip install -e", "\n```\npython3"), "```sh"),
+        ((".venv/bin/python -m pytest\n```", ".venv/bin/python -m pytest\nmore\n```"), "2 lines"),
+    ],
+    ids=["no section", "no paragraph", "no sh block", "two lines"],
+)
+def test_ci_refuses_a_readme_whose_test_command_it_cannot_find(
+    tmp_path: Path, change: tuple[str, str], error: str
+) -> None:
+    """Where the README's shape changed, CI fails loudly rather than run something else."""
+    (tmp_path / ".ci").mkdir()
+    shutil.copy2(ROOT / ".ci" / "run", tmp_path / ".ci" / "run")
+    text = README.read_text(encoding="utf-8")
+    assert change[0] in text
+    (tmp_path / "README.md").write_text(text.replace(change[0], change[1], 1), encoding="utf-8")
+    result = subprocess.run(
+        ["bash", str(tmp_path / ".ci" / "run"), "--print-test-command"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert "cannot find the README's test command" in result.stderr
+    assert error in result.stderr
+
+
 def repository_copy(destination: Path) -> None:
     """The repository's files as a fresh clone would have them, from the working tree: tracked
     files and new ones not ignored (no .venv, caches or build output)."""
@@ -103,7 +154,10 @@ def scrape(url: str) -> str | None:
 @pytest.mark.slow
 def test_the_demo_command_works_as_written(tmp_path: Path) -> None:
     if shutil.which("git") is None or not (ROOT / ".git").exists():
-        pytest.skip("needs the git repository to copy its files")
+        message = "needs git and the repository's .git to copy its files as a clone has them"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
     if port_in_use(DEMO_PORT):
         message = f"port {DEMO_PORT}, the demo's default, is taken (is a demo running?)"
         if os.environ.get("CI"):

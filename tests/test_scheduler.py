@@ -39,7 +39,7 @@ async def test_the_loop_collects_every_interval_and_stops_with_the_app(
     sim, sim_url, aiohttp_client, make_config
 ):
     targets = [t for t in simulator.demo_targets(sim_url, sim) if t["provider"] == "thulium"]
-    exporter = make_exporter(make_config(targets, defaults={"interval": "0.2s", "timeout": "0.2s"}))
+    exporter = make_exporter(make_config(targets, defaults={"interval": "1s", "timeout": "1s"}))
     client = await aiohttp_client(build_app(exporter))
     await eventually(lambda: len(sim.received("thulium", "acme")) >= 3)
     assert exporter.store.ready()

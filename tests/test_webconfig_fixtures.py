@@ -159,7 +159,7 @@ def test_a_certificate_that_is_no_regular_file_or_too_large_is_refused_at_once(
     problem = str(caught.value.problems[0])
     assert problem.startswith("tls_server_config.cert_file: ")
     if kind == "too large":
-        assert f"larger than {MAX_PEM_BYTES} bytes" in problem
+        assert "larger than 1 MiB" in problem
     elif kind != "directory":
         assert "not a regular file" in problem
 
@@ -204,16 +204,19 @@ def test_every_key_is_in_the_web_config_table_of_the_docs():
 @pytest.mark.parametrize(
     ("text", "key"),
     [
-        ('basic_auth_users: {"\\ud800": "x"}\n', "basic_auth_users.'\\ud800'"),
+        ('basic_auth_users: {"\\ud800": "x"}\n', "basic_auth_users: contains \\ud800"),
         ('basic_auth_users: {"a\\nb": 1}\n', "basic_auth_users.'a\\nb'"),
-        ('http_server_config: {headers: {"\\ud800": deny}}\n', "http_server_config.headers.'"),
+        (
+            'http_server_config: {headers: {"\\ud800": deny}}\n',
+            "http_server_config.headers: contains \\ud800",
+        ),
         (
             'http_server_config: {headers: {Content-Security-Policy: "\\ud800"}}\n',
-            "http_server_config.headers.Content-Security-Policy: a header value must be valid",
+            "http_server_config.headers.Content-Security-Policy: contains \\ud800",
         ),
         (
             'tls_server_config: {cert_file: "\\ud800", key_file: "a\\0b"}\n',
-            "tls_server_config.cert_file: cannot read '",
+            "tls_server_config.cert_file: contains \\ud800",
         ),
     ],
 )

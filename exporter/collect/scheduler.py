@@ -20,7 +20,7 @@ from exporter.collect.snapshot import Snapshot
 from exporter.collect.targets import TableChange, Target, TargetTable
 from exporter.providers.base import Provider, Run, TargetConfig
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ProviderClient
+from exporter.providers.http import ProviderClient, ResponseBudget
 from exporter.providers.turns import Turnstile
 from exporter.redaction import Redactor
 
@@ -62,6 +62,7 @@ class TargetRunner:
         limit: asyncio.Semaphore | None = None,
         *,
         redactor: Redactor | None = None,
+        budget: ResponseBudget | None = None,
     ) -> None:
         self.config = config
         self._record = record
@@ -78,6 +79,7 @@ class TargetRunner:
             max_response_bytes=config.max_response_bytes,
             turnstile=turnstile,
             redactor=redactor,
+            budget=budget,
         )
         self.provider = provider_cls(config)
 
@@ -179,6 +181,7 @@ class Scheduler:
         turnstile: Turnstile | None = None,
         *,
         redactor: Redactor | None = None,
+        max_response_bytes_in_flight: int | None = None,
     ) -> None:
         self._targets = targets
         self._providers = providers
@@ -193,6 +196,10 @@ class Scheduler:
         self._max_concurrent = max_concurrent_collections or None
         self._limit = (
             asyncio.Semaphore(max_concurrent_collections) if max_concurrent_collections else None
+        )
+        # What the answers in flight may hold, all targets together. Fixed for the process.
+        self._budget = (
+            ResponseBudget(max_response_bytes_in_flight) if max_response_bytes_in_flight else None
         )
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._starters: set[asyncio.Task[None]] = set()
@@ -225,6 +232,7 @@ class Scheduler:
             self._turnstile,
             self._limit,
             redactor=self._redactor,
+            budget=self._budget,
         )
         if previous is not None and previous.name == runner.provider.name:
             runner.provider.inherit(previous)

@@ -70,6 +70,7 @@ from exporter.providers.base import (
     Sample,
     TargetConfig,
     label_value,
+    max_response_bytes_field,
 )
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
@@ -175,6 +176,9 @@ class AltcraftTarget(TargetConfig):
     resources: Annotated[tuple[ResourceRef, ...] | Literal["auto"], WrapValidator(_resources)] = ()
     segments: Annotated[tuple[SegmentRef, ...], WrapValidator(_segments)] = ()
     discovery_interval: Duration = DEFAULT_DISCOVERY_INTERVAL
+    # The largest answer is a resources/list page of up to 1,000 resources; a task's result or a
+    # resource is a few KB.
+    max_response_bytes: int = max_response_bytes_field(512 * 1024)
 
     SECRETS = ("token",)
 
@@ -815,6 +819,7 @@ class Altcraft(Provider[AltcraftTarget]):
                 run.client, obj.refresh_method, obj.refresh_body(), idempotent=False
             )
             state.task_id = parse_task_id(envelope.data)
+            del envelope  # an answer is not kept across a wait
             state.last_refresh = now
             state.last_status, state.last_progress = "", None
             log.debug(
@@ -833,6 +838,7 @@ class Altcraft(Provider[AltcraftTarget]):
                     state.task_id = None
                 raise
             status = parse_task_status(envelope.data)
+            del envelope
             state.last_status, state.last_progress = status.status, status.progress
             if status.completed:
                 state.task_id = None
@@ -896,15 +902,14 @@ class Altcraft(Provider[AltcraftTarget]):
         try:
             async with asyncio.TaskGroup() as group:
                 lookups = [
-                    group.create_task(self._call(client, "resources/get", {"id": rid}))
-                    for rid in resource_ids
+                    group.create_task(self._database_ids(client, rid)) for rid in resource_ids
                 ]
         except BaseExceptionGroup as failed:  # the first failed lookup fails the discovery
             raise failed.exceptions[0] from None
         pairs = tuple(
             ResourceRef(id=rid, list_id=db)
             for rid, lookup in zip(resource_ids, lookups, strict=True)
-            for db in parse_database_ids(lookup.result().data)
+            for db in lookup.result()
         )
         self.discovery = Discovery(pairs, now)
         log.info(
@@ -915,6 +920,12 @@ class Altcraft(Provider[AltcraftTarget]):
             pairs=len(pairs),
         )
         return pairs
+
+    async def _database_ids(self, client: ProviderClient, resource_id: int) -> list[int]:
+        """A resource's databases; its answer is parsed as it comes, not kept until every
+        lookup is done."""
+        answer = await self._call(client, "resources/get", {"id": resource_id})
+        return parse_database_ids(answer.data)
 
     async def _list_resources(self, client: ProviderClient) -> list[int]:
         """``resources/list`` page by page: ``from_id`` is the first id of a page, the answer's
@@ -928,11 +939,12 @@ class Altcraft(Provider[AltcraftTarget]):
             )
             page = parse_resource_ids(envelope.data)
             ids.update(dict.fromkeys(page))
-            next_from_id = envelope.next_from_id
+            next_from_id, total_count = envelope.next_from_id, envelope.total_count
+            del envelope  # not kept while the next page is asked for
             if (
                 not page
                 or next_from_id is None
-                or (envelope.total_count is not None and len(ids) >= envelope.total_count)
+                or (total_count is not None and len(ids) >= total_count)
             ):
                 return sorted(ids)
             if next_from_id <= from_id:

@@ -29,7 +29,9 @@ from pydantic import Field, model_validator
 from exporter.fields import (
     BaseUrl,
     Duration,
+    IntervalDuration,
     SecretsModel,
+    TimeoutDuration,
     format_duration,
     key_problem,
     parse_duration,
@@ -48,7 +50,17 @@ STALE_AFTER_INTERVALS = 3
 """``stale_after`` defaults to the larger of ``MIN_STALE_AFTER`` and this many intervals: a target
 keeps its samples through at least two failed runs after a success."""
 DEFAULT_MAX_CONCURRENCY = 4
-DEFAULT_MAX_RESPONSE_BYTES = 10 * 1024 * 1024
+MIN_RESPONSE_BYTES = 1024
+DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
+"""The body size limit of a provider that does not set its own with
+:func:`max_response_bytes_field`."""
+
+
+def max_response_bytes_field(default: int) -> Any:
+    """The ``max_response_bytes`` field of a provider's config model, with the provider's default:
+    the largest answer its API gives, with room to spare. A target (or ``defaults``) may set
+    another."""
+    return Field(default=default, ge=MIN_RESPONSE_BYTES)
 
 
 class TargetConfig(SecretsModel):
@@ -57,12 +69,12 @@ class TargetConfig(SecretsModel):
     name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
     provider: str
     base_url: BaseUrl
-    interval: Duration = DEFAULT_INTERVAL
-    timeout: Duration = DEFAULT_TIMEOUT
+    interval: IntervalDuration = DEFAULT_INTERVAL
+    timeout: TimeoutDuration = DEFAULT_TIMEOUT
     stale_after: Duration = MIN_STALE_AFTER
     """Given, inherited from ``defaults``, or else :func:`default_stale_after` of ``interval``."""
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
-    max_response_bytes: int = Field(default=DEFAULT_MAX_RESPONSE_BYTES, ge=1024)
+    max_response_bytes: int = max_response_bytes_field(DEFAULT_MAX_RESPONSE_BYTES)
 
     @model_validator(mode="before")
     @classmethod

@@ -47,14 +47,34 @@ class CollectError(Exception):
     """A collection that failed for a reason from the table.
 
     ``partial`` carries the samples of the parts of the target that did work (e.g. the Altcraft
-    resources that answered while one segment failed): they are served as fresh.
+    resources that answered while one segment failed): they are served as fresh. ``excerpt`` is
+    the start of the body that failed (about 1 KiB), where there was one; never the body.
     """
 
-    def __init__(self, reason: Reason, message: str, partial: Sequence[Sample] = ()) -> None:
+    def __init__(
+        self,
+        reason: Reason,
+        message: str,
+        partial: Sequence[Sample] = (),
+        *,
+        excerpt: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.partial = tuple(partial)
+        self.excerpt = excerpt
 
     def __str__(self) -> str:
         return f"{self.reason}: {self.message}"
+
+
+def detached(error: CollectError) -> CollectError:
+    """``error`` without the frames it was raised through and the exceptions it was raised while
+    handling, so that keeping it (a run keeps one per failed request until it ends) keeps its
+    reason and message, not the locals of those frames: the body of a response, its decoded
+    text."""
+    error.__traceback__ = None
+    error.__context__ = None
+    error.__cause__ = None
+    return error

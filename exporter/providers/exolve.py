@@ -28,8 +28,16 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, field_validator
 
 from exporter.fields import Duration, NonEmptySecret, SecretFile, format_duration
-from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig, label_value
-from exporter.providers.errors import CollectError, ParseError, Reason
+from exporter.providers.base import (
+    MetricSpec,
+    Provider,
+    Run,
+    Sample,
+    TargetConfig,
+    label_value,
+    max_response_bytes_field,
+)
+from exporter.providers.errors import CollectError, ParseError, Reason, detached
 from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
 
 MESSAGES = "exolve_sms_messages"
@@ -101,6 +109,8 @@ class ExolveTarget(TargetConfig):
     window: Duration | None = None
     number: Sender | None = None
     breakdowns: tuple[Breakdown, ...] = Field(default=("status",), min_length=1)
+    # A GetCount answer is {"count": "<int64>"}, an error a line of text.
+    max_response_bytes: int = max_response_bytes_field(16 * 1024)
 
     SECRETS = ("api_key",)
 
@@ -232,23 +242,28 @@ class Exolve(Provider[ExolveTarget]):
         ),
     )
 
-    async def _count(self, client: ProviderClient, request: CountRequest) -> Sample:
-        answer = await client.post_json(
-            f"{self.config.base_url}/GetCount",
-            endpoint=ENDPOINT,
-            json_body=request.body,
-            headers={
-                "Accept": "application/json",
-                "Authorization": f"Bearer {self.config.secret('api_key')}",
-            },
-            # A count is a read: safe to retry.
-            idempotent=True,
-            error_text=_error_text,
-        )
+    async def _count(self, client: ProviderClient, request: CountRequest) -> Sample | CollectError:
+        """One GetCount. A failure is returned, not raised, and without the frames it passed
+        through (they hold the answer): the run keeps every request's failure until it ends."""
         try:
-            return Sample(request.metric, request.labels, float(parse_count(answer)))
+            answer = await client.post_json(
+                f"{self.config.base_url}/GetCount",
+                endpoint=ENDPOINT,
+                json_body=request.body,
+                headers={
+                    "Accept": "application/json",
+                    "Authorization": f"Bearer {self.config.secret('api_key')}",
+                },
+                # A count is a read: safe to retry.
+                idempotent=True,
+                error_text=_error_text,
+            )
+            count = parse_count(answer)
+        except CollectError as exc:
+            return detached(exc)
         except ParseError as exc:
-            raise CollectError(Reason.PARSE, f"GetCount: unexpected answer: {exc}") from None
+            return CollectError(Reason.PARSE, f"GetCount: unexpected answer: {exc}")
+        return Sample(request.metric, request.labels, float(count))
 
     async def collect(self, run: Run) -> list[Sample]:
         requests = count_requests(self.config, run.clock.time())

@@ -1,10 +1,13 @@
-"""The HTTP client every provider uses: deadline-bound timeouts, retries, a body size limit, one
-classification of failures into reasons, and a duration histogram for every request.
+"""The HTTP client every provider uses: deadline-bound timeouts, retries, a body size limit, the
+exporter-wide budget of response bytes in flight, one classification of failures into reasons,
+and a duration histogram for every request.
 
 Error texts built here name the host and path and the kind of failure, never headers, bodies or
 exception texts of aiohttp (those can carry URLs with credentials or tokens). The provider's own
 error text is passed through the redactor the client is handed, which also learns the
-credentials of every ``Authorization`` header the client sends.
+credentials of every ``Authorization`` header the client sends. An error keeps at most an excerpt
+of the body it was given, never the body: a failed run may keep its errors until it ends, one per
+request.
 """
 
 from __future__ import annotations
@@ -14,11 +17,14 @@ import base64
 import copy
 import json
 import random
+import re
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any
+from types import TracebackType
+from typing import Any, TypeVar
 
 import aiohttp
 import structlog
@@ -26,7 +32,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from yarl import URL
 
 from exporter.clock import Clock, SystemClock
-from exporter.providers.errors import CollectError, Reason, reason_for_status
+from exporter.providers.errors import CollectError, Reason, detached, reason_for_status
 from exporter.providers.turns import Turnstile
 from exporter.redaction import Redactor
 
@@ -40,6 +46,25 @@ BACKOFF_BASE = 0.5
 BACKOFF_CAP = 10.0
 ERROR_TEXT_LIMIT = 300
 AUTHORIZATION_HEADERS = frozenset({"authorization", "proxy-authorization"})
+EXCERPT_BYTES = 1024
+"""How much of a body an error keeps (:attr:`CollectError.excerpt`)."""
+
+READ_BUFSIZE = 16 * 1024
+"""aiohttp's read buffer per response: it stops reading the socket past twice this."""
+SOCKET_READ = 256 * 1024
+"""The most asyncio reads from a socket at once (its transports' ``max_size``)."""
+MAX_RESPONSE_HEADERS = 64
+MAX_HEADER_FIELD = 4096
+"""A response head may have at most this many header lines of at most this many bytes each (name
+and value): 256 KiB in all, where an API's answers carry a few KB."""
+RESPONSE_OVERHEAD = 2 * MAX_RESPONSE_HEADERS * MAX_HEADER_FIELD + 2 * READ_BUFSIZE + SOCKET_READ
+"""What one response may hold besides its body: its head twice (the raw lines and the parsed
+headers) and aiohttp's read-ahead (its buffer's high-water mark plus one socket read): 800 KiB."""
+
+
+def response_reservation(max_response_bytes: int) -> int:
+    """What a request reserves in the budget of bytes in flight: the most its answer can hold."""
+    return max_response_bytes + RESPONSE_OVERHEAD
 
 
 def new_session(user_agent: str) -> aiohttp.ClientSession:
@@ -54,7 +79,99 @@ def new_session(user_agent: str) -> aiohttp.ClientSession:
         headers={"User-Agent": user_agent},
         raise_for_status=False,
         trust_env=False,
+        # The limits RESPONSE_OVERHEAD is computed from.
+        read_bufsize=READ_BUFSIZE,
+        max_headers=MAX_RESPONSE_HEADERS,
+        max_field_size=MAX_HEADER_FIELD,
     )
+
+
+class ResponseBudget:
+    """The bytes that answers in flight may hold, all targets together
+    (``max_response_bytes_in_flight``). A request reserves :func:`response_reservation` of its
+    target's ``max_response_bytes`` before it is sent and gives it back once its answer is read
+    and decoded; a request that does not fit waits, first come first served (so a large one is
+    never overtaken for ever by small ones)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.reserved = 0
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
+
+    async def acquire(self, size: int) -> int:
+        """Reserve ``size`` bytes (at most the whole budget), waiting for them; returns what was
+        reserved, for :meth:`release`."""
+        size = min(size, self.limit)
+        if not self._waiting and self.reserved + size <= self.limit:
+            self.reserved += size
+            return size
+        entry = (size, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        try:
+            await entry[1]
+        except BaseException:
+            if entry[1].done() and not entry[1].cancelled():
+                self.release(size)  # granted, then cancelled before it could be used
+            else:
+                self._waiting.remove(entry)
+                self._grant()
+            raise
+        return size
+
+    def release(self, size: int) -> None:
+        self.reserved -= size
+        self._grant()
+
+    @property
+    def waiting(self) -> int:
+        """How many requests wait for room."""
+        return len(self._waiting)
+
+    def _grant(self) -> None:
+        while self._waiting:
+            size, waiter = self._waiting[0]
+            if self.reserved + size > self.limit:
+                return
+            self._waiting.popleft()
+            self.reserved += size
+            waiter.set_result(None)
+
+
+class _Reserved:
+    """``async with``: a share of the budget for one attempt, or a ``timeout`` failure when none
+    frees up before the deadline."""
+
+    def __init__(
+        self, budget: ResponseBudget | None, size: int, deadline: float | None, where: str
+    ) -> None:
+        self._budget = budget
+        self._size = size
+        self._deadline = deadline
+        self._where = where
+        self._held = 0
+
+    async def __aenter__(self) -> None:
+        if self._budget is None:
+            return
+        try:
+            async with asyncio.timeout_at(self._deadline):
+                self._held = await self._budget.acquire(self._size)
+        except TimeoutError:
+            raise CollectError(
+                Reason.TIMEOUT,
+                f"{self._where}: no room in max_response_bytes_in_flight "
+                f"({self._budget.limit} bytes) before the deadline",
+            ) from None
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._budget is not None and self._held:
+            self._budget.release(self._held)
+            self._held = 0
 
 
 def request_duration_histogram(registry: CollectorRegistry) -> Histogram:
@@ -85,8 +202,9 @@ class HttpError(CollectError):
         status: int,
         detail: str | None,
         retry_after: float | None = None,
+        excerpt: str | None = None,
     ) -> None:
-        super().__init__(reason, message)
+        super().__init__(reason, message, excerpt=excerpt)
         self.status = status
         self.detail = detail
         self.retry_after = retry_after
@@ -100,19 +218,43 @@ class ConnectError(CollectError):
 
 
 ErrorText = Callable[[bytes], "str | None"]
+T = TypeVar("T")
 
 
-def decode_json(body: bytes) -> Any:
+def _refuse_constant(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def decode_json(body: bytes | bytearray) -> Any:
     """JSON → Python, or a ``parse`` failure; NaN and Infinity literals are refused."""
-
-    def refuse(constant: str) -> Any:
-        raise ValueError(f"{constant} is not JSON")
-
     try:
-        return json.loads(body, parse_constant=refuse)
-    except (ValueError, RecursionError) as exc:
-        kind = "too deeply nested" if isinstance(exc, RecursionError) else "not valid JSON"
-        raise CollectError(Reason.PARSE, f"the response body is {kind}") from None
+        return json.loads(body, parse_constant=_refuse_constant)
+    except RecursionError:
+        kind = "too deeply nested"
+    except ValueError:
+        kind = "not valid JSON"
+    # Raised outside the handler, and without the body: json's error holds the whole decoded
+    # text, and would be kept as this one's context.
+    del body
+    raise CollectError(Reason.PARSE, f"the response body is {kind}")
+
+
+_ONE_ESCAPE = re.compile(r"\\(.)", re.DOTALL)
+
+
+def excerpt(body: bytes | bytearray, redactor: Redactor | None = None) -> str:
+    """The start of a body as text, for an error to keep; scrubbed by ``redactor`` before it is
+    cut (so a cut never leaves part of a secret showing)."""
+    if redactor is None:
+        return bytes(body[:EXCERPT_BYTES]).decode("utf-8", "replace")
+    # Wide enough that a secret straddling the cut is still found whole.
+    text = bytes(body[: EXCERPT_BYTES * 2]).decode("utf-8", "replace")
+    scrubbed = redactor.redact(text)
+    # A body may quote JSON inside JSON (a provider echoing the request): with one level of
+    # backslash escapes taken off, a secret escaped twice shows in a form the redactor knows.
+    unescaped = _ONE_ESCAPE.sub(r"\1", scrubbed)
+    rescrubbed = redactor.redact(unescaped)
+    return (rescrubbed if rescrubbed != unescaped else scrubbed)[:EXCERPT_BYTES]
 
 
 def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
@@ -132,7 +274,10 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
 class ProviderClient:
     """A target's view of the shared session. Each run uses it :meth:`bound` to the run's
     deadline; every request and retry stays inside it. ``redactor`` (the service's) scrubs the
-    error texts; a provider registers the secrets it obtains with :meth:`add_secret`."""
+    error texts; a provider registers the secrets it obtains with :meth:`add_secret`.
+
+    With a ``budget``, every attempt holds its :func:`response_reservation` from before it is sent
+    until its answer is read and (by :meth:`get_json` and :meth:`post_json`) decoded."""
 
     def __init__(
         self,
@@ -145,6 +290,7 @@ class ProviderClient:
         max_response_bytes: int,
         turnstile: Turnstile,
         redactor: Redactor | None = None,
+        budget: ResponseBudget | None = None,
     ) -> None:
         self._turnstile = turnstile
         self._redactor = redactor if redactor is not None else Redactor()
@@ -154,6 +300,7 @@ class ProviderClient:
         self._histogram = histogram
         self._limit = asyncio.Semaphore(max_concurrency)
         self._max_bytes = max_response_bytes
+        self._budget = budget
         self._deadline: float | None = None
         self._clock: Clock = SystemClock()
         self._owner = self
@@ -162,7 +309,7 @@ class ProviderClient:
 
     def bound(self, deadline: float, clock: Clock) -> ProviderClient:
         """This client for one run that ends at ``deadline`` (event-loop time), reading the wall
-        clock from ``clock``: the same session, limits and histogram."""
+        clock from ``clock``: the same session, limits, budget and histogram."""
         run_client = copy.copy(self)
         run_client._deadline = deadline
         run_client._clock = clock
@@ -200,6 +347,23 @@ class ProviderClient:
         A request that is not ``idempotent`` is retried only when the connection could not be
         made at all, so the provider cannot have seen it.
         """
+        return await self._send(
+            _keep_response, method, url, endpoint, json_body, headers, idempotent, error_text
+        )
+
+    async def _send(
+        self,
+        read: Callable[[int, Mapping[str, str], bytearray], T],
+        method: str,
+        url: str,
+        endpoint: str,
+        json_body: Any,
+        headers: Mapping[str, str] | None,
+        idempotent: bool,
+        error_text: ErrorText | None,
+    ) -> T:
+        """:meth:`request`, with ``read`` turning a success's status, headers and body into the
+        result while the attempt's share of the budget is still held."""
         where = f"{method} {URL(url).with_query(None).with_user(None)}"
         for name, value in (headers or {}).items():
             if name.lower() in AUTHORIZATION_HEADERS:
@@ -210,9 +374,12 @@ class ProviderClient:
             attempt += 1
             try:
                 return await self._attempt(
-                    method, url, where, endpoint, json_body, headers, error_text
+                    method, url, where, endpoint, json_body, headers, error_text, read
                 )
             except CollectError as exc:
+                # An error leaves (or waits for its retry) without the frames it was raised
+                # through: they hold the body the attempt read.
+                detached(exc)
                 wait = self._retry_wait(exc, attempt, idempotent)
                 if wait is None:
                     raise
@@ -248,15 +415,6 @@ class ProviderClient:
             return None
         return wait
 
-    def _timeout(self, where: str) -> aiohttp.ClientTimeout:
-        """One attempt's timeouts: what is left before the deadline."""
-        remaining = self._remaining()
-        if remaining <= 0:
-            raise CollectError(Reason.TIMEOUT, f"{where}: no time left before the deadline")
-        return aiohttp.ClientTimeout(
-            total=remaining, sock_connect=min(CONNECT_TIMEOUT, remaining), sock_read=remaining
-        )
-
     async def _attempt(
         self,
         method: str,
@@ -266,77 +424,187 @@ class ProviderClient:
         json_body: Any,
         headers: Mapping[str, str] | None,
         error_text: ErrorText | None,
-    ) -> HttpResponse:
-        timeout = self._timeout(where)
+        read: Callable[[int, Mapping[str, str], bytearray], T],
+    ) -> T:
+        reservation = _Reserved(
+            self._budget, response_reservation(self._max_bytes), self._deadline, where
+        )
+        async with self._limit, reservation:
+            status, reason, response_headers, body = await self._exchange(
+                method, url, where, endpoint, json_body, headers, self._timeout(where)
+            )
+            # What follows (decoding, parsing, recording, rendering) waits for its own loop turn
+            # when many answers arrived together: the loop polls its sockets between two
+            # collections.
+            await self._turnstile.turn()
+            if reason is None:
+                try:
+                    return read(status, response_headers, body)
+                except CollectError as exc:
+                    exc.excerpt = self._excerpt(body)
+                    raise
+            raise self._http_error(reason, where, status, response_headers, body, error_text)
+
+    def _timeout(self, where: str) -> aiohttp.ClientTimeout:
+        """One attempt's timeouts: what is left before the deadline."""
+        remaining = self._remaining()
+        if remaining <= 0:
+            raise CollectError(Reason.TIMEOUT, f"{where}: no time left before the deadline")
+        return aiohttp.ClientTimeout(
+            total=remaining, sock_connect=min(CONNECT_TIMEOUT, remaining), sock_read=remaining
+        )
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        where: str,
+        endpoint: str,
+        json_body: Any,
+        headers: Mapping[str, str] | None,
+        timeouts: aiohttp.ClientTimeout,
+    ) -> tuple[int, Reason | None, Mapping[str, str], bytearray]:
+        """One request sent and its answer read (status, the reason it fails for or None,
+        headers, body), timed in the request histogram; no answer is a :class:`CollectError`."""
         code = "connection"
         started = time.perf_counter()
-        async with self._limit:
-            try:
-                async with self._session.request(
-                    method,
-                    url,
-                    json=json_body,
-                    headers=headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                ) as response:
-                    code = str(response.status)
-                    body = await self._read_body(response, where)
-                    status = response.status
-                    response_headers = response.headers
-            except TimeoutError:
-                code = "timeout"
-                raise CollectError(Reason.TIMEOUT, f"{where}: no answer in time") from None
-            except aiohttp.ClientConnectorError as exc:
-                raise ConnectError(f"{where}: cannot connect ({_os_error_text(exc)})") from None
-            except aiohttp.ClientError as exc:
-                raise CollectError(
-                    Reason.CONNECTION, f"{where}: connection failed ({type(exc).__name__})"
-                ) from None
-            finally:
-                self._histogram.labels(self.provider, endpoint, code).observe(
-                    time.perf_counter() - started
-                )
-        # What follows (decoding, parsing, recording, rendering) waits for its own loop turn when
-        # many answers arrived together: the loop polls its sockets between two collections.
-        await self._turnstile.turn()
-        reason = reason_for_status(status)
-        if reason is None:
-            return HttpResponse(status, response_headers, body)
+        try:
+            async with self._session.request(
+                method,
+                url,
+                json=json_body,
+                headers=headers,
+                timeout=timeouts,
+                allow_redirects=False,
+            ) as response:
+                code = str(response.status)
+                status = response.status
+                reason = reason_for_status(status)
+                body = await self._read_body(response, where, whole=reason is None)
+                return status, reason, response.headers, body
+        except TimeoutError:
+            code = "timeout"
+            raise CollectError(Reason.TIMEOUT, f"{where}: no answer in time") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectError(f"{where}: cannot connect ({_os_error_text(exc)})") from None
+        except aiohttp.ClientResponseError:
+            # aiohttp could not read the answer's head: not HTTP, or past MAX_RESPONSE_HEADERS
+            # lines or MAX_HEADER_FIELD bytes a line.
+            raise CollectError(
+                Reason.CONNECTION,
+                f"{where}: connection failed (the response head is malformed or has more "
+                f"than {MAX_RESPONSE_HEADERS} header lines or one over {MAX_HEADER_FIELD} "
+                "bytes)",
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise CollectError(
+                Reason.CONNECTION, f"{where}: connection failed ({type(exc).__name__})"
+            ) from None
+        finally:
+            self._histogram.labels(self.provider, endpoint, code).observe(
+                time.perf_counter() - started
+            )
+
+    def _excerpt(self, body: bytearray) -> str:
+        """What an error keeps of the body it failed on, secrets scrubbed."""
+        return excerpt(body, self._redactor)
+
+    def _http_error(
+        self,
+        reason: Reason,
+        where: str,
+        status: int,
+        headers: Mapping[str, str],
+        body: bytearray,
+        error_text: ErrorText | None,
+    ) -> HttpError:
         detail = None
         if error_text is not None:
             try:
-                detail = error_text(body)
+                detail = error_text(bytes(body))
             except Exception:
                 detail = None
         if detail:
             detail = self._redactor.redact(detail, ERROR_TEXT_LIMIT)
         message = f"{where}: HTTP {status}" + (f" ({detail})" if detail else "")
-        raise HttpError(
-            reason, message, status, detail, _retry_after(response_headers, self._clock.time())
+        return HttpError(
+            reason,
+            message,
+            status,
+            detail,
+            _retry_after(headers, self._clock.time()),
+            self._excerpt(body),
         )
 
-    async def _read_body(self, response: aiohttp.ClientResponse, where: str) -> bytes:
-        """The body, or a ``parse`` failure as soon as it passes the size limit."""
-        too_large = CollectError(
-            Reason.PARSE, f"{where}: the response body is larger than {self._max_bytes} bytes"
+    async def _read_body(
+        self, response: aiohttp.ClientResponse, where: str, *, whole: bool
+    ) -> bytearray:
+        """The body, read into one buffer of at most ``max_response_bytes``: allocated once at
+        its announced length, else grown as it comes. A success's body (``whole``) that passes the
+        limit is a ``parse`` failure as soon as it does; an error answer's is cut at the limit (its
+        status says what went wrong, and the start is enough for the provider's error text)."""
+        limit = self._max_bytes
+        length = response.content_length
+        if length is not None and length <= limit:
+            buffer = bytearray(length)
+            size = 0
+            async for chunk in response.content.iter_any():
+                buffer[size : size + len(chunk)] = chunk
+                size += len(chunk)
+            del buffer[size:]
+            return buffer
+        buffer = bytearray()
+        if whole and length is not None:
+            too_large = True  # announced: not read at all
+        else:
+            too_large = False
+            async for chunk in response.content.iter_any():
+                room = limit - len(buffer)
+                if len(chunk) > room:
+                    if whole:
+                        too_large = True
+                        break
+                    buffer += chunk[:room]
+                    break
+                buffer += chunk
+        if not too_large:
+            return buffer
+        start = self._excerpt(buffer) if buffer else None
+        del buffer
+        raise CollectError(
+            Reason.PARSE, f"{where}: the response body is larger than {limit} bytes", excerpt=start
         )
-        if response.content_length is not None and response.content_length > self._max_bytes:
-            raise too_large
-        chunks = []
-        size = 0
-        async for chunk in response.content.iter_chunked(64 * 1024):
-            size += len(chunk)
-            if size > self._max_bytes:
-                raise too_large
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     async def get_json(self, url: str, **kwargs: Any) -> Any:
-        return decode_json((await self.request("GET", url, **kwargs)).body)
+        """:meth:`request` ``GET``, decoded as JSON while the attempt's budget share is held."""
+        return await self._json("GET", url, **kwargs)
 
     async def post_json(self, url: str, **kwargs: Any) -> Any:
-        return decode_json((await self.request("POST", url, **kwargs)).body)
+        """:meth:`request` ``POST``, decoded as JSON while the attempt's budget share is held."""
+        return await self._json("POST", url, **kwargs)
+
+    async def _json(
+        self,
+        method: str,
+        url: str,
+        *,
+        endpoint: str,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool = True,
+        error_text: ErrorText | None = None,
+    ) -> Any:
+        return await self._send(
+            _decode, method, url, endpoint, json_body, headers, idempotent, error_text
+        )
+
+
+def _keep_response(status: int, headers: Mapping[str, str], body: bytearray) -> HttpResponse:
+    return HttpResponse(status, headers, bytes(body))
+
+
+def _decode(status: int, headers: Mapping[str, str], body: bytearray) -> Any:
+    return decode_json(body)
 
 
 def basic_auth(username: str, password: str) -> str:

@@ -15,7 +15,15 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from exporter.fields import NonEmptySecret, SecretFile
-from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig, as_written
+from exporter.providers.base import (
+    MetricSpec,
+    Provider,
+    Run,
+    Sample,
+    TargetConfig,
+    as_written,
+    max_response_bytes_field,
+)
 from exporter.providers.errors import ParseError
 from exporter.providers.http import basic_auth, decode_json
 
@@ -29,6 +37,8 @@ class ThuliumTarget(TargetConfig):
     username: str
     password: NonEmptySecret | None = None
     password_file: SecretFile | None = None
+    # outbounds/stats lists the active campaigns, ~70 bytes each: ~1,800 fit.
+    max_response_bytes: int = max_response_bytes_field(128 * 1024)
 
     SECRETS = ("password",)
 

@@ -50,6 +50,7 @@ from exporter.providers.base import (
     TargetConfig,
     as_written,
     label_value,
+    max_response_bytes_field,
 )
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ERROR_TEXT_LIMIT, HttpError, ProviderClient, decode_json
@@ -113,6 +114,8 @@ class TrustlatTarget(TargetConfig):
     token_url: TokenUrl | None = None
     access_token: NonEmptySecret | None = None
     access_token_file: SecretFile | None = None
+    # The statistics are one small object, a token answer a JWT and a few fields.
+    max_response_bytes: int = max_response_bytes_field(16 * 1024)
 
     SECRETS = ("client_secret", "access_token")
     OPTIONAL_SECRETS = ("client_secret", "access_token")

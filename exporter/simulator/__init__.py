@@ -20,6 +20,13 @@ fault                  what the client gets
 ``wrong_shape``        HTTP 200 with valid JSON of the wrong shape
 ``strings_for_numbers``  HTTP 200, the normal answer with every number sent as a string
 ``huge_body``          HTTP 200 with a 32 MiB JSON body
+``large_malformed_json``  HTTP 200, ``size`` bytes (default 1 MiB) of ``[{},{},...`` never closed,
+                       with its length: it decodes into objects up to its last byte, then fails
+``large_wrong_shape``  HTTP 200, ``size`` bytes of ``[{},{},...]``: valid JSON of the wrong shape
+``endless_body``       HTTP 200 with a chunked body that never ends
+``huge_error_body``    HTTP 500 with a 32 MiB HTML body
+``huge_headers``       the normal answer with ``size`` bytes (default 1 MiB) of headers more, 4,000
+                       a line
 ``hang``               no answer for ``delay`` seconds (default one hour)
 ``reset``              the connection is closed without an answer
 ``rate_limited``       HTTP 429 with ``Retry-After: <retry_after>``
@@ -57,6 +64,11 @@ FAULTS = (
     "wrong_shape",
     "strings_for_numbers",
     "huge_body",
+    "large_malformed_json",
+    "large_wrong_shape",
+    "endless_body",
+    "huge_error_body",
+    "huge_headers",
     "hang",
     "reset",
     "rate_limited",
@@ -67,12 +79,14 @@ FAULTS = (
 
 @dataclass(frozen=True)
 class Fault:
-    """A fault of one account; ``times`` limits it to that many requests, then it clears."""
+    """A fault of one account; ``times`` limits it to that many requests, then it clears.
+    ``size`` is the body or head size of the faults that have one."""
 
     name: str
     delay: float = 3600.0
     retry_after: str = "1"
     times: int | None = None
+    size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -190,16 +204,27 @@ def _stringify_numbers(value: Any) -> Any:
     return value
 
 
-async def _huge_body(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "application/json"})
+async def _huge_body(
+    request: web.Request, status: int = 200, endless: bool = False
+) -> web.StreamResponse:
+    """A JSON body of ~32 MiB (an HTML one with ``status`` 500), or one that never ends, chunked:
+    the client learns its size only by reading it."""
+    html = status >= 500
+    response = web.StreamResponse(
+        status=status, headers={"Content-Type": "text/html" if html else "application/json"}
+    )
     await response.prepare(request)
-    chunk = b'{"padding": "' + b"x" * 65_000 + b'"},'
-    await response.write(b"[")
+    chunk = (
+        (b"<p>" + b"x" * 65_000 + b"</p>") if html else (b'{"padding": "' + b"x" * 65_000 + b'"},')
+    )
     try:
-        for _ in range(512):  # ~32 MiB
+        await response.write(b"<html>" if html else b"[")
+        sent = 0
+        while endless or sent < 512:  # ~32 MiB
             await response.write(chunk)
-        await response.write(b"{}]")
-    except (ConnectionResetError, RuntimeError):
+            sent += 1
+        await response.write(b"</html>" if html else b"{}]")
+    except (ConnectionError, RuntimeError):
         pass  # the client stopped reading at its limit, as it should
     return response
 
@@ -253,6 +278,20 @@ async def _echo(request: web.Request, route: str) -> web.Response:
     return web.json_response({"error": text, "message": text}, status=400)
 
 
+def _many_objects(size: int, closed: bool) -> web.Response:
+    """``size`` bytes of ``[{},{},...]``, the JSON that decodes into the most objects per byte;
+    without its closing bracket it is not JSON, found out only at its end."""
+    count = max(1, (size - 1) // 3)
+    body = b"[" + b"{}," * (count - 1) + (b"{}]" if closed else b"{},")
+    return web.Response(body=body, content_type="application/json")
+
+
+def _add_headers(response: web.StreamResponse, size: int) -> web.StreamResponse:
+    for index in range(max(1, size // 4000)):
+        response.headers[f"X-Padding-{index}"] = "x" * 4000
+    return response
+
+
 @web.middleware
 async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     sim = request.app[SIMULATOR]
@@ -283,6 +322,14 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
         return web.json_response({"unexpected": ["shape"], "value": None})
     if name == "huge_body":
         return await _huge_body(request)
+    if name in ("large_malformed_json", "large_wrong_shape"):
+        return _many_objects(fault.size or 1 << 20, closed=name == "large_wrong_shape")
+    if name == "endless_body":
+        return await _huge_body(request, endless=True)
+    if name == "huge_error_body":
+        return await _huge_body(request, status=500)
+    if name == "huge_headers":
+        return _add_headers(await handler(request), fault.size or 1 << 20)
     if name == "hang":
         await asyncio.sleep(fault.delay)
         return await handler(request)
@@ -322,7 +369,9 @@ def _fault_targets(sim: Simulator) -> dict[str, tuple[list[str] | None, list[str
 
 async def _control_faults(request: web.Request) -> web.Response:
     """``POST /_sim/faults`` ``{"provider", "account", "fault" (null clears), "delay",
-    "retry_after", "times"}``.
+    "retry_after", "times", "size"}``.
+
+    ``size`` sets the body or head size of the faults that have one.
 
     ``provider`` is a route prefix (``trustlat-atenea`` for Trust.lat's token service) and
     ``account`` the simulator's account under it, not a target's name. A fault switched on
@@ -358,6 +407,7 @@ async def _control_faults(request: web.Request) -> web.Response:
         return refuse(400, f"unknown fault {name!r}", known_faults=faults)
     try:
         times = payload.get("times")
+        size = payload.get("size")
         fault = (
             None
             if name is None
@@ -366,10 +416,11 @@ async def _control_faults(request: web.Request) -> web.Response:
                 delay=float(payload.get("delay", 3600.0)),
                 retry_after=str(payload.get("retry_after", "1")),
                 times=None if times is None else int(times),
+                size=None if size is None else int(size),
             )
         )
     except (TypeError, ValueError):
-        return refuse(400, "delay and times must be numbers")
+        return refuse(400, "delay, times and size must be numbers")
     sim.set_fault(provider, account, fault)
     return web.json_response({"ok": True})
 

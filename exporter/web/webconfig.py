@@ -36,7 +36,6 @@ import os
 import re
 import secrets
 import ssl
-import stat
 import sys
 import tempfile
 import time
@@ -48,7 +47,6 @@ from typing import Annotated, Any
 
 import aiohttp
 import structlog
-import yaml
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from pydantic import (
@@ -61,7 +59,16 @@ from pydantic import (
     model_validator,
 )
 
-from exporter.config import ConfigError, ConfigProblem, format_path
+from exporter.bounded import (
+    TLS_FILE_MAX_BYTES,
+    WEB_CONFIG_FILE_MAX_BYTES,
+    FileProblem,
+    YAMLProblem,
+    load_yaml,
+    read_bytes,
+    read_text,
+)
+from exporter.config import ConfigError, ConfigProblem, format_path, yaml_problem
 from exporter.fields import StrictModel
 
 log = structlog.get_logger("exporter.web.webconfig")
@@ -72,7 +79,7 @@ REALM = "messaging-stats-exporter"
 CHALLENGE = f'Basic realm="{REALM}"'
 CHECK_INTERVAL = 1.0
 """Seconds between two looks at the files' modification times."""
-MAX_PEM_BYTES = 1024 * 1024
+MAX_PEM_BYTES = TLS_FILE_MAX_BYTES
 """The largest certificate, key or CA file read."""
 
 # --- what the toolkit's keys mean here -------------------------------------------------------
@@ -287,13 +294,12 @@ def load_web_config(path: str | Path) -> WebConfigFile:
     they load."""
     source = str(path)
     try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
-        raise ConfigError([ConfigProblem("", "the file does not exist")], source) from None
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(
-            [ConfigProblem("", f"cannot be read ({type(exc).__name__})")], source
-        ) from None
+        text = read_text(path, WEB_CONFIG_FILE_MAX_BYTES)
+        raw = load_yaml(text, max_chars=WEB_CONFIG_FILE_MAX_BYTES) or {}
+    except FileProblem as exc:
+        raise ConfigError([ConfigProblem("", f"the file {exc}")], source) from None
+    except YAMLProblem as exc:
+        raise ConfigError([yaml_problem(exc)], source) from None
     return validate_web_config(raw, source, Path(path).absolute().parent)
 
 
@@ -522,25 +528,9 @@ def read_pem_file(path: str) -> bytes:
     """A regular file of at most :data:`MAX_PEM_BYTES`; opening never blocks (a FIFO is
     refused, not waited on)."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except (OSError, ValueError) as exc:  # ValueError: a NUL or half a surrogate pair
-        reason = getattr(exc, "strerror", None) or type(exc).__name__
-        raise PemError(f"cannot read {shown(path)}: {reason}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise PemError(f"{shown(path)} is not a regular file")
-        chunks, size = [], 0
-        while chunk := os.read(fd, 65536):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_PEM_BYTES:
-                raise PemError(f"{shown(path)} is larger than {MAX_PEM_BYTES} bytes")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise PemError(f"cannot read {shown(path)}: {exc.strerror or type(exc).__name__}") from None
-    finally:
-        os.close(fd)
+        return read_bytes(path, MAX_PEM_BYTES)
+    except FileProblem as exc:
+        raise PemError(f"cannot read {shown(path)}: {exc}") from None
 
 
 @contextlib.contextmanager
