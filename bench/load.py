@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -61,14 +62,9 @@ def rss_mib(pid: int) -> float:
     return int(match[1]) / 1024 if match else 0.0
 
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__)
-    parser.add_argument("--seconds", type=float, default=60.0)
-    parser.add_argument("--scrapers", type=int, default=200)
-    parser.add_argument("--fault-every", type=float, default=0.5, help="seconds between faults")
-    args = parser.parse_args()
-
-    port = free_port()
+async def start_demo(port: int) -> tuple[asyncio.subprocess.Process, str] | None:
+    """``python -m exporter --demo`` listening on ``port``, and its simulator's URL (read from
+    its log); None if it did not start."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -82,99 +78,84 @@ async def main() -> int:
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     assert process.stderr is not None
-    sim_url = ""
-    while not sim_url:
+    while True:
         line = (await asyncio.wait_for(process.stderr.readline(), 30)).decode()
         if not line:
-            print("the exporter did not start", file=sys.stderr)
-            return 1
+            return None
         found = re.search(r"simulator=(http://\S+)", line)
-        sim_url = found[1] if found else ""
+        if found:
+            return process, found[1]
 
-    async def drain() -> None:  # keep the log pipe from filling up
-        assert process.stderr is not None
-        while await process.stderr.readline():
+
+async def wait_ready(session: aiohttp.ClientSession, port: int) -> None:
+    for _ in range(300):
+        try:
+            async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
             pass
+        await asyncio.sleep(0.1)
 
-    drainer = asyncio.create_task(drain())
-    url = f"http://127.0.0.1:{port}/metrics"
-    connector = aiohttp.TCPConnector(limit=args.scrapers)
-    async with aiohttp.ClientSession(connector=connector) as session:
-        for _ in range(300):
+
+@dataclass
+class Soak:
+    """The load: scrapers, a chaos loop switching faults and a memory sampler, until ``stop``."""
+
+    session: aiohttp.ClientSession
+    url: str
+    pid: int
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
+    latencies: list[float] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    rss: list[float] = field(default_factory=list)
+    faults_set: int = 0
+
+    def failed(self, what: str) -> None:
+        self.failures[what] = self.failures.get(what, 0) + 1
+
+    async def scraper(self, n: int) -> None:
+        headers = {"Accept-Encoding": "gzip"} if n % 2 else {}
+        while not self.stop.is_set():
+            started = time.perf_counter()
             try:
-                async with session.get(f"http://127.0.0.1:{port}/readyz") as response:
-                    if response.status == 200:
-                        break
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-
-        stop = asyncio.Event()
-        latencies: list[float] = []
-        failures: dict[str, int] = {}
-        rss: list[float] = [rss_mib(process.pid)]
-        faults_set = 0
-
-        async def scraper(n: int) -> None:
-            headers = {"Accept-Encoding": "gzip"} if n % 2 else {}
-            while not stop.is_set():
-                started = time.perf_counter()
-                try:
-                    async with session.get(url, headers=headers) as response:
-                        body = await response.read()
-                        if response.status != 200 or b"messaging_exporter_build_info" not in body:
-                            failures[f"HTTP {response.status}"] = (
-                                failures.get(f"HTTP {response.status}", 0) + 1
-                            )
-                            continue
-                except (aiohttp.ClientError, TimeoutError) as exc:
-                    failures[type(exc).__name__] = failures.get(type(exc).__name__, 0) + 1
-                    continue
-                latencies.append(time.perf_counter() - started)
-
-        async def chaos() -> None:
-            nonlocal faults_set
-            plan = zip(itertools.cycle(ACCOUNTS), itertools.cycle(FAULTS), strict=False)
-            # A session of its own: the scrapers keep every connection of theirs busy.
-            async with aiohttp.ClientSession() as control:
-                for (provider, account), fault in plan:
-                    payload = {
-                        "provider": provider,
-                        "account": account,
-                        "fault": fault,
-                        "delay": 20,
-                    }
-                    async with control.post(f"{sim_url}/_sim/faults", json=payload) as response:
-                        response.raise_for_status()
-                    faults_set += 1
-                    try:
-                        await asyncio.wait_for(stop.wait(), args.fault_every)
-                        return
-                    except TimeoutError:
+                async with self.session.get(self.url, headers=headers) as response:
+                    body = await response.read()
+                    if response.status != 200 or b"messaging_exporter_build_info" not in body:
+                        self.failed(f"HTTP {response.status}")
                         continue
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                self.failed(type(exc).__name__)
+                continue
+            self.latencies.append(time.perf_counter() - started)
 
-        async def memory() -> None:
-            while not stop.is_set():
+    async def chaos(self, sim_url: str, every: float) -> None:
+        plan = zip(itertools.cycle(ACCOUNTS), itertools.cycle(FAULTS), strict=False)
+        # A session of its own: the scrapers keep every connection of theirs busy.
+        async with aiohttp.ClientSession() as control:
+            for (provider, account), fault in plan:
+                payload = {"provider": provider, "account": account, "fault": fault, "delay": 20}
+                async with control.post(f"{sim_url}/_sim/faults", json=payload) as response:
+                    response.raise_for_status()
+                self.faults_set += 1
                 try:
-                    await asyncio.wait_for(stop.wait(), 1.0)
+                    await asyncio.wait_for(self.stop.wait(), every)
+                    return
                 except TimeoutError:
-                    rss.append(rss_mib(process.pid))
+                    continue
 
-        tasks = [asyncio.create_task(scraper(n)) for n in range(args.scrapers)]
-        tasks += [asyncio.create_task(chaos()), asyncio.create_task(memory())]
-        started = time.perf_counter()
-        await asyncio.sleep(args.seconds)
-        stop.set()
-        await asyncio.gather(*tasks)
-        elapsed = time.perf_counter() - started
-        async with session.get(url) as response:
-            final = await response.text()
+    async def memory(self) -> None:
+        self.rss.append(rss_mib(self.pid))
+        while not self.stop.is_set():
+            try:
+                await asyncio.wait_for(self.stop.wait(), 1.0)
+            except TimeoutError:
+                self.rss.append(rss_mib(self.pid))
 
-    process.send_signal(signal.SIGTERM)
-    code = await asyncio.wait_for(process.wait(), 15)
-    drainer.cancel()
 
-    latencies.sort()
+def report(args: argparse.Namespace, soak: Soak, elapsed: float, final: str, code: int) -> bool:
+    """Print the figures and the verdict; whether the run passed."""
+    latencies = sorted(soak.latencies)
 
     def pct(q: float) -> float:
         return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1e3
@@ -185,11 +166,14 @@ async def main() -> int:
             r"^messaging_exporter_collect_errors_total\{[^}]*\} (\S+)", final, re.M
         )
     )
+    rss = soak.rss
     settled = rss[min(5, len(rss) - 1)]
     growth = (rss[-1] - settled) / settled * 100
-    ok = not failures and code == 0 and growth <= 10
-    print(f"{args.scrapers} scrapers for {elapsed:.0f} s, {faults_set} faults switched")
-    print(f"scrapes: {len(latencies)} ok ({len(latencies) / elapsed:.0f}/s), failed: {failures}")
+    ok = not soak.failures and code == 0 and growth <= 10
+    print(f"{args.scrapers} scrapers for {elapsed:.0f} s, {soak.faults_set} faults switched")
+    print(
+        f"scrapes: {len(latencies)} ok ({len(latencies) / elapsed:.0f}/s), failed: {soak.failures}"
+    )
     print(f"latency: p50 {pct(0.5):.1f} ms, p99 {pct(0.99):.1f} ms, max {pct(1.0):.1f} ms")
     print(f"collection errors counted meanwhile: {errors:.0f}")
     print(
@@ -201,7 +185,51 @@ async def main() -> int:
     print(
         f"verdict: {'PASS' if ok else 'FAIL'} (zero failed scrapes, exit 0, memory growth <= 10 %)"
     )
-    return 0 if ok else 1
+    return ok
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.load", description=__doc__)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--scrapers", type=int, default=200)
+    parser.add_argument("--fault-every", type=float, default=0.5, help="seconds between faults")
+    args = parser.parse_args()
+
+    port = free_port()
+    started_demo = await start_demo(port)
+    if started_demo is None:
+        print("the exporter did not start", file=sys.stderr)
+        return 1
+    process, sim_url = started_demo
+
+    async def drain() -> None:  # keep the log pipe from filling up
+        assert process.stderr is not None
+        while await process.stderr.readline():
+            pass
+
+    drainer = asyncio.create_task(drain())
+    url = f"http://127.0.0.1:{port}/metrics"
+    connector = aiohttp.TCPConnector(limit=args.scrapers)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        await wait_ready(session, port)
+        soak = Soak(session, url, process.pid)
+        tasks = [asyncio.create_task(soak.scraper(n)) for n in range(args.scrapers)]
+        tasks += [
+            asyncio.create_task(soak.chaos(sim_url, args.fault_every)),
+            asyncio.create_task(soak.memory()),
+        ]
+        started = time.perf_counter()
+        await asyncio.sleep(args.seconds)
+        soak.stop.set()
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+        async with session.get(url) as response:
+            final = await response.text()
+
+    process.send_signal(signal.SIGTERM)
+    code = await asyncio.wait_for(process.wait(), 15)
+    drainer.cancel()
+    return 0 if report(args, soak, elapsed, final, code) else 1
 
 
 if __name__ == "__main__":

@@ -30,17 +30,21 @@ import resource
 import sys
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from aiohttp import web
 
+if TYPE_CHECKING:
+    from exporter.collect.snapshot import Snapshot
+    from exporter.service import Exporter
+
 TENANT_USER, TENANT_PASSWORD = "bench", "bench-password"
 OPENMETRICS = "application/openmetrics-text; version=1.0.0"
 INTERVAL = 5.0
+"""Every target's interval: a started scheduler collects each target every 5 s on its grid."""
 LIMITED_CONCURRENCY = 32
 """Collections at once in the ``limited`` cycles."""
-"""Every target's interval: a started scheduler collects each target every 5 s on its grid."""
 
 
 def tenant(index: int) -> str:
@@ -171,30 +175,39 @@ def exporter_config(sim_url: str, targets: int) -> Any:
     )
 
 
-async def run_exporter(sim_url: str, targets: int) -> None:
-    from bench import synthetic
-    from exporter.cli import SHUTDOWN_TIMEOUT, keep_long_lived_objects_out_of_gc
-    from exporter.collect.scheduler import FIRST_RUN_SPREAD
-    from exporter.collect.snapshot import Snapshot
-    from exporter.logs import setup_logging
-    from exporter.service import make_exporter
-    from exporter.web.app import build_app
+class BenchRoutes:
+    """The bench's routes under ``/_bench/`` in the exporter process: collection cycles and what
+    they cost (duration, CPU, the event loop's lag), synthetic cycles for the memory phase, and the
+    process's figures."""
 
-    config = exporter_config(sim_url, targets)
-    setup_logging(config.log.level, config.log.format, stream=sys.stderr)
-    exporter = make_exporter(config, autostart=False)
-    app = build_app(exporter)
-    monitor = LagMonitor()
+    def __init__(self, exporter: Exporter) -> None:
+        self.exporter = exporter
+        self.monitor = LagMonitor()
 
-    async def collected_since(begun: float) -> None:
+    def add_to(self, app: web.Application) -> None:
+        app.cleanup_ctx.append(self._monitoring)
+        app.router.add_post("/_bench/cycle", self.cycle)
+        app.router.add_post("/_bench/load", self.load)
+        app.router.add_post("/_bench/synthetic", self.synthetic_cycles)
+        app.router.add_get("/_bench/stats", self.stats)
+
+    async def _monitoring(self, app: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(self.monitor.run())
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    # -- collection cycles ----------------------------------------------------------------------
+
+    async def _collected_since(self, begun: float) -> None:
         """Wait until every target has a collection that started at ``begun`` or later (checked
         every 20 ms, each target until it has one: the bench's own cost stays negligible)."""
-        pending = list(exporter.store.targets)
+        pending = [target.state for target in self.exporter.targets]
         while pending:
             await asyncio.sleep(0.02)
             pending = [s for s in pending if s.latest is None or s.latest.started_at < begun]
 
-    async def one_cycle(mode: str) -> float:
+    async def _one_cycle(self, mode: str) -> float:
         """One collection of every target; its duration. ``burst``: every target due at once, as
         after a start or a reload (``run_all_once``, bounded by the exporter's own
         ``max_concurrent_collections``, 64 by default); ``limited``: :data:`LIMITED_CONCURRENCY`
@@ -202,13 +215,14 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         limit); ``scheduled``: the scheduler's tasks as ``serve`` runs them (first runs spread
         over the first seconds), until every target was collected once (the tasks go on: see
         ``load``)."""
+        exporter = self.exporter
         scheduler = exporter.scheduler
         assert scheduler is not None
         started = time.perf_counter()
         if mode == "burst":
             await scheduler.run_all_once()
         elif mode == "limited":
-            queue = list(scheduler.runners.values())
+            queue = [target.runner for target in exporter.targets if target.runner is not None]
             queue.reverse()
 
             async def worker() -> None:
@@ -219,32 +233,37 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         else:
             begun = exporter.clock.time()
             scheduler.start()
-            await collected_since(begun)
+            await self._collected_since(begun)
         return time.perf_counter() - started
 
-    def stats(cpu: float, requests: int, started: float) -> dict[str, Any]:
+    def _figures(self, cpu: float, requests: int, started: float) -> dict[str, Any]:
+        exporter = self.exporter
         return {
             "wall": time.perf_counter() - started,
             "cpu": cpu_seconds() - cpu,
             "requests": requests,
-            **monitor.report(),
+            **self.monitor.report(),
             "rss": rss_bytes(),
-            "series": sum(len(state.series) for state in exporter.store.targets),
+            "series": sum(len(target.state.series) for target in exporter.targets),
             "failed": sum(
-                1 for s in exporter.store.targets if s.latest is not None and not s.latest.ok
+                1
+                for target in exporter.targets
+                if target.state.latest is not None and not target.state.latest.ok
             ),
             "generation": exporter.store.generation,
-            "builds": exporter.exposition.builds,
         }
 
-    async def cycle(request: web.Request) -> web.Response:
-        """One cycle (see ``one_cycle``), nothing else running; a ``scheduled`` one is stopped
+    async def cycle(self, request: web.Request) -> web.Response:
+        """One cycle (see ``_one_cycle``), nothing else running; a ``scheduled`` one is stopped
         after its pass (the stop is not measured)."""
+        from exporter.collect.scheduler import FIRST_RUN_SPREAD
+
+        exporter = self.exporter
         mode = request.query.get("mode", "burst")
-        monitor.reset()
+        self.monitor.reset()
         cpu, started = cpu_seconds(), time.perf_counter()
-        duration = await one_cycle(mode)
-        result = stats(cpu, len(exporter.store.targets), started)
+        duration = await self._one_cycle(mode)
+        result = self._figures(cpu, len(exporter.targets), started)
         result["duration"] = duration
         if mode == "scheduled":
             assert exporter.scheduler is not None
@@ -257,36 +276,42 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         }
         return web.json_response(result)
 
-    async def load(request: web.Request) -> web.Response:
+    async def load(self, request: web.Request) -> web.Response:
         """Collections for ``seconds`` (scraped meanwhile by the bench): ``burst`` and ``limited``
         cycles back to back; ``scheduled``: the scheduler's tasks on their 5 s grid (a first pass
         spread over 5 s, then every target every 5 s). The loop's lag is measured over the whole
         window; the tasks' cancelling afterwards is not."""
+        exporter = self.exporter
         mode = request.query["mode"]
         seconds = float(request.query["seconds"])
-        monitor.reset()
+        self.monitor.reset()
         cpu, started = cpu_seconds(), time.perf_counter()
         durations = []
         requests = 0
         if mode == "scheduled":
-            durations.append(await one_cycle(mode))
+            durations.append(await self._one_cycle(mode))
             await asyncio.sleep(max(0.0, seconds - (time.perf_counter() - started)))
             requests = -1  # counted by the histogram, not here
         else:
             while time.perf_counter() - started < seconds:
-                durations.append(await one_cycle(mode))
-                requests += len(exporter.store.targets)
-        result = stats(cpu, requests, started)
+                durations.append(await self._one_cycle(mode))
+                requests += len(exporter.targets)
+        result = self._figures(cpu, requests, started)
         result["durations"] = durations
         if mode == "scheduled":
             assert exporter.scheduler is not None
             await exporter.scheduler.stop()
         return web.json_response(result)
 
-    async def synthetic_cycles(request: web.Request) -> web.Response:
+    # -- memory ---------------------------------------------------------------------------------
+
+    async def synthetic_cycles(self, request: web.Request) -> web.Response:
         """Cycles without a network: every target records a new snapshot (new values, one series
         in ten replaced by a new one), then a scrape builds each format, identity and gzip; RSS
         after the cycles in ``at`` (after a ``gc.collect()``)."""
+        from bench import synthetic
+
+        exporter = self.exporter
         count = int(request.query["cycles"])
         first = int(request.query.get("first", "1"))
         marks = {int(mark) for mark in request.query.get("at", "").split(",") if mark}
@@ -296,21 +321,10 @@ async def run_exporter(sim_url: str, targets: int) -> None:
         started = time.perf_counter()
         for number in range(first, first + count):
             now = exporter.clock.time()
-            for index, state in enumerate(store.targets):
-                snap = synthetic.snapshot(state.config.name, index, rng, now)
+            for index, target in enumerate(exporter.targets):
+                snap = synthetic.snapshot(target.name, index, rng, now)
                 if number % 10 == index % 10:  # churn: a campaign ends, another starts
-                    samples = tuple(
-                        s
-                        if s.labels != ("00001",)
-                        else type(s)(s.metric, (f"9{number:04d}",), s.value)
-                        for s in snap.samples
-                    )
-                    snap = Snapshot(
-                        **{
-                            **{f: getattr(snap, f) for f in Snapshot.__slots__},
-                            "samples": samples,
-                        }
-                    )
+                    snap = _churned(snap, number)
                 store.record(snap)
             await exposition.get("", "gzip")
             await exposition.get(OPENMETRICS, "gzip")
@@ -322,30 +336,40 @@ async def run_exporter(sim_url: str, targets: int) -> None:
             {"rss": rss, "duration": time.perf_counter() - started, "cycles": count}
         )
 
-    async def stats_route(request: web.Request) -> web.Response:
+    async def stats(self, request: web.Request) -> web.Response:
         gc.collect()
         return web.json_response(
             {
                 "rss": rss_bytes(),
                 "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                 "cpu": cpu_seconds(),
-                "generation": exporter.store.generation,
-                "builds": exporter.exposition.builds,
+                "generation": self.exporter.store.generation,
             }
         )
 
-    async def start_monitor(app: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(monitor.run())
-        yield
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
-    app.cleanup_ctx.append(start_monitor)
-    app.router.add_post("/_bench/cycle", cycle)
-    app.router.add_post("/_bench/load", load)
-    app.router.add_post("/_bench/synthetic", synthetic_cycles)
-    app.router.add_get("/_bench/stats", stats_route)
+def _churned(snap: Snapshot, number: int) -> Snapshot:
+    """``snap`` with its first campaign replaced by campaign ``9<number>``."""
+    from exporter.collect.snapshot import Snapshot
 
+    samples = tuple(
+        s if s.labels != ("00001",) else type(s)(s.metric, (f"9{number:04d}",), s.value)
+        for s in snap.samples
+    )
+    return Snapshot(**{**{f: getattr(snap, f) for f in Snapshot.__slots__}, "samples": samples})
+
+
+async def run_exporter(sim_url: str, targets: int) -> None:
+    from exporter.cli import SHUTDOWN_TIMEOUT, keep_long_lived_objects_out_of_gc
+    from exporter.logs import setup_logging
+    from exporter.service import make_exporter
+    from exporter.web.app import build_app
+
+    config = exporter_config(sim_url, targets)
+    setup_logging(config.log.level, config.log.format, stream=sys.stderr)
+    exporter = make_exporter(config, autostart=False)
+    app = build_app(exporter)
+    BenchRoutes(exporter).add_to(app)
     # As ``exporter.cli._serve`` starts it.
     await listen(
         app,

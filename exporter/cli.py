@@ -13,14 +13,14 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_args
+from typing import TYPE_CHECKING, Any, get_args
 
 import structlog
 import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
-from exporter import __version__, simulator
+from exporter import __version__
 from exporter.collect.sharding import ordinal_from_hostname, split
 from exporter.config import (
     Config,
@@ -35,10 +35,13 @@ from exporter.config import (
 from exporter.fields import format_duration
 from exporter.logs import setup_logging
 from exporter.metrics.store import Store
-from exporter.service import make_exporter
+from exporter.service import Exporter, make_exporter
 from exporter.web import healthcheck
 from exporter.web.app import build_app
 from exporter.web.webconfig import WebConfigFile, WebSettings, load_web_config
+
+if TYPE_CHECKING:
+    from exporter import simulator
 
 log = structlog.get_logger("exporter.cli")
 
@@ -68,25 +71,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="collect every target once, print the exposition, exit 0 if all succeeded, else 1",
     )
-    p.add_argument(
-        "--demo",
-        action="store_true",
-        help="start the built-in provider simulator and a config that points at it",
-    )
-    p.add_argument(
-        "--demo.simulator-address",
-        dest="demo_simulator_address",
-        metavar="ADDR",
-        help=f"where the demo's provider simulator listens (default {DEMO_SIMULATOR_ADDRESS}, "
-        "or any free port when that one is taken; :0 for any free port)",
-    )
-    p.add_argument(
-        "--demo.print-config",
-        dest="demo_print_config",
-        action="store_true",
-        help="print the demo's config as YAML, pointing at the simulator at "
-        "--demo.simulator-address, and exit",
-    )
+    _demo_flags(p)
     p.add_argument(
         "--health-check",
         action="store_true",
@@ -113,6 +98,37 @@ def parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="TLS and basic auth for the exporter's endpoints, in the exporter-toolkit format",
     )
+    _shard_flags(p)
+    _add_conventional_flags(p)
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _demo_flags(p: argparse.ArgumentParser) -> None:
+    """``--demo`` and the flags that go with it."""
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="start the built-in provider simulator and a config that points at it",
+    )
+    p.add_argument(
+        "--demo.simulator-address",
+        dest="demo_simulator_address",
+        metavar="ADDR",
+        help=f"where the demo's provider simulator listens (default {DEMO_SIMULATOR_ADDRESS}, "
+        "or any free port when that one is taken; :0 for any free port)",
+    )
+    p.add_argument(
+        "--demo.print-config",
+        dest="demo_print_config",
+        action="store_true",
+        help="print the demo's config as YAML, pointing at the simulator at "
+        "--demo.simulator-address, and exit",
+    )
+
+
+def _shard_flags(p: argparse.ArgumentParser) -> None:
+    """Which shard of the targets this replica collects."""
     p.add_argument(
         "--shard",
         metavar="INDEX/COUNT",
@@ -126,9 +142,6 @@ def parser() -> argparse.ArgumentParser:
         "from --shard-count or sharding.count",
     )
     p.add_argument("--shard-count", type=int, metavar="COUNT", help="shards in all")
-    _add_conventional_flags(p)
-    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return p
 
 
 DEPRECATED_FLAGS = {"--listen": "--web.listen-address"}
@@ -228,20 +241,9 @@ def _warn_deprecated(deprecated: Sequence[str]) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.health_check:
-        return healthcheck.main(args.config, args.listen, args.web_config_file)
-    if args.demo_simulator_address is not None:
-        try:
-            parse_listen_address(args.demo_simulator_address)
-        except ValueError as exc:
-            print(f"--demo.simulator-address: {exc}", file=sys.stderr)
-            return EXIT_CONFIG
-    if args.demo_print_config:
-        return _print_demo_config(args.demo_simulator_address or DEMO_SIMULATOR_ADDRESS)
-    problem = _check_flags(args)
-    if problem is not None:
-        print(problem, file=sys.stderr)
-        return EXIT_CONFIG
+    done = _before_the_config(args)
+    if done is not None:
+        return done
     try:
         shard = _shard(args)
     except ValueError as exc:
@@ -294,6 +296,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             deprecated=args.deprecated,
         )
     )
+
+
+def _before_the_config(args: argparse.Namespace) -> int | None:
+    """What the flags settle alone: the health check, the demo's config printed, or a flag's
+    value refused; the exit status then, else None."""
+    if args.health_check:
+        return healthcheck.main(args.config, args.listen, args.web_config_file)
+    if args.demo_simulator_address is not None:
+        try:
+            parse_listen_address(args.demo_simulator_address)
+        except ValueError as exc:
+            print(f"--demo.simulator-address: {exc}", file=sys.stderr)
+            return EXIT_CONFIG
+    if args.demo_print_config:
+        return _print_demo_config(args.demo_simulator_address or DEMO_SIMULATOR_ADDRESS)
+    problem = _check_flags(args)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    return None
 
 
 def _shard(args: argparse.Namespace, config: Config | None = None) -> Sharding | None:
@@ -391,6 +413,8 @@ def only_targets(config: Config, names: Sequence[str]) -> Config:
 
 def demo_config(url: str, sim: simulator.Simulator) -> dict[str, Any]:
     """The demo's config (as YAML would decode it): every account of ``sim``, served at ``url``."""
+    from exporter import simulator
+
     return {
         "log": {"level": DEMO_LOG[0], "format": DEMO_LOG[1]},
         "defaults": {"interval": DEMO_INTERVAL, "timeout": "5s"},
@@ -421,6 +445,8 @@ def _print_demo_config(address: str) -> int:
             file=sys.stderr,
         )
         return EXIT_CONFIG
+    from exporter import simulator
+
     url = _simulator_url(host, port)
     config = demo_config(url, simulator.Simulator(dynamic=True))
     sys.stdout.write(DEMO_CONFIG_HEADER.format(url=url))
@@ -437,6 +463,8 @@ async def _start_demo_simulator(
 ) -> tuple[web.AppRunner, str]:
     """The simulator on ``address``; unless one was given, on the default address, or on any free
     port when that one is taken."""
+    from exporter import simulator
+
     host, port = parse_listen_address(address or DEMO_SIMULATOR_ADDRESS)  # checked in main
     try:
         try:
@@ -453,6 +481,8 @@ async def _start_demo_simulator(
 
 @contextlib.asynccontextmanager
 async def _demo_simulator(address: str | None = None) -> AsyncIterator[tuple[Config, str]]:
+    from exporter import simulator  # only the demo serves it: imported when asked for
+
     sim = simulator.Simulator(dynamic=True)
     runner, url = await _start_demo_simulator(sim, address)
     try:
@@ -489,13 +519,13 @@ async def _demo(
 async def keep_long_lived_objects_out_of_gc(store: Store) -> None:
     """Freeze what exists now, and again once the first round of collections has ended.
     Everything made so far lives as long as the process, and so do the series' keys and label
-    texts of the first round: kept out of the garbage collector's scans, a full collection does
-    not stall the loop for tens of milliseconds over 10,000 series."""
+    texts of the first round: kept out of the garbage collector's scans, a full collection's pause
+    does not grow with the number of series."""
     gc.collect()
     gc.freeze()
     first_round = asyncio.Event()
 
-    def first_round_done() -> None:
+    def first_round_done(_: object) -> None:
         if store.ready():
             first_round.set()
 
@@ -534,12 +564,29 @@ async def _serve(
         if web_config is not None and web_config_path
         else None
     )
-    app = build_app(exporter, settings, lifecycle=lifecycle)
+    runner = await _listening(exporter, settings, host, port, lifecycle=lifecycle)
+    if runner is None:
+        return EXIT_FAILED
+    tls = settings is not None and settings.context is not None
+    _announce(config, runner, host, port, tls=tls, demo=demo)
+    freezing = asyncio.create_task(keep_long_lived_objects_out_of_gc(exporter.store))
+    await _until_stopped(exporter)
+    log.info("shutting down")
+    freezing.cancel()
+    await runner.cleanup()
+    return EXIT_OK
+
+
+async def _listening(
+    exporter: Exporter, settings: WebSettings | None, host: str, port: int, *, lifecycle: bool
+) -> web.AppRunner | None:
+    """The app served on ``host:port`` (TLS when the web config has it), or None when it cannot
+    listen there (logged)."""
     runner = web.AppRunner(
-        app,
+        build_app(exporter, settings, lifecycle=lifecycle),
         handle_signals=False,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
-        keepalive_timeout=config.web.keepalive_timeout,
+        keepalive_timeout=exporter.config.web.keepalive_timeout,
         access_log=logging.getLogger("aiohttp.access"),
     )
     await runner.setup()
@@ -550,12 +597,19 @@ async def _serve(
     except OSError as exc:
         log.error("cannot listen", address=f"{host}:{port}", error=exc.strerror or str(exc))
         await runner.cleanup()
-        return EXIT_FAILED
+        return None
+    return runner
+
+
+def _announce(
+    config: Config, runner: web.AppRunner, host: str, port: int, *, tls: bool, demo: bool
+) -> None:
+    """The ``serving`` log line with the URLs, and for the demo a line a person reads."""
     bound = runner.addresses[0][1] if runner.addresses else port
     shown_host = host if host not in ("", "0.0.0.0", "::") else "localhost"  # noqa: S104
     if ":" in shown_host:
         shown_host = f"[{shown_host}]"
-    scheme = "https" if context else "http"
+    scheme = "https" if tls else "http"
     metrics_url = f"{scheme}://{shown_host}:{bound}{config.web.telemetry_path}"
     log.info(
         "serving",
@@ -570,7 +624,10 @@ async def _serve(
             "  Stop with Ctrl+C.\n",
             flush=True,
         )
-    freezing = asyncio.create_task(keep_long_lived_objects_out_of_gc(exporter.store))
+
+
+async def _until_stopped(exporter: Exporter) -> None:
+    """Wait for SIGTERM or SIGINT; meanwhile each SIGHUP reloads the config."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -584,7 +641,3 @@ async def _serve(
 
     loop.add_signal_handler(signal.SIGHUP, reload_soon)
     await stop.wait()
-    log.info("shutting down")
-    freezing.cancel()
-    await runner.cleanup()
-    return EXIT_OK

@@ -5,7 +5,7 @@ it; nothing here knows of HTTP serving."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,10 +18,12 @@ from exporter import __version__
 from exporter.clock import Clock, SystemClock
 from exporter.collect.scheduler import Scheduler
 from exporter.collect.sharding import split
+from exporter.collect.targets import TargetTable
 from exporter.config import Config, ConfigError, Sharding, config_warnings, load_config
 from exporter.logs import setup_logging
 from exporter.metrics.exposition import Exposition, LiveFamilies
-from exporter.metrics.store import ExporterInfo, Store
+from exporter.metrics.self_metrics import ExporterInfo
+from exporter.metrics.store import Store
 from exporter.providers import registry
 from exporter.providers.base import TargetConfig
 from exporter.providers.http import new_session, request_duration_histogram
@@ -38,6 +40,8 @@ class Exporter:
 
     config: Config
     clock: Clock
+    targets: TargetTable
+    """The one table of the targets this replica collects."""
     store: Store
     registry: CollectorRegistry
     histogram: Histogram
@@ -72,14 +76,21 @@ class Exporter:
         )
         self.store.shard = (sharding.index, sharding.count)
         self.store.skipped_targets = skipped
-        if self.scheduler is not None:
-            self.scheduler.set_targets(self.assigned)
-        self.store.set_targets(self.assigned)
+        self.set_targets(self.assigned)
         if self.scheduler is not None and self.autostart:
             self.scheduler.start()
 
+    def set_targets(self, configs: Sequence[TargetConfig]) -> None:
+        """Collect exactly these targets: the table decides which changed, the scheduler follows
+        it, the store counts the change."""
+        change = self.targets.set(configs)
+        if self.scheduler is not None:
+            self.scheduler.follow(change)
+        self.store.targets_changed()
+
     def new_scheduler(self, session: aiohttp.ClientSession) -> Scheduler:
         return Scheduler(
+            self.targets,
             registry(),
             self.store.record,
             session,
@@ -100,6 +111,7 @@ class Exporter:
             yield
         finally:
             await self.scheduler.stop()
+            self.scheduler.release()
             await self.exposition.aclose()
             await self.session.close()
 
@@ -107,8 +119,11 @@ class Exporter:
         """Collect every assigned target once (``--once``); True if all succeeded."""
         async with new_session(USER_AGENT) as session:
             scheduler = self.new_scheduler(session)
-            scheduler.set_targets(self.assigned)
-            snapshots = await scheduler.run_all_once()
+            scheduler.follow()
+            try:
+                snapshots = await scheduler.run_all_once()
+            finally:
+                scheduler.release()
         return all(snapshot.ok for snapshot in snapshots)
 
     async def reload(self) -> str | None:
@@ -181,17 +196,20 @@ def make_exporter(
 ) -> Exporter:
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
     clock = clock or SystemClock()
-    store = Store(clock, {name: provider.metrics for name, provider in registry().items()})
+    targets = TargetTable()
+    metrics = {name: provider.metrics for name, provider in registry().items()}
+    store = Store(clock, targets, metrics)
     collectors = CollectorRegistry(auto_describe=False)
     collectors.register(ExporterInfo(store))
     histogram = request_duration_histogram(collectors)
     exporter = Exporter(
         config=config,
         clock=clock,
+        targets=targets,
         store=store,
         registry=collectors,
         histogram=histogram,
-        exposition=Exposition(store, collectors),
+        exposition=Exposition(store, collectors, metrics, clock),
         redactor=Redactor(),  # apply() gives it the config's secrets
         config_path=config_path,
         environ=environ,

@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,9 @@ class FakeClock:
 
 @pytest.fixture
 def clock() -> FakeClock:
-    return FakeClock()
+    """The exporter's clock in the harness. It starts at the machine's time, which the simulator
+    dates its answers by (tokens, message times), and then moves only when the test says so."""
+    return FakeClock(time.time())
 
 
 @pytest.fixture

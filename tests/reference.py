@@ -10,7 +10,9 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from exporter.metrics.store import DURATION, ERRORS, INTERVAL, LAST_SUCCESS, SUCCESS, Store
+from exporter.metrics.self_metrics import DURATION, ERRORS, INTERVAL, LAST_SUCCESS, SUCCESS
+from exporter.metrics.store import Store
+from exporter.providers import registry
 from exporter.providers.errors import Reason
 from exporter.service import Exporter
 
@@ -26,13 +28,15 @@ class StoreReference(Collector):
     def collect(self) -> Iterable[Metric]:
         store = self._store
         gauges: dict[str, GaugeMetricFamily] = {}
-        for family in store.families[: store.provider_family_count]:
-            gauges[family.name] = GaugeMetricFamily(family.name, family.help, labels=family.labels)
+        for provider in registry().values():
+            for spec in provider.metrics:
+                labels = ("account", *spec.labels)
+                gauges.setdefault(spec.name, GaugeMetricFamily(spec.name, spec.help, labels=labels))
         used: set[str] = set()
-        for state in store.targets:
-            visible, _ = state.visible(self._now)
+        for target in store.targets:
+            visible, _ = target.state.visible(self._now, target.config.stale_after)
             for (metric, labels), value in visible:
-                gauges[metric].add_metric((state.config.name, *labels), value)
+                gauges[metric].add_metric((target.name, *labels), value)
                 used.add(metric)
         yield from (family for name, family in gauges.items() if name in used)
         success, duration, last_success, interval = (
@@ -40,14 +44,14 @@ class StoreReference(Collector):
             for family in (SUCCESS, DURATION, LAST_SUCCESS, INTERVAL)
         )
         errors = CounterMetricFamily(ERRORS.name, ERRORS.help, labels=ERRORS.labels)
-        for state in store.targets:
-            key = (state.config.provider, state.config.name)
+        for target in store.targets:
+            key, state = (target.config.provider, target.name), target.state
             if state.latest is not None:
                 success.add_metric(key, 1.0 if state.latest.ok else 0.0)
                 duration.add_metric(key, state.latest.duration)
             if state.last_success is not None:
                 last_success.add_metric(key, state.last_success)
-            interval.add_metric(key, state.config.interval)
+            interval.add_metric(key, target.config.interval)
             for reason in Reason:
                 errors.add_metric((*key, str(reason)), float(state.errors.get(reason, 0)))
         yield from (success, duration, last_success, interval, errors)

@@ -46,17 +46,15 @@ def targets(sim_url: str, sim: simulator.Simulator, **extra: Any) -> list[dict[s
 
 
 async def start(harness, make_config, clock, config_targets, **defaults: Any):
-    """An exporter whose scheduler hands the fake ``clock`` to every provider."""
-    h = await harness(make_config(config_targets, defaults={"interval": "60s", **defaults}))
-    assert all(provider.clock is clock for provider in providers(h).values())
-    return h
+    """An exporter whose runs carry the fake ``clock``."""
+    return await harness(make_config(config_targets, defaults={"interval": "60s", **defaults}))
 
 
 def providers(h) -> dict[str, Altcraft]:
     return {
-        name: runner.provider
-        for name, runner in h.exporter.scheduler.runners.items()
-        if isinstance(runner.provider, Altcraft)
+        target.name: target.runner.provider
+        for target in h.exporter.targets
+        if target.runner is not None and isinstance(target.runner.provider, Altcraft)
     }
 
 
@@ -283,7 +281,7 @@ async def test_a_task_that_never_completes_is_polled_across_runs_never_restarted
         assert refreshes(sim, "prod", "segment", 7) == 1
         assert refreshes(sim, "prod", "resource", 24) == run
         clock.advance(INTERVAL)
-    snapshot = h.exporter.store.targets[0].latest
+    snapshot = next(iter(h.exporter.targets)).state.latest
     assert snapshot is not None
     assert snapshot.reason == "timeout"
     assert "still processing at 42%" in (snapshot.error or "")
@@ -352,7 +350,7 @@ async def test_a_task_older_than_task_max_age_is_abandoned_and_a_new_one_started
     assert abandoned["age_seconds"] == max_age_seconds
     assert abandoned["task_max_age_seconds"] == max_age_seconds
     assert PROD_TOKEN not in str(logs)
-    snapshot = h.exporter.store.targets[0].latest
+    snapshot = next(iter(h.exporter.targets)).state.latest
     assert snapshot is not None
     assert snapshot.reason == "timeout"
     assert f"task {first_task} still processing at 42%" in (snapshot.error or "")
@@ -443,7 +441,7 @@ async def test_a_wrong_token_is_reason_auth(sim, sim_url, harness, make_config, 
     scraped = await h.scrape()
     assert errors_of(scraped, PROD)["auth"] == 1
     assert sum(errors_of(scraped, PROD).values()) == 1
-    snapshot = h.exporter.store.targets[0].latest
+    snapshot = next(iter(h.exporter.targets)).state.latest
     assert snapshot is not None
     assert "Altcraft error 401: Invalid token" in (snapshot.error or "")
     assert "not-the-token" not in (snapshot.error or "")
@@ -476,7 +474,7 @@ async def test_error_texts_never_carry_the_token(sim, sim_url, harness, make_con
     h = await start(harness, make_config, clock, targets(sim_url, sim))
     with structlog.testing.capture_logs() as logs:
         await h.collect()
-    snapshot = h.exporter.store.targets[0].latest
+    snapshot = next(iter(h.exporter.targets)).state.latest
     assert snapshot is not None
     assert snapshot.reason == "provider_error"
     assert "token <redacted>" in (snapshot.error or "")

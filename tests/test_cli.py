@@ -41,6 +41,39 @@ def thulium_targets(sim_url: str, sim: simulator.Simulator) -> list[dict[str, An
     return [t for t in simulator.demo_targets(sim_url, sim) if t["provider"] == "thulium"]
 
 
+def test_serving_a_config_file_does_not_import_the_simulator(write_config):
+    """Only ``--demo`` (and the tests) use the simulator: the exporter as it serves a config file,
+    app and collection loop assembled, has not imported it."""
+    import subprocess
+
+    path = write_config(
+        {
+            "targets": [
+                {
+                    "name": "t",
+                    "provider": "thulium",
+                    "base_url": "http://127.0.0.1:9/api",
+                    "username": "u",
+                    "password": "p",
+                }
+            ]
+        }
+    )
+    assembled = (
+        "import sys\n"
+        "from exporter import cli\n"
+        "from exporter.config import load_config\n"
+        f"exporter = cli.make_exporter(load_config({str(path)!r}))\n"
+        "cli.build_app(exporter)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('exporter.simulator')))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", assembled], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 async def test_once_prints_the_exposition_and_exits_0(sim, sim_url, write_config):
     path = write_config({"targets": thulium_targets(sim_url, sim)})
     code, stdout, stderr = await run("--once", "--config", str(path))

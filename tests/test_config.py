@@ -616,12 +616,16 @@ MAX_RSS_KIB = 128 * 1024
 files refused here took from 200 MiB to several GiB before they were bounded."""
 
 RUN_WITH_RSS = (
-    "import resource, sys\n"
+    "import re, sys\n"
     "from exporter.cli import main\n"
     "try:\n"
     "    code = main(sys.argv[1:])\n"
     "finally:\n"
-    "    print(f'maxrss={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)\n"
+    # The process's own peak (VmHWM): ru_maxrss would also count the parent's peak, which Linux
+    # hands over to a child started by vfork and exec.
+    "    status = open('/proc/self/status').read()\n"
+    "    peak = re.search(r'VmHWM:\\s+(\\d+)', status)[1]\n"
+    "    print(f'maxrss={peak}', file=sys.stderr)\n"
     "sys.exit(code)\n"
 )
 

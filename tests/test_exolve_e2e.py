@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from collections import Counter
 from datetime import datetime
 from typing import Any
@@ -176,11 +175,10 @@ async def test_every_combination_is_requested_exactly_once_per_run(
         assert "offset" not in body
 
 
-async def test_window_and_number_filter_every_request(sim, sim_url, harness, make_config):
+async def test_window_and_number_filter_every_request(sim, sim_url, harness, make_config, clock):
     h = await harness(make_config(exolve_targets(sim_url, sim)))
-    before = time.time()
+    clock.now = float(round(clock.now))  # a whole second: its date needs no rounding
     await h.collect()
-    after = time.time()
     alerts = bodies(sim, "alerts")
     dates = {body.pop("date_gte") for body in alerts}
     assert Counter(json.dumps(b, sort_keys=True) for b in alerts) == plan(
@@ -189,8 +187,9 @@ async def test_window_and_number_filter_every_request(sim, sim_url, harness, mak
     # One date_gte for the whole run: now minus 24 h, RFC 3339 UTC with milliseconds and Z.
     (date_gte,) = dates
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", date_gte)
+    # By the run's clock (the test's fake one), to the millisecond.
     sent = datetime.fromisoformat(date_gte.replace("Z", "+00:00")).timestamp()
-    assert before - 86400 - 0.001 <= sent <= after - 86400
+    assert sent == clock.time() - 86400
     # No window, no date filter.
     assert all("date_gte" not in body and "number" not in body for body in bodies(sim, "shop"))
 
@@ -243,7 +242,7 @@ async def test_one_failed_combination_fails_the_run_but_keeps_the_fresh_counts(
     out_queued = labels(account=shop, direction="outgoing", delivery_status="queued")
     assert scraped[(BY_DELIVERY, out_queued)] == 15
     assert len([k for k in exolve_samples(scraped) if ("account", shop) in k[1]]) == 34
-    state = {s.config.name: s for s in h.exporter.store.targets}[shop]
+    state = h.exporter.targets.get(shop).state
     assert state.latest is not None
     fresh = max(state.seen.values())
     assert sum(1 for at in state.seen.values() if at == fresh) == 17  # the outgoing combinations
@@ -270,7 +269,7 @@ async def test_a_wrong_key_is_auth_and_the_key_is_in_no_error_text(
     await h.collect()
     scraped = await h.scrape()
     assert errors_of(scraped, "exolve-alerts") == {"auth": 1}
-    state = {s.config.name: s for s in h.exporter.store.targets}["exolve-alerts"]
+    state = h.exporter.targets.get("exolve-alerts").state
     assert state.latest is not None
     error = state.latest.error or ""
     assert "authorization token is invalid" in error
@@ -286,7 +285,7 @@ async def test_a_wrong_path_is_http_4xx(sim, sim_url, harness, make_config):
     await h.collect()
     scraped = await h.scrape()
     assert errors_of(scraped, "exolve-alerts") == {"http_4xx": 1}
-    state = {s.config.name: s for s in h.exporter.store.targets}["exolve-alerts"]
+    state = h.exporter.targets.get("exolve-alerts").state
     assert "page not found" in (state.latest.error or "")
 
 

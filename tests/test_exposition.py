@@ -24,6 +24,8 @@ from exporter.config import validate_config
 from exporter.providers.base import Sample
 from exporter.providers.errors import Reason
 from exporter.service import Exporter, make_exporter
+from exporter.web.app import status_view
+from exporter.web.status import TargetRow
 from tests.conftest import FakeClock
 from tests.reference import reference_registry
 
@@ -109,7 +111,7 @@ def test_any_history_renders_as_prometheus_client_does(names, ops):
     for op in ops:
         if op[0] == "record":
             _, index, ok, drawn = op
-            name = store.targets[index % len(store.targets)].config.name
+            name = list(exporter.targets)[index % len(exporter.targets)].name
             store.record(
                 Snapshot(
                     target=name,
@@ -127,24 +129,24 @@ def test_any_history_renders_as_prometheus_client_does(names, ops):
         elif op[0] == "reload":
             store.reloaded(op[1])
         elif op[0] == "retarget":
-            kept = [t.config for t in store.targets][: op[1] % (len(store.targets) + 1)]
-            store.set_targets(
+            kept = [t.config for t in exporter.targets][: op[1] % (len(exporter.targets) + 1)]
+            exporter.set_targets(
                 [*reversed(kept), validate_config({"targets": [target(f"new-{op[1]}")]}).targets[0]]
             )
         else:
             # Requests are observed during a collection; its end is the store's change that
             # shows them (the exposition is as of the latest store change, histogram included).
             exporter.histogram.labels("thulium", "outbounds/stats", op[1]).observe(0.1)
-            name = store.targets[0].config.name
+            name = next(iter(exporter.targets)).name
             store.record(Snapshot(name, "thulium", True, (), clock.time(), 0.1))
         check_all(exporter)
 
 
 def fill(exporter: Exporter, clock: FakeClock, round_: int) -> None:
-    for index, state in enumerate(exporter.store.targets):
+    for index, target in enumerate(exporter.targets):
         exporter.store.record(
             Snapshot(
-                target=state.config.name,
+                target=target.name,
                 provider="thulium",
                 ok=True,
                 samples=(
@@ -201,27 +203,26 @@ async def test_each_body_is_built_once_per_change():
     first = [
         await scrape(exporter, accept, enc) for accept in ("", OPENMETRICS) for enc in ("", "gzip")
     ]
-    builds = exporter.exposition.builds
-    assert builds >= 4
     again = [
         await scrape(exporter, accept, enc) for accept in ("", OPENMETRICS) for enc in ("", "gzip")
     ]
-    assert [a.body for a in again] == [f.body for f in first]
-    assert all(a is f for a, f in zip(again, first, strict=True))
-    assert exporter.exposition.builds == builds
+    # Nothing changed: every scrape got the very body built before, not a new one.
+    assert all(a.rendered is f.rendered for a, f in zip(again, first, strict=True))
     fill(exporter, clock, 2)
-    await scrape(exporter, "", "gzip")
-    assert exporter.exposition.builds == builds + 2
+    packed = await scrape(exporter, "", "gzip")
+    assert packed.rendered is not first[1].rendered
+    assert gzip.decompress(packed.body) == (await scrape(exporter)).body
+    assert (await scrape(exporter)).rendered is (await scrape(exporter)).rendered
+    assert (await scrape(exporter, "", "gzip")).rendered is packed.rendered
 
 
 async def test_concurrent_scrapes_of_one_generation_share_one_build():
     clock = FakeClock()
     exporter = new_exporter(clock, [f"t{i}" for i in range(50)])
     fill(exporter, clock, 1)
-    builds = exporter.exposition.builds
     scrapes = await asyncio.gather(*(scrape(exporter, "", "gzip") for _ in range(10)))
-    assert len({id(s.body) for s in scrapes}) == 1
-    assert exporter.exposition.builds == builds + 2  # the identity body, then its gzip
+    assert len({id(s.rendered) for s in scrapes}) == 1  # one compression, its body shared
+    assert gzip.decompress(scrapes[0].body) == (await scrape(exporter)).body
 
 
 async def test_a_scrape_waits_for_the_build_in_flight_not_for_another():
@@ -272,34 +273,77 @@ async def test_stale_samples_leave_once_and_the_generation_counts_it_once():
     store.record(Snapshot("a", "thulium", False, (), clock.time(), 0.1, Reason.TIMEOUT, "timeout"))
     clock.advance(299)
     check_all(exporter)
-    generation = store.generation
+    before = await scrape(exporter)
     clock.advance(2)
     check_all(exporter)
-    assert RECORDS.encode() + b'{account="a"' not in (await scrape(exporter)).body
-    assert store.generation == generation + 1
+    after = await scrape(exporter)
+    assert RECORDS.encode() + b'{account="a"' not in after.body
+    assert after.generation == before.generation + 1
     clock.advance(1000)
     check_all(exporter)
-    assert store.generation == generation + 1  # nothing more went stale: nothing re-rendered
+    assert (await scrape(exporter)).rendered is after.rendered  # nothing more went stale
 
 
 async def test_the_target_states_follow_the_staleness_rule():
     clock = FakeClock()
     exporter = new_exporter(clock, ["a", "b", "c"])
     store = exporter.store
-    assert {s.state for s in store.targets} == {"pending"}
+
+    def rows() -> dict[str, TargetRow]:
+        return {row.account: row for row in status_view(exporter).targets}
+
+    assert {row.state for row in rows().values()} == {"pending"}
     fill(exporter, clock, 1)
-    assert {s.state for s in store.targets} == {"up"}
+    assert {row.state for row in rows().values()} == {"up"}
     for name in ("a", "b"):
         store.record(Snapshot(name, "thulium", False, (), clock.time(), 0.1, Reason.AUTH, "no"))
-    states = {s.config.name: s for s in store.targets}
-    assert states["a"].state == "down"
-    assert states["a"].served == 2
-    assert states["a"].consecutive_failures == 1
+    assert rows()["a"].state == "down"
+    assert rows()["a"].series == 2
+    assert rows()["a"].consecutive_failures == 1
     clock.advance(301)
-    await scrape(exporter)  # a scrape takes what went stale
-    assert states["a"].state == "stale"
-    assert states["a"].served == 0
-    assert states["c"].state == "up"
+    assert rows()["a"].state == "stale"
+    assert rows()["a"].series == 0
+    assert rows()["c"].state == "up"
+    assert RECORDS.encode() + b'{account="a"' not in (await scrape(exporter)).body
+
+
+AWKWARD = ["a b", 'x} 1.0 "y"', "line\nbreak", "back\\slash", "юникод ✓", "", " "]
+
+
+def awkward(name: str, clock: FakeClock, value: float, ok: bool = True, labels=AWKWARD) -> Snapshot:
+    samples = [Sample(RECORDS, (label,), value + i) for i, label in enumerate(labels)]
+    samples.append(Sample(COMPLETION, (labels[0],), value / 10))
+    samples.append(Sample(ACTIVE, (), float(len(labels))))
+    return Snapshot(
+        target=name,
+        provider="thulium",
+        ok=ok,
+        samples=tuple(samples) if ok else tuple(samples[:2]),
+        started_at=clock.time(),
+        duration=0.1,
+        reason=None if ok else Reason.TIMEOUT,
+        error=None if ok else "timed out",
+    )
+
+
+def test_series_rendered_again_keep_their_bytes_for_any_label_value():
+    """A series' line is rendered once and reused while it lives; whatever its label values
+    hold, every later body is still prometheus_client's."""
+    clock = FakeClock()
+    exporter = new_exporter(clock, ['acc "one" two', "z"])
+    store = exporter.store
+    for round_ in range(1, 5):
+        store.record(awkward('acc "one" two', clock, 10.0 * round_))
+        store.record(awkward("z", clock, -1.5 * round_, labels=AWKWARD[::-1]))
+        check_all(exporter)
+        clock.advance(30)
+    # A failure keeps the series it did not deliver, until they go stale; then a success.
+    store.record(awkward('acc "one" two', clock, 7.0, ok=False))
+    check_all(exporter)
+    clock.advance(301)
+    check_all(exporter)
+    store.record(awkward('acc "one" two', clock, 8.0, labels=["new one", *AWKWARD]))
+    check_all(exporter)
 
 
 async def test_closing_waits_for_the_build_in_flight():

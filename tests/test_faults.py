@@ -157,12 +157,10 @@ async def test_metrics_answer_while_a_target_hangs(sim, sim_url, aiohttp_client,
     client = await aiohttp_client(build_app(exporter))
     others = {t["name"] for t in targets[1:]}
     await eventually(
-        lambda: all(
-            s.latest is not None for s in exporter.store.targets if s.config.name in others
-        ),
+        lambda: all(t.state.latest is not None for t in exporter.targets if t.name in others),
         bound=15,
     )
-    hanging = next(s for s in exporter.store.targets if s.config.name == victim["name"])
+    hanging = exporter.targets.get(victim["name"]).state
     assert hanging.latest is None  # still in flight
     for _ in range(5):
         # Answered while the hanging collection is in flight, not after it: a scrape that waited

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import types
 from collections.abc import AsyncIterator, Awaitable, Callable
 from email.utils import formatdate
@@ -15,6 +16,7 @@ import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Histogram
 
+from exporter.clock import SystemClock
 from exporter.providers.errors import CollectError, Reason
 from exporter.providers.http import (
     EXCERPT_BYTES,
@@ -30,6 +32,7 @@ from exporter.providers.http import (
     response_reservation,
 )
 from exporter.providers.turns import Turnstile
+from tests.conftest import FakeClock
 
 
 class Upstream:
@@ -67,8 +70,7 @@ def provider_client(session: Any, histogram: Histogram, account: str = "acct") -
         max_response_bytes=4096,
         turnstile=Turnstile(),
     )
-    made.deadline = asyncio.get_running_loop().time() + 5
-    return made
+    return made.bound(asyncio.get_running_loop().time() + 5, SystemClock())
 
 
 @pytest.fixture
@@ -136,6 +138,20 @@ async def test_retry_after_as_an_http_date_is_honoured(upstream, client):
     assert up.hits == 2
 
 
+async def test_a_retry_after_date_is_read_by_the_runs_clock(upstream, client):
+    up, url = upstream
+    http, _ = client
+    # The run's clock is an hour ahead of the machine's: by it, the date is now, no wait.
+    ahead = FakeClock(time.time() + 3600)
+    http = http.bound(asyncio.get_running_loop().time() + 5, ahead)
+    up.script = [
+        (503, {"Retry-After": formatdate(ahead.time(), usegmt=True)}, b""),
+        (200, {}, b"{}"),
+    ]
+    await http.get_json(f"{url}/x", endpoint="ep")
+    assert up.hits == 2
+
+
 async def test_a_retry_after_past_the_deadline_ends_with_the_answers_reason(upstream, client):
     up, url = upstream
     http, _ = client
@@ -181,7 +197,8 @@ async def test_a_body_over_the_limit_is_parse_without_reading_it_all(upstream, c
 async def test_status_classification(upstream, client, status, reason):
     up, url = upstream
     http, _ = client
-    http.deadline = asyncio.get_running_loop().time() + 0.5  # no time for Retry-After-less retries
+    # No time for Retry-After-less retries.
+    http = http.bound(asyncio.get_running_loop().time() + 0.5, SystemClock())
     up.script = [(status, {"Retry-After": "10"}, b"")] * 3
     with pytest.raises(CollectError) as caught:
         await http.get_json(f"{url}/x", endpoint="ep")
@@ -219,7 +236,7 @@ async def test_no_answer_before_the_deadline_is_timeout(aiohttp_server, client):
     app.router.add_get("/", hang)
     server = await aiohttp_server(app)
     http, registry = client
-    http.deadline = asyncio.get_running_loop().time() + 0.3
+    http = http.bound(asyncio.get_running_loop().time() + 0.3, SystemClock())
     with pytest.raises(CollectError) as caught:
         await http.get_json(str(server.make_url("/")), endpoint="ep")
     gate.set()
@@ -456,7 +473,7 @@ async def test_a_request_that_finds_no_room_before_its_deadline_is_timeout(upstr
     budget = ResponseBudget(response_reservation(4096))
     held = await budget.acquire(budget.limit)
     http._budget = budget
-    http.deadline = asyncio.get_running_loop().time() + 0.2
+    http = http.bound(asyncio.get_running_loop().time() + 0.2, SystemClock())
     error = await failure(http.get_json(f"{url}/x", endpoint="ep"))
     assert error.reason is Reason.TIMEOUT
     assert "no room in max_response_bytes_in_flight" in error.message

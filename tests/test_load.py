@@ -48,13 +48,13 @@ async def test_200_concurrent_scrapers_never_fail_while_collections_run_and_faul
     changes = 0
     enough = asyncio.Event()
 
-    def on_change() -> None:
+    def on_change(_target: object) -> None:
         nonlocal changes
         changes += 1
         victim, fault = next(victims)
         account = victim["base_url"].split("://", 1)[1].split("/")[2]
         sim.set_fault(victim["provider"], account, fault)
-        failed = any(s.latest is not None and not s.latest.ok for s in store.targets)
+        failed = any(t.state.latest is not None and not t.state.latest.ok for t in exporter.targets)
         if changes >= COLLECTION_ROUNDS * len(targets) and failed:
             enough.set()
 

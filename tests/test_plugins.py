@@ -390,7 +390,7 @@ def plugins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Plugins
 _PROVIDER_SOURCE = """
 from typing import Literal
 
-from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig
 
 
 class Target(TargetConfig):
@@ -402,7 +402,7 @@ class Plugin(Provider[Target]):
     config_model = Target
     metrics = (MetricSpec({metric!r}, "A plugin metric, refreshed every interval.", {labels!r}),)
 
-    async def collect(self) -> list[Sample]:
+    async def collect(self, run: Run) -> list[Sample]:
         return []
 
 

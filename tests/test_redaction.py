@@ -6,6 +6,7 @@ page, ``/metrics`` and the exceptions searched for every form of every secret.""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import gc
@@ -28,6 +29,7 @@ from prometheus_client import CollectorRegistry
 from yarl import URL
 
 from exporter import simulator
+from exporter.clock import SystemClock
 from exporter.config import load_config
 from exporter.logs import setup_logging
 from exporter.providers import registry
@@ -270,6 +272,24 @@ def make_client(session: Any, redactor: Redactor) -> ProviderClient:
     )
 
 
+async def test_a_secret_obtained_in_a_run_lives_as_long_as_the_targets_client(session):
+    """A run's client is the target's client bound to the run's deadline: a token it registers
+    stays redacted in the runs after it (a token is kept between runs), until the target's
+    client goes."""
+    redactor = Redactor()
+    client = make_client(session, redactor)
+    run_client = client.bound(asyncio.get_running_loop().time() + 5, SystemClock())
+    run_client.add_secret("token-of-a-run")
+    del run_client
+    gc.collect()
+    redactor.add_secret("another-token", owner=Owner())  # any change rebuilds the lookup
+    assert redactor.redact("token-of-a-run") == REDACTED
+    del client
+    gc.collect()
+    redactor.add_secret("yet-another-token", owner=Owner())
+    assert redactor.redact("token-of-a-run") == "token-of-a-run"
+
+
 def message_of(body: bytes) -> str | None:
     return str(json.loads(body)["message"])
 
@@ -403,7 +423,7 @@ async def test_an_echoing_provider_leaks_no_secret(
     sim.set_fault(route, account, "echo")
     await h.collect()
 
-    state = next(s for s in h.exporter.store.targets if s.config.name == victim["name"])
+    state = h.exporter.targets.get(victim["name"]).state
     error = state.latest.error if state.latest else None
     assert error is not None
     assert not state.latest.ok
@@ -438,7 +458,9 @@ async def test_the_altcraft_error_envelope_of_a_success_is_redacted(
     targets = [t for t in simulator.demo_targets(sim_url, sim) if t["provider"] == "altcraft"]
     h = await harness(make_config(targets))
     await h.collect()
-    failed = next(s for s in h.exporter.store.targets if s.latest and not s.latest.ok).latest
+    failed = next(
+        t.state.latest for t in h.exporter.targets if t.state.latest and not t.state.latest.ok
+    )
     assert failed is not None
     error = failed.error or ""
     assert REDACTED in error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -10,6 +12,12 @@ from exporter.collect.scheduler import FIRST_RUN_SPREAD, first_delay
 from exporter.service import make_exporter
 from exporter.web.app import build_app
 from tests.conftest import eventually
+
+
+def collection_tasks() -> int:
+    """The targets' collection tasks alive now: the scheduler names each ``collect:<target>``."""
+    names = [task.get_name() for task in asyncio.all_tasks()]
+    return sum(1 for name in names if name.startswith("collect:") and name != "collect:start")
 
 
 @given(st.text(min_size=1), st.floats(min_value=0.001, max_value=86400))
@@ -39,16 +47,13 @@ async def test_the_loop_collects_every_interval_and_stops_with_the_app(
     await client.close()
     seen = len(sim.requests)
     # After cleanup no task is left to collect: the count stays where it was.
-    assert exporter.scheduler is not None
-    assert exporter.scheduler.running == 0
+    assert collection_tasks() == 0
     assert len(sim.requests) == seen
 
 
 async def test_collections_in_flight_are_bounded_exporter_wide(
     aiohttp_server, harness, make_config
 ):
-    import asyncio
-
     from aiohttp import web
 
     in_flight = 0
@@ -111,8 +116,6 @@ async def test_failures_warn_a_recovery_is_info_and_routine_successes_are_debug(
 
 
 async def test_start_begins_the_tasks_a_batch_per_loop_iteration(make_config, monkeypatch):
-    import asyncio
-
     from exporter.collect import scheduler as scheduler_module
 
     monkeypatch.setattr(scheduler_module, "START_BATCH", 10)
@@ -136,16 +139,23 @@ async def test_start_begins_the_tasks_a_batch_per_loop_iteration(make_config, mo
     scheduler = exporter.scheduler
     assert scheduler is not None
     scheduler.start()
-    scheduler.set_targets(exporter.config.targets[:30])  # a reload meanwhile drops five
-    counts = [scheduler.running]
+    exporter.set_targets(exporter.config.targets[:30])  # a reload meanwhile drops five
+    counts = [collection_tasks()]
     while counts[-1] < 30:
         await asyncio.sleep(0)
-        counts.append(scheduler.running)
+        counts.append(collection_tasks())
         assert len(counts) < 100, counts
     assert counts[:4] == [0, 10, 20, 30]  # ten more per loop iteration, not all in one
     scheduler.start()  # again: every target has its task, nothing more starts
     await asyncio.sleep(0)
     await asyncio.sleep(0)
-    assert scheduler.running == 30
+    assert collection_tasks() == 30
+    # Stopped, the tasks are gone and every target can still be collected, or started again.
+    await scheduler.stop()
+    assert collection_tasks() == 0
+    assert len(await scheduler.run_all_once()) == 30
+    scheduler.start()
+    while collection_tasks() < 30:
+        await asyncio.sleep(0)
     await runner.cleanup()
-    assert scheduler.running == 0
+    assert collection_tasks() == 0

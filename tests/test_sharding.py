@@ -66,7 +66,8 @@ async def test_two_shards_together_equal_one_unsharded_exporter(sim, sim_url, ha
         return {
             k: v
             for k, v in parse_exposition(text).items()
-            if not k[0].startswith("messaging_exporter_") and k[0] not in RUN_DEPENDENT
+            if not k[0].startswith(("messaging_exporter_", "process_", "python_"))
+            and k[0] not in RUN_DEPENDENT
         }
 
     def accounts_requested() -> set[tuple[str, str]]:

@@ -14,6 +14,7 @@ import structlog
 
 from exporter import simulator
 from exporter.logs import setup_logging
+from exporter.providers.trustlat import RENEW_SLACK
 from exporter.simulator.trustlat import SHORT_TOKEN_LIFETIME, TOKEN_SERVICE, TrustlatState
 from tests.conftest import free_port, labels, series
 
@@ -146,6 +147,27 @@ async def test_the_token_is_renewed_before_it_expires(sim, sim_url, harness, mak
     ]
 
 
+async def test_the_token_is_renewed_when_the_runs_clock_says_so(
+    sim, sim_url, harness, make_config, clock
+):
+    # The token's expiry is judged by the clock the exporter is given, not by the machine's: a
+    # fake clock moved past it makes the next run take a new token, with no time passing.
+    h = await harness(make_config(trust_targets(sim_url, sim)))
+    await h.collect()
+    (token,) = trust(sim).tokens.values()
+    target = h.exporter.targets.get("trustlat-acme")
+    margin = target.config.deadline + RENEW_SLACK
+    # Leeway for the time between the fake clock's start and the token's issue.
+    leeway = 30
+    clock.advance(token.expires_in - margin - leeway)
+    await h.collect()
+    assert len(token_requests(sim)) == 1
+    clock.advance(2 * leeway)
+    await h.collect()
+    assert len(token_requests(sim)) == 2
+    assert trust(sim).refused == []
+
+
 async def test_a_401_gets_a_new_token_once_and_the_run_succeeds(sim, sim_url, harness, make_config):
     h = await harness(make_config(trust_targets(sim_url, sim)))
     await h.collect()
@@ -193,7 +215,7 @@ async def test_a_second_401_is_not_retried_again(sim, sim_url, harness, make_con
     # Last good values are kept; the other target is untouched.
     assert scraped[(CAMPAIGNS, labels(account="trustlat-acme", company_id="1"))] == 3
     assert scraped[(SUCCESS, INITECH)] == 1
-    runner_state = {s.config.name: s for s in h.exporter.store.targets}["trustlat-acme"]
+    runner_state = h.exporter.targets.get("trustlat-acme").state
     assert runner_state.latest is not None
     assert "invalid_client" in (runner_state.latest.error or "")
 
@@ -238,7 +260,7 @@ async def test_token_endpoint_down_is_http_5xx_and_spares_the_others(
     # The token service failed; nothing says the credentials are wrong.
     assert errors_of(scraped, "trustlat-acme") == {"http_5xx": 1}
     assert statistics_requests(sim) == []
-    acme_state = {s.config.name: s for s in h.exporter.store.targets}["trustlat-acme"]
+    acme_state = h.exporter.targets.get("trustlat-acme").state
     assert acme_state.latest is not None
     assert "token endpoint" in (acme_state.latest.error or "")
     assert "HTTP 503" in (acme_state.latest.error or "")
@@ -300,7 +322,7 @@ async def test_each_fault_of_the_token_service_gives_its_reason(
     assert errors_of(scraped, "trustlat-acme") == {reason: 1}
     assert statistics_requests(sim) == []
     assert scraped[(SUCCESS, INITECH)] == 1
-    acme_state = {s.config.name: s for s in h.exporter.store.targets}["trustlat-acme"]
+    acme_state = h.exporter.targets.get("trustlat-acme").state
     assert acme_state.latest is not None
     assert "token endpoint" in (acme_state.latest.error or "")
 
@@ -378,7 +400,7 @@ async def test_secrets_and_tokens_appear_nowhere(sim, sim_url, harness, make_con
         assert secret not in logs
         assert secret not in text
         assert secret not in landing
-    errors = [s.latest.error or "" for s in h.exporter.store.targets if s.latest is not None]
+    errors = [t.state.latest.error or "" for t in h.exporter.targets if t.state.latest is not None]
     assert all(secret not in error for secret in secrets for error in errors)
     lines = [json.loads(line) for line in logs.splitlines()]
     failures = [

@@ -1,1 +1,1 @@
-"""Collecting: the scheduler, the snapshot a run produces, sharding."""
+"""Collecting: the target table, the scheduler, the snapshot a run produces, sharding."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -17,7 +17,8 @@ from prometheus_client import Histogram
 
 from exporter.clock import Clock
 from exporter.collect.snapshot import Snapshot
-from exporter.providers.base import Provider, TargetConfig
+from exporter.collect.targets import TableChange, Target, TargetTable
+from exporter.providers.base import Provider, Run, TargetConfig
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ProviderClient, ResponseBudget
 from exporter.providers.turns import Turnstile
@@ -31,8 +32,9 @@ ProviderTable = Mapping[str, type[Provider[Any]]]
 """Provider name → provider class."""
 
 START_BATCH = 64
-"""Collection tasks started per loop iteration: a task's start and first step cost ~10 µs, so a
-thousand targets started in one iteration would stall the loop ~10 ms, ten thousand ~150 ms."""
+"""Collection tasks started per loop iteration: the loop polls its sockets between batches, so
+starting thousands of targets never stalls scrapes for longer than one batch's starts (the cost
+per task is in docs/performance.md)."""
 FIRST_RUN_SPREAD = 5.0
 """The first runs of all targets are spread over this many seconds (or the interval, if shorter)."""
 
@@ -79,7 +81,7 @@ class TargetRunner:
             redactor=redactor,
             budget=budget,
         )
-        self.provider = provider_cls(config, self.client, clock)
+        self.provider = provider_cls(config)
 
     async def run_once(self) -> Snapshot:
         """Collect once, when the exporter-wide limit on collections in flight allows; the
@@ -97,13 +99,14 @@ class TargetRunner:
         loop = asyncio.get_running_loop()
         started_at = self._clock.time()
         started = time.perf_counter()
-        self.client.deadline = loop.time() + config.deadline
+        deadline = loop.time() + config.deadline
+        run = Run(deadline, self._clock, self.client.bound(deadline, self._clock))
         reason: Reason | None = None
         error: str | None = None
         samples: tuple[Any, ...] = ()
         try:
             async with asyncio.timeout(config.deadline):
-                samples = tuple(await self.provider.collect())
+                samples = tuple(await self.provider.collect(run))
         except TimeoutError:
             reason, error = (
                 Reason.TIMEOUT,
@@ -137,8 +140,8 @@ class TargetRunner:
             "samples": len(samples),
         }
         # A failure is a warning; a success is news (info) only when it ends a run of failures,
-        # else debug: a line per target per interval is noise at 1,000 targets, and costs the
-        # event loop ~0.1 ms each.
+        # else debug: a line per target per interval is noise at 1,000 targets, and each line
+        # written costs the event loop time.
         if not snapshot.ok:
             log.warning("collection", reason=str(reason), error=error, **fields)
         elif self._failing:
@@ -163,8 +166,12 @@ class TargetRunner:
 
 
 class Scheduler:
+    """Collects the targets of ``targets`` (the service's table): gives each its runner, runs each
+    on its interval grid once started, and follows the table's changes."""
+
     def __init__(
         self,
+        targets: TargetTable,
         providers: ProviderTable,
         record: Record,
         session: aiohttp.ClientSession,
@@ -176,6 +183,7 @@ class Scheduler:
         redactor: Redactor | None = None,
         max_response_bytes_in_flight: int | None = None,
     ) -> None:
+        self._targets = targets
         self._providers = providers
         self._redactor = redactor
         self._record = record
@@ -193,79 +201,87 @@ class Scheduler:
         self._budget = (
             ResponseBudget(max_response_bytes_in_flight) if max_response_bytes_in_flight else None
         )
-        self.runners: dict[str, TargetRunner] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._starters: set[asyncio.Task[None]] = set()
 
-    def set_targets(self, configs: Sequence[TargetConfig]) -> None:
-        """Run exactly these targets. Unchanged ones keep their schedule and provider state."""
-        wanted = {config.name: config for config in configs}
-        replaced: dict[str, Provider[Any]] = {}
-        for name in list(self.runners):
-            if name not in wanted or wanted[name] != self.runners[name].config:
-                if name in wanted:
-                    replaced[name] = self.runners[name].provider
-                self._stop(name)
-        for name, config in wanted.items():
-            if name not in self.runners:
-                runner = TargetRunner(
-                    config,
-                    self._providers[config.provider],
-                    self._session,
-                    self._record,
-                    self._histogram,
-                    self._clock,
-                    self._turnstile,
-                    self._limit,
-                    redactor=self._redactor,
-                    budget=self._budget,
-                )
-                previous = replaced.get(name)
-                if previous is not None and previous.name == runner.provider.name:
-                    runner.provider.inherit(previous)
-                self.runners[name] = runner
+    def follow(self, change: TableChange | None = None) -> None:
+        """Follow a change of the table: the collections of removed and replaced targets stop,
+        and every target without a runner gets one (a replaced target's provider takes over its
+        predecessor's state). Unchanged targets keep their schedule and provider state."""
+        previous: dict[str, Provider[Any]] = {}
+        change = change or TableChange()
+        for target in change.removed:
+            self._stop(target)
+        for old, _ in change.replaced:
+            if old.runner is not None:
+                previous[old.name] = old.runner.provider
+            self._stop(old)
+        for target in self._targets:
+            if target.runner is None:
+                target.runner = self._runner(target, previous.get(target.name))
 
-    @property
-    def running(self) -> int:
-        """How many collection tasks are running."""
-        return sum(1 for task in self._tasks.values() if not task.done())
+    def _runner(self, target: Target, previous: Provider[Any] | None) -> TargetRunner:
+        config = target.config
+        runner = TargetRunner(
+            config,
+            self._providers[config.provider],
+            self._session,
+            self._record,
+            self._histogram,
+            self._clock,
+            self._turnstile,
+            self._limit,
+            redactor=self._redactor,
+            budget=self._budget,
+        )
+        if previous is not None and previous.name == runner.provider.name:
+            runner.provider.inherit(previous)
+        return runner
 
     def start(self) -> None:
         """Start the collection task of every target that has none, :data:`START_BATCH` per loop
-        iteration (in the background: ``running`` counts them as they start)."""
-        starter = asyncio.create_task(self._start_all(list(self.runners)), name="collect:start")
+        iteration (in the background)."""
+        starter = asyncio.create_task(self._start_all(list(self._targets)), name="collect:start")
         self._starters.add(starter)
         starter.add_done_callback(self._starters.discard)
 
-    async def _start_all(self, names: list[str]) -> None:
+    async def _start_all(self, targets: list[Target]) -> None:
         started = 0
-        for name in names:
-            runner = self.runners.get(name)  # a reload meanwhile may have removed it
-            if runner is None or name in self._tasks:
+        for target in targets:
+            name = target.name
+            runner = target.runner
+            # A reload meanwhile may have removed or replaced it.
+            if runner is None or self._targets.get(name) is not target or name in self._tasks:
                 continue
             self._tasks[name] = asyncio.create_task(runner.run_forever(), name=f"collect:{name}")
             started += 1
             if started % START_BATCH == 0:
                 await asyncio.sleep(0)
 
-    def _stop(self, name: str) -> None:
-        self.runners.pop(name, None)
-        task = self._tasks.pop(name, None)
+    def _stop(self, target: Target) -> None:
+        task = self._tasks.pop(target.name, None)
         if task is not None:
             task.cancel()
+        target.runner = None
 
     async def stop(self) -> None:
+        """Cancel every collection task (:meth:`start` starts them again)."""
         tasks = [*self._starters, *self._tasks.values()]
         for task in tasks:
             task.cancel()
         self._tasks.clear()
         await asyncio.gather(*tasks, return_exceptions=True)
 
+    def release(self) -> None:
+        """The targets give back their runners: this scheduler's session is closing."""
+        for target in self._targets:
+            target.runner = None
+
     async def run_all_once(self) -> list[Snapshot]:
         """Collect every target once, concurrently (``--once`` and tests), in config order. With
         the exporter-wide limit, that many workers each take the next target: not a task per
         target queued on the limit (a thousand tasks starting in one loop iteration stall it)."""
-        runners = list(self.runners.values())
+        runners = [target.runner for target in self._targets if target.runner is not None]
         if self._max_concurrent is None:
             return list(await asyncio.gather(*(r.run_once() for r in runners)))
         results: list[Snapshot | None] = [None] * len(runners)

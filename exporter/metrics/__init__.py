@@ -1,1 +1,2 @@
-"""What the exporter serves: the store of snapshots, the renderer, the exposition bytes."""
+"""What the exporter serves: the store of facts, the exporter's own families, the renderer (per
+family, per target) and the exposition bytes."""

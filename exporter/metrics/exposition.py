@@ -1,15 +1,18 @@
 """The ``/metrics`` bytes: Prometheus text or OpenMetrics, identity or gzip, built at most once per
-change of the store and reused until the next change.
+change and reused until the next change.
 
-A body is, for each family the store renders per target (the providers' in their declared order,
-then the exporter's per-target ones), its HELP/TYPE header and every target's block of that family
-(see :meth:`Store._render <exporter.metrics.store.Store._render>`), then the rest of the registry
-(the exporter's global families and the provider request histogram) as prometheus_client renders
-it, and ``# EOF`` for OpenMetrics.
+The exposition follows the store: when a target's collection is recorded, it re-renders that
+target's blocks (:mod:`exporter.metrics.blocks`), and nothing else; when a failing target's samples
+go stale, it re-renders that target at the next scrape. Both count a *generation*.
 
-The identity body is joined on the event loop (a few milliseconds at 10,000 series). The gzip body
-is compressed from it in a worker thread (zlib releases the GIL): a scrape waits for at most one
-build, the one in flight if there is one, else its own. A scrape never waits for a provider.
+A body is, for each family rendered per target (the providers' in their declared order, then the
+exporter's own per-target ones), its HELP/TYPE header and every target's block of that family, then
+the rest of the registry (the exporter's global families and the provider request histogram) as
+prometheus_client renders it, and ``# EOF`` for OpenMetrics.
+
+The identity body is joined on the event loop. The gzip body is compressed from it in a worker
+thread (zlib releases the GIL): a scrape waits for at most one build, the one in flight if there is
+one, else its own. A scrape never waits for a provider.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import functools
 import math
 import struct
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -30,10 +33,14 @@ from prometheus_client.openmetrics.exposition import CONTENT_TYPE_LATEST as OPEN
 from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
 
 from exporter.clock import Clock
+from exporter.collect.targets import Target
+from exporter.metrics.blocks import NOTHING, TargetBlocks, TargetRenderer
 from exporter.metrics.store import Store
+from exporter.providers.base import MetricSpec
 
 GZIP_LEVEL = 3
-"""At 10,000 series (2.1 MB): 133 kB in ~5 ms; zlib's default level 6 makes 120 kB in ~11 ms."""
+"""zlib's level for the gzip body: about half the time of its default level 6, for a body a tenth
+larger (docs/performance.md has the figures)."""
 EOF = b"# EOF\n"
 FINAL_EMPTY_BLOCK = b"\x03\x00"
 """A final deflate block with nothing in it (fixed codes, end of block alone), byte-aligned."""
@@ -49,7 +56,7 @@ class Rendered:
     body: bytes
     gzipped: bool
     generation: int
-    """The store's generation the body shows."""
+    """The exposition's generation the body shows."""
     headers: Mapping[str, str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -196,34 +203,83 @@ class LiveFamilies:
 
 
 class Exposition:
-    """The bytes of the store (and of the rest of ``registry``) per format and encoding."""
+    """The bytes of the store's targets (and of the rest of ``registry``) per format and
+    encoding. ``metrics`` are the providers' metric descriptions, by provider name."""
 
     live: LiveFamilies | None = None
     """Families added to every answer at scrape time (see :class:`LiveFamilies`)."""
 
-    def __init__(self, store: Store, registry: CollectorRegistry) -> None:
-        self._store = store
+    def __init__(
+        self,
+        store: Store,
+        registry: CollectorRegistry,
+        metrics: Mapping[str, Sequence[MetricSpec]],
+        clock: Clock,
+    ) -> None:
+        self._targets = store.targets
         self._registry = registry
-        families = store.families
+        self._clock = clock
+        self._renderer = TargetRenderer(metrics)
+        families = self._renderer.families
         self._headers = {om: [family.header(om) for family in families] for om in (False, True)}
+        self._rendered: dict[Target, TargetBlocks] = {}
+        self._expiring: dict[Target, float] = {}
+        """Targets whose served series go stale later, and when the first of them does."""
+        self._generation = 0
         self._identity: dict[bool, Rendered] = {}
         self._gzipped: dict[bool, Rendered] = {}
         self._building: dict[bool, asyncio.Future[Rendered]] = {}
         self._pool: ThreadPoolExecutor | None = None
-        self.builds = 0
-        """Bodies built, identity and gzip: at most two per format and change of the store."""
+        self._follow_table(clock.time())
+        store.subscribe(self._store_changed)
+
+    def _store_changed(self, target: Target | None) -> None:
+        """A new generation: the recorded target re-rendered, or the table followed."""
+        self._generation += 1
+        if target is None:
+            self._follow_table(self._clock.time())
+        else:
+            self._render(target, self._clock.time())
+
+    def _render(self, target: Target, now: float) -> TargetBlocks:
+        rendered = self._renderer.render(target, now, self._rendered.get(target, NOTHING))
+        self._rendered[target] = rendered
+        if rendered.expires == math.inf:
+            self._expiring.pop(target, None)
+        else:
+            self._expiring[target] = rendered.expires
+        return rendered
+
+    def _follow_table(self, now: float) -> None:
+        """Render the table's targets that have no blocks yet; forget those it no longer holds."""
+        known = self._rendered
+        self._rendered = {
+            target: known.get(target) or self._render(target, now) for target in self._targets
+        }
+        self._expiring = {t: at for t, at in self._expiring.items() if t in self._rendered}
+
+    def _expire(self) -> None:
+        """Re-render the targets whose served series have gone stale since the last look: one
+        generation for all of them."""
+        if not self._expiring:
+            return
+        now = self._clock.time()
+        due = [target for target, expires in self._expiring.items() if expires <= now]
+        if not due:
+            return
+        for target in due:
+            self._render(target, now)
+        self._generation += 1
 
     def body(self, openmetrics: bool) -> Rendered:
-        """The identity body of the store as it is now (built if the store changed since)."""
-        store = self._store
-        store.expire()
+        """The identity body as of now (built if anything changed since the last one)."""
+        self._expire()
         cached = self._identity.get(openmetrics)
-        if cached is not None and cached.generation == store.generation:
+        if cached is not None and cached.generation == self._generation:
             return cached
         content_type = OPENMETRICS_TYPE if openmetrics else CONTENT_TYPE_PLAIN_0_0_4
-        rendered = Rendered(content_type, self._join(openmetrics), False, store.generation)
+        rendered = Rendered(content_type, self._join(openmetrics), False, self._generation)
         self._identity[openmetrics] = rendered
-        self.builds += 1
         return rendered
 
     async def get(self, accept: str, accept_encoding: str) -> Answer:
@@ -258,7 +314,6 @@ class Exposition:
                 source = memoryview(source)[: -len(EOF)]
             body = await asyncio.get_running_loop().run_in_executor(self._pool, gzip_body, source)
             packed = Rendered(identity.content_type, body, True, identity.generation)
-            self.builds += 1
             cached = self._gzipped.get(openmetrics)
             if cached is None or cached.generation < packed.generation:
                 self._gzipped[openmetrics] = packed
@@ -267,11 +322,13 @@ class Exposition:
             del self._building[openmetrics]
 
     def _join(self, openmetrics: bool) -> bytes:
-        targets = self._store.targets
-        provider_families = self._store.provider_family_count
+        now = self._clock.time()
+        rendered = self._rendered
+        shown = [rendered.get(target) or self._render(target, now) for target in self._targets]
+        provider_families = self._renderer.provider_family_count
         parts: list[bytes] = []
         for slot, header in enumerate(self._headers[openmetrics]):
-            blocks = [target.blocks[slot] for target in targets]
+            blocks = [one.blocks[slot] for one in shown]
             if slot < provider_families and not any(blocks):
                 continue  # a provider family with no samples is not shown
             parts.append(header)

@@ -1,141 +1,43 @@
-"""What each target currently shows, and its samples rendered for the exposition.
+"""What each target's collections produced: its series and their values, when each was last
+delivered, its last outcome, its errors by reason. Facts only; their bytes are the exposition's.
 
-Only the scheduler's snapshots write here (:meth:`Store.record`); the exposition reads. A scrape
-never reaches a provider: it serves what the store holds.
-
-Each target keeps its samples rendered per family (:attr:`TargetState.blocks`), re-rendered when a
-collection of that target ends or when its failing samples go stale, so a new snapshot of one
-target re-renders that target only. The store is handed the providers' metric descriptions; it
-calls nothing upstream.
+Only the scheduler's snapshots write here (:meth:`Store.record`), into the states of the service's
+target table. Every change counts a :attr:`Store.generation` and is announced to the subscribers,
+with the target whose collection was recorded: the exposition re-renders that target then. A scrape
+never reaches a provider: it serves what the store holds. The store is handed the providers' metric
+descriptions; it calls nothing upstream.
 """
 
 from __future__ import annotations
 
-import math
-import platform
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Literal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 import structlog
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
-from exporter import __version__
 from exporter.clock import Clock
 from exporter.collect.snapshot import Snapshot
-from exporter.metrics.render import FamilyFormat, format_value
-from exporter.providers.base import MetricSpec, TargetConfig
-from exporter.providers.errors import Reason
+from exporter.collect.targets import SeriesKey, Target, TargetState, TargetTable
+from exporter.providers.base import MetricSpec
 
 log = structlog.get_logger("exporter.metrics.store")
 
-SeriesKey = tuple[str, tuple[str, ...]]
-TargetStateName = Literal["up", "down", "stale", "pending"]
-Subscriber = Callable[[], None]
-
-SUCCESS = FamilyFormat(
-    "messaging_exporter_collect_success",
-    "gauge",
-    "1 if the last collection of this target succeeded, else 0.",
-    ("provider", "account"),
-)
-DURATION = FamilyFormat(
-    "messaging_exporter_collect_duration_seconds",
-    "gauge",
-    "Wall time of the last collection of this target.",
-    ("provider", "account"),
-)
-LAST_SUCCESS = FamilyFormat(
-    "messaging_exporter_last_success_timestamp_seconds",
-    "gauge",
-    "When this target last succeeded (Unix seconds); absent until its first success.",
-    ("provider", "account"),
-)
-ERRORS = FamilyFormat(
-    "messaging_exporter_collect_errors",
-    "counter",
-    "Failed collections of this target, by reason.",
-    ("provider", "account", "reason"),
-)
-INTERVAL = FamilyFormat(
-    "messaging_exporter_collect_interval_seconds",
-    "gauge",
-    "How often this target is collected (its configured interval), for alerts on stale data.",
-    ("provider", "account"),
-)
-TARGET_SELF_FAMILIES = (SUCCESS, DURATION, LAST_SUCCESS, INTERVAL, ERRORS)
-"""The exporter's own families with a series per target, after the provider families."""
-
-
-@dataclass(slots=True)
-class TargetState:
-    config: TargetConfig
-    latest: Snapshot | None = None
-    """The last collection's outcome, without its samples (they live on in ``series``)."""
-    last_success: float | None = None
-    # Each series' value, and when a collection last delivered it: after a success, ``seen`` is
-    # empty (every series was delivered at ``last_success``); after a failure it has every key of
-    # ``series``. Floats and keys that live as long as the series (see ``line_keys``): a
-    # collection adds no object for the garbage collector to scan again and again.
-    series: dict[SeriesKey, float] = field(default_factory=dict)
-    seen: dict[SeriesKey, float] = field(default_factory=dict)
-    # Failed collections by reason, only those that happened (a missing reason counts 0).
-    errors: dict[Reason, int] = field(default_factory=dict)
-    # The rendered samples of this target, one block per family of ``Store.families``. A block
-    # that renders to the same bytes again stays the same object (its text is held once).
-    blocks: tuple[bytes, ...] = ()
-    # The key of each line of the provider families' blocks, in block order: with the blocks, a
-    # series' line prefix (``name{labels} ``), kept only there (the one key object kept while the
-    # series lives).
-    line_keys: tuple[SeriesKey, ...] = ()
-    # The sum of ``errors`` when they were last rendered.
-    error_count: int = 0
-    consecutive_failures: int = 0
-    served: int = 0
-    """Provider series served as of the last render."""
-
-    def visible(self, now: float) -> tuple[Iterable[tuple[SeriesKey, float]], float]:
-        """The staleness rule: the series to serve at ``now`` (all of them after a success; after a
-        failure, those delivered less than ``stale_after`` ago), and when the next of those goes
-        stale (``inf`` if none will)."""
-        if self.latest is None or self.latest.ok:
-            return self.series.items(), math.inf
-        stale_after = self.config.stale_after
-        horizon = now - stale_after
-        seen = self.seen
-        fresh = [(key, value) for key, value in self.series.items() if seen[key] > horizon]
-        if not fresh:
-            return fresh, math.inf
-        expires = min(seen[key] for key, _ in fresh) + stale_after
-        # Never "due" already: a boundary rounding the other way must not re-render forever.
-        return fresh, max(expires, math.nextafter(now, math.inf))
-
-    @property
-    def state(self) -> TargetStateName:
-        """``pending`` before the first collection, ``up`` after a success; after a failure
-        ``stale`` when none of its series are served any more, else ``down``."""
-        if self.latest is None:
-            return "pending"
-        if self.latest.ok:
-            return "up"
-        return "stale" if self.series and not self.served else "down"
-
-
-def _prefix(block: bytes, family: FamilyFormat, values: Sequence[str]) -> bytes:
-    """The line prefix of the one line of ``block``, or ``family``'s for ``values`` when empty."""
-    return block[: block.rindex(b" ") + 1] if block else family.prefix(values).encode()
+Subscriber = Callable[[Target | None], None]
+"""Called after every change: with the target whose collection was recorded, or None (the targets
+set anew, a config reload)."""
 
 
 class Store:
-    """Every target's state and rendered samples. ``metrics`` are the providers' metric
-    descriptions, by provider name: the families a provider's samples may belong to."""
+    """The facts of every target of ``targets``. ``metrics`` are the providers' metric
+    descriptions, by provider name: a sample that matches none of its provider's is dropped."""
 
-    def __init__(self, clock: Clock, metrics: Mapping[str, Sequence[MetricSpec]]) -> None:
+    def __init__(
+        self, clock: Clock, targets: TargetTable, metrics: Mapping[str, Sequence[MetricSpec]]
+    ) -> None:
         self._clock = clock
-        self._targets: dict[str, TargetState] = {}
+        self._targets = targets
         self.generation = 0
-        """Counts changes of what the exposition shows from the store."""
+        """Counts the changes of the store."""
         self._subscribers: list[Subscriber] = []
         self.config_reload_successful = True
         self.last_reload: float | None = None
@@ -145,21 +47,10 @@ class Store:
         self._specs: dict[str, dict[str, MetricSpec]] = {
             name: {spec.name: spec for spec in specs} for name, specs in metrics.items()
         }
-        provider_families: dict[str, FamilyFormat] = {}
-        for specs_of_one in self._specs.values():
-            for spec in specs_of_one.values():
-                provider_families[spec.name] = FamilyFormat(
-                    spec.name, "gauge", spec.help, ("account", *spec.labels)
-                )
-        self.families: tuple[FamilyFormat, ...] = (
-            *provider_families.values(),
-            *TARGET_SELF_FAMILIES,
-        )
-        """The families rendered per target: the providers' (in their declared order; served
-        only when some target has samples in them), then the exporter's own."""
-        self.provider_family_count = len(provider_families)
-        self._slots = {family.name: slot for slot, family in enumerate(self.families)}
-        self._expiring: dict[str, float] = {}
+
+    @property
+    def targets(self) -> TargetTable:
+        return self._targets
 
     def subscribe(self, subscriber: Subscriber) -> Callable[[], None]:
         """Call ``subscriber`` after every change of :attr:`generation`; returns the call that
@@ -167,49 +58,18 @@ class Store:
         self._subscribers.append(subscriber)
         return lambda: self._subscribers.remove(subscriber)
 
-    def set_targets(self, configs: Sequence[TargetConfig]) -> None:
-        """Track exactly these targets; kept ones keep their state unless their config changed."""
-        fresh: dict[str, TargetState] = {}
-        now = self._clock.time()
-        for config in configs:
-            state = self._targets.get(config.name)
-            if state is None or state.config != config:
-                state = TargetState(config)
-                self._render(state, now)
-            fresh[config.name] = state
-        self._targets = fresh
-        self._expiring = {name: t for name, t in self._expiring.items() if name in fresh}
-        self._changed()
-
-    @property
-    def targets(self) -> Sequence[TargetState]:
-        return list(self._targets.values())
-
     def ready(self) -> bool:
         """Every target has finished its first collection attempt."""
-        return all(state.latest is not None for state in self._targets.values())
+        return all(target.state.latest is not None for target in self._targets)
 
     def record(self, snapshot: Snapshot) -> None:
-        state = self._targets.get(snapshot.target)
-        if state is None:  # removed by a reload while it was being collected
+        """A collection ended: its target's series, times and outcome."""
+        target = self._targets.get(snapshot.target)
+        if target is None:  # removed by a reload while it was being collected
             return
-        specs = self._specs.get(snapshot.provider, {})
+        state = target.state
+        delivered = self._delivered(snapshot, state)
         finished = snapshot.started_at + snapshot.duration
-        delivered: dict[SeriesKey, float] = {}
-        # The key objects kept already (so that a series keeps its first one).
-        known = {key: key for key in state.series} if snapshot.samples else {}
-        for sample in snapshot.samples:
-            spec = specs.get(sample.metric)
-            if spec is None or len(spec.labels) != len(sample.labels):
-                log.error(
-                    "provider sample does not match its metric spec; dropped",
-                    provider=snapshot.provider,
-                    account=snapshot.target,
-                    metric=sample.metric,
-                )
-                continue
-            key = (sample.metric, sample.labels)
-            delivered[known.get(key, key)] = sample.value
         if snapshot.ok:
             state.series = delivered
             state.seen = {}
@@ -225,164 +85,39 @@ class Store:
             if snapshot.reason is not None:
                 state.errors[snapshot.reason] = state.errors.get(snapshot.reason, 0) + 1
         state.latest = replace(snapshot, samples=()) if snapshot.samples else snapshot
-        self._render(state, self._clock.time())
-        self._changed()
+        self._changed(target)
+
+    def _delivered(self, snapshot: Snapshot, state: TargetState) -> dict[SeriesKey, float]:
+        """The snapshot's samples by series; a series keeps the key object it was first stored
+        with (one key per series for as long as it lives)."""
+        specs = self._specs.get(snapshot.provider, {})
+        delivered: dict[SeriesKey, float] = {}
+        known = {key: key for key in state.series} if snapshot.samples else {}
+        for sample in snapshot.samples:
+            spec = specs.get(sample.metric)
+            if spec is None or len(spec.labels) != len(sample.labels):
+                log.error(
+                    "provider sample does not match its metric spec; dropped",
+                    provider=snapshot.provider,
+                    account=snapshot.target,
+                    metric=sample.metric,
+                )
+                continue
+            key = (sample.metric, sample.labels)
+            delivered[known.get(key, key)] = sample.value
+        return delivered
+
+    def targets_changed(self) -> None:
+        """The table was set to another config's targets."""
+        self._changed(None)
 
     def reloaded(self, ok: bool) -> None:
         """A config (re)load ended, well or not."""
         self.config_reload_successful = ok
         self.last_reload = self._clock.time()
-        self._changed()
+        self._changed(None)
 
-    def _changed(self) -> None:
+    def _changed(self, target: Target | None) -> None:
         self.generation += 1
         for subscriber in list(self._subscribers):
-            subscriber()
-
-    def expire(self) -> None:
-        """Count a generation when a failing target's samples have gone stale since the last one."""
-        if not self._expiring:
-            return
-        now = self._clock.time()
-        due = [name for name, expires in self._expiring.items() if expires <= now]
-        if not due:
-            return
-        for name in due:
-            self._render(self._targets[name], now)
-        self._changed()
-
-    # -- rendering -----------------------------------------------------------------------------
-
-    def _render(self, state: TargetState, now: float) -> None:
-        """Render the target's blocks: its provider series visible at ``now`` (see
-        :meth:`TargetState.visible`) and its lines of the exporter's per-target families.
-
-        A series' line prefix (``name{labels} ``) is made once, when the series first shows;
-        afterwards it is taken from the series' line in the previous blocks (a line is its prefix,
-        then the value, which has no space), so that its label text is kept once, in the blocks.
-        A block that renders to the same bytes again stays the same object."""
-        families = self.families
-        base = self.provider_family_count
-        slots = self._slots
-        account = state.config.name
-        old = state.blocks
-        known: dict[SeriesKey, bytes] = {}
-        if state.line_keys:
-            old_lines = b"".join(old[:base]).split(b"\n")
-            known = {
-                key: line[: line.rindex(b" ") + 1]
-                for key, line in zip(state.line_keys, old_lines, strict=False)
-            }
-        latest = state.latest
-        visible, expires = state.visible(now)
-        # Per provider family slot: its lines and their series' keys.
-        shown: dict[int, tuple[list[bytes], list[SeriesKey]]] = {}
-        for key, value in visible:
-            slot = slots[key[0]]
-            prefix = known.get(key)
-            if prefix is None:
-                prefix = families[slot].prefix((account, *key[1])).encode()
-            entry = shown.get(slot)
-            if entry is None:
-                entry = shown[slot] = ([], [])
-            entry[0].append(prefix + format_value(value).encode())
-            entry[1].append(key)
-        blocks = [b""] * len(families)
-        line_keys: list[SeriesKey] = []
-        for slot in sorted(shown):
-            slot_lines, slot_keys = shown[slot]
-            block = b"\n".join(slot_lines) + b"\n"
-            blocks[slot] = old[slot] if old and old[slot] == block else block
-            line_keys += slot_keys
-        state.line_keys = tuple(line_keys)
-        state.served = len(line_keys)
-        pair = (state.config.provider, account)
-        if old:
-            success, duration, last_success, interval, errors = old[base:]
-        else:
-            success = duration = last_success = interval = errors = b""
-        if latest is not None:
-            line = _prefix(success, SUCCESS, pair) + (b"1.0\n" if latest.ok else b"0.0\n")
-            blocks[base] = success if line == success else line
-            line = b"%s%s\n" % (
-                _prefix(duration, DURATION, pair),
-                format_value(latest.duration).encode(),
-            )
-            blocks[base + 1] = duration if line == duration else line
-        if state.last_success is not None:
-            line = b"%s%s\n" % (
-                _prefix(last_success, LAST_SUCCESS, pair),
-                format_value(state.last_success).encode(),
-            )
-            blocks[base + 2] = last_success if line == last_success else line
-        # A target's interval never changes (another config is another state); its error counts
-        # only grow, so their sum tells whether one did.
-        blocks[base + 3] = interval or b"%s%s\n" % (
-            INTERVAL.prefix(pair).encode(),
-            format_value(state.config.interval).encode(),
-        )
-        error_count = sum(state.errors.values())
-        if errors and error_count == state.error_count:
-            blocks[base + 4] = errors
-        else:
-            prefixes = (
-                [line[: line.rindex(b" ") + 1] for line in errors.split(b"\n")[:-1]]
-                if errors
-                else [ERRORS.prefix((*pair, str(reason))).encode() for reason in Reason]
-            )
-            counts = [state.errors.get(reason, 0) for reason in Reason]
-            blocks[base + 4] = b"".join(
-                [
-                    b"%s%s\n" % (prefix, format_value(count).encode())
-                    for prefix, count in zip(prefixes, counts, strict=True)
-                ]
-            )
-            state.error_count = error_count
-        state.blocks = tuple(blocks)
-        if expires == math.inf:
-            self._expiring.pop(account, None)
-        else:
-            self._expiring[account] = expires
-
-    def global_families(self) -> Iterator[Metric]:
-        """The exporter's own families that have no series per target (small: rendered by
-        prometheus_client with the rest of the registry)."""
-        build = GaugeMetricFamily(
-            "messaging_exporter_build_info",
-            "Always 1; the exporter's version and Python version.",
-            labels=("version", "python_version"),
-        )
-        build.add_metric((__version__, platform.python_version()), 1.0)
-        reload_ok = GaugeMetricFamily(
-            "messaging_exporter_config_last_reload_successful",
-            "1 if the last config (re)load worked, else 0.",
-            value=1.0 if self.config_reload_successful else 0.0,
-        )
-        shard = GaugeMetricFamily(
-            "messaging_exporter_shard_info",
-            "Always 1; which share of the targets this replica collects.",
-            labels=("index", "count"),
-        )
-        shard.add_metric((str(self.shard[0]), str(self.shard[1])), 1.0)
-        assigned = GaugeMetricFamily(
-            "messaging_exporter_targets",
-            "Targets this replica collects (assigned) and leaves to other shards (skipped).",
-            labels=("state",),
-        )
-        assigned.add_metric(("assigned",), float(len(self._targets)))
-        assigned.add_metric(("skipped",), float(self.skipped_targets))
-        yield from (build, reload_ok, shard, assigned)
-
-
-class ExporterInfo(Collector):
-    """The exporter's own families that have no series per target, rendered by prometheus_client
-    with the rest of the registry."""
-
-    def __init__(self, store: Store) -> None:
-        self._store = store
-
-    def describe(self) -> Iterable[Metric]:
-        return []  # registering must not trigger a collection
-
-    def collect(self) -> Iterable[Metric]:
-        yield from self._store.global_families()
+            subscriber(target)

@@ -27,8 +27,8 @@ that run fails with reason ``timeout``) and the next run starts a new recount, s
 lost or stuck is not polled for ever. One failing object fails the run (``collect_success`` 0,
 with its reason) while the objects that worked are delivered as fresh samples.
 
-The scheduler hands over its ``clock`` (to tell a run off the grid from one an interval later) and
-calls ``inherit`` on a reload that changes the target, so running tasks are carried over.
+Each run's clock tells a run off the grid from one an interval later, and the scheduler calls
+``inherit`` on a reload that changes the target, so running tasks are carried over.
 User docs: ``docs/providers/altcraft.md``.
 """
 
@@ -54,7 +54,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from exporter.clock import Clock, SystemClock
+from exporter.clock import Clock
 from exporter.fields import (
     Duration,
     NonEmptySecret,
@@ -66,6 +66,7 @@ from exporter.fields import (
 from exporter.providers.base import (
     MetricSpec,
     Provider,
+    Run,
     Sample,
     TargetConfig,
     label_value,
@@ -75,7 +76,6 @@ from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
 
 log = structlog.get_logger("exporter.providers.altcraft")
-_SYSTEM_CLOCK = SystemClock()
 
 RESOURCE_SUBSCRIPTIONS = "altcraft_resource_subscriptions"
 RESOURCE_SENDABLE = "altcraft_resource_sendable_subscriptions"
@@ -618,8 +618,8 @@ class RunWindow:
     objects are delivered); ``hard_stop``, just before the scheduler's deadline, when whatever
     still waits (a hanging answer) is given up the same way."""
 
-    poll_until: float | None
-    hard_stop: float | None
+    poll_until: float
+    hard_stop: float
 
 
 class EnvelopeError(CollectError):
@@ -694,13 +694,8 @@ class Altcraft(Provider[AltcraftTarget]):
         ),
     )
 
-    def __init__(
-        self, config: AltcraftTarget, client: ProviderClient, clock: Clock | None = None
-    ) -> None:
-        # With the scheduler's clock an object is also never refreshed twice within ``interval``
-        # by runs off the scheduler's grid (a replaced provider's first run). Without it, the grid
-        # alone spaces the runs, and each run refreshes.
-        super().__init__(config, client, clock)
+    def __init__(self, config: AltcraftTarget) -> None:
+        super().__init__(config)
         self.objects: dict[CountedObject, ObjectState] = {}
         self.discovery = Discovery()
 
@@ -712,20 +707,19 @@ class Altcraft(Provider[AltcraftTarget]):
             self.objects = previous.objects
             if self.config.resources == "auto":
                 self.discovery = previous.discovery
-            self.clock = self.clock or previous.clock
 
     # -- the run -----------------------------------------------------------------------------
 
-    async def collect(self) -> list[Sample]:
-        now = (self.clock or _SYSTEM_CLOCK).time()
-        window = self._window()
+    async def collect(self, run: Run) -> list[Sample]:
+        now = run.clock.time()
+        window = self._window(run.deadline)
         failures: list[tuple[str, CollectError]] = []
         resources: Sequence[ResourceRef]
         listed = True
         if self.config.resources == "auto":
             try:
                 async with asyncio.timeout_at(window.hard_stop):
-                    resources = await self._discovered_resources(now)
+                    resources = await self._discovered_resources(run.client, now)
             except (CollectError, ParseError, TimeoutError) as exc:
                 error = _as_collect_error(exc, "resource discovery")
                 failures.append(("resource discovery", error))
@@ -739,10 +733,10 @@ class Altcraft(Provider[AltcraftTarget]):
             wanted = set(objects)
             self.objects = {o: s for o, s in self.objects.items() if o in wanted}
         async with asyncio.TaskGroup() as group:
-            runs = [group.create_task(self._collect_object(o, now, window)) for o in objects]
+            counts = [group.create_task(self._collect_object(run, o, now, window)) for o in objects]
         samples: list[Sample] = []
-        for obj, run in zip(objects, runs, strict=True):
-            outcome = run.result()
+        for obj, count in zip(objects, counts, strict=True):
+            outcome = count.result()
             if isinstance(outcome, CollectError):
                 failures.append((str(obj), outcome))
             else:
@@ -767,7 +761,7 @@ class Altcraft(Provider[AltcraftTarget]):
         if failures:
             first = failures[0][1]
             more = len(failures) - 1
-            delivered = sum(not isinstance(run.result(), CollectError) for run in runs)
+            delivered = sum(not isinstance(count.result(), CollectError) for count in counts)
             message = first.message + (
                 f" (and {more} more failures; {delivered} of {len(objects)} objects delivered)"
                 if more
@@ -776,22 +770,19 @@ class Altcraft(Provider[AltcraftTarget]):
             raise CollectError(first.reason, message, partial=samples)
         return samples
 
-    def _window(self) -> RunWindow:
-        """The run's time limits, from the deadline the scheduler set on the client."""
-        deadline = self.client.deadline
-        if deadline is None:
-            return RunWindow(None, None)
+    def _window(self, deadline: float) -> RunWindow:
+        """The run's time limits, from its deadline."""
         margin = min(1.0, max(0.05, 0.1 * self.config.deadline))
         return RunWindow(poll_until=deadline - margin, hard_stop=deadline - HARD_STOP_MARGIN)
 
     async def _collect_object(
-        self, obj: CountedObject, now: float, window: RunWindow
+        self, run: Run, obj: CountedObject, now: float, window: RunWindow
     ) -> tuple[Sample, ...] | CollectError:
         state = self.objects.setdefault(obj, ObjectState())
         outcome: tuple[Sample, ...] | CollectError
         try:
             async with asyncio.timeout_at(window.hard_stop):
-                outcome = await self._count(obj, state, now, window.poll_until)
+                outcome = await self._count(run, obj, state, now, window.poll_until)
         except TimeoutError:
             if state.task_id is None:
                 message = f"{obj}: no answer to {obj.refresh_method} before the deadline"
@@ -810,13 +801,12 @@ class Altcraft(Provider[AltcraftTarget]):
         return outcome
 
     async def _count(
-        self, obj: CountedObject, state: ObjectState, now: float, poll_until: float | None
+        self, run: Run, obj: CountedObject, state: ObjectState, now: float, poll_until: float
     ) -> tuple[Sample, ...]:
         if state.task_id is None:
             earliest = self.config.interval * (1 - REFRESH_SLACK)
             if (
-                self.clock is not None
-                and state.last_refresh is not None
+                state.last_refresh is not None
                 and now - state.last_refresh < earliest
                 and state.last_outcome is not None
             ):
@@ -825,7 +815,9 @@ class Altcraft(Provider[AltcraftTarget]):
                 if isinstance(state.last_outcome, CollectError):
                     raise state.last_outcome
                 return state.last_outcome
-            envelope = await self._call(obj.refresh_method, obj.refresh_body(), idempotent=False)
+            envelope = await self._call(
+                run.client, obj.refresh_method, obj.refresh_body(), idempotent=False
+            )
             state.task_id = parse_task_id(envelope.data)
             del envelope  # an answer is not kept across a wait
             state.last_refresh = now
@@ -839,7 +831,7 @@ class Altcraft(Provider[AltcraftTarget]):
         task_id = state.task_id
         while True:
             try:
-                envelope = await self._call("tasks/status", {"task_id": task_id})
+                envelope = await self._call(run.client, "tasks/status", {"task_id": task_id})
             except EnvelopeError as exc:
                 if exc.reason is not Reason.AUTH:
                     # Altcraft does not know the task (or refuses it): the next run starts anew.
@@ -857,21 +849,21 @@ class Altcraft(Provider[AltcraftTarget]):
                     Reason.PROVIDER_ERROR,
                     f"{obj}: task {task_id} ended with status {status.status[:60]!r}",
                 )
-            self._abandon_if_too_old(obj, state)
+            self._abandon_if_too_old(run.clock, obj, state)
             wait = self.config.task_poll_interval
-            if poll_until is not None and asyncio.get_running_loop().time() + wait > poll_until:
+            if asyncio.get_running_loop().time() + wait > poll_until:
                 # The next answer would come too late for this run: stop here, so the objects that
                 # worked are delivered. The task is kept and polled again at the next run.
                 raise TimeoutError
             await asyncio.sleep(wait)
 
-    def _abandon_if_too_old(self, obj: CountedObject, state: ObjectState) -> None:
+    def _abandon_if_too_old(self, clock: Clock, obj: CountedObject, state: ObjectState) -> None:
         """A task still unfinished ``task_max_age`` after it was started is not polled again: it
         is forgotten, this run fails with reason ``timeout`` (the metrics contract's reason for a
         task that never completes), and the next run starts a new recount."""
         if state.last_refresh is None or state.task_id is None:
             return
-        age = (self.clock or _SYSTEM_CLOCK).time() - state.last_refresh
+        age = clock.time() - state.last_refresh
         if age < self.config.task_max_age:
             return
         task_id = state.task_id
@@ -898,16 +890,20 @@ class Altcraft(Provider[AltcraftTarget]):
 
     # -- discovery ---------------------------------------------------------------------------
 
-    async def _discovered_resources(self, now: float) -> tuple[ResourceRef, ...]:
+    async def _discovered_resources(
+        self, client: ProviderClient, now: float
+    ) -> tuple[ResourceRef, ...]:
         """Every (resource, database) pair of the account, listed again at most every
         ``discovery_interval`` (and at the next run after a failed listing)."""
         cache = self.discovery
         if cache.at is not None and now - cache.at < self.config.discovery_interval:
             return cache.resources
-        resource_ids = await self._list_resources()
+        resource_ids = await self._list_resources(client)
         try:
             async with asyncio.TaskGroup() as group:
-                lookups = [group.create_task(self._database_ids(rid)) for rid in resource_ids]
+                lookups = [
+                    group.create_task(self._database_ids(client, rid)) for rid in resource_ids
+                ]
         except BaseExceptionGroup as failed:  # the first failed lookup fails the discovery
             raise failed.exceptions[0] from None
         pairs = tuple(
@@ -925,12 +921,13 @@ class Altcraft(Provider[AltcraftTarget]):
         )
         return pairs
 
-    async def _database_ids(self, resource_id: int) -> list[int]:
+    async def _database_ids(self, client: ProviderClient, resource_id: int) -> list[int]:
         """A resource's databases; its answer is parsed as it comes, not kept until every
         lookup is done."""
-        return parse_database_ids((await self._call("resources/get", {"id": resource_id})).data)
+        answer = await self._call(client, "resources/get", {"id": resource_id})
+        return parse_database_ids(answer.data)
 
-    async def _list_resources(self) -> list[int]:
+    async def _list_resources(self, client: ProviderClient) -> list[int]:
         """``resources/list`` page by page: ``from_id`` is the first id of a page, the answer's
         ``next_from_id`` the first of the next; the listing ends with an empty page, without a
         ``next_from_id``, or when ``total_count`` resources have come."""
@@ -938,7 +935,7 @@ class Altcraft(Provider[AltcraftTarget]):
         from_id = 1
         for _ in range(MAX_LIST_PAGES):
             envelope = await self._call(
-                "resources/list", {"from_id": from_id, "limit": LIST_PAGE_LIMIT}
+                client, "resources/list", {"from_id": from_id, "limit": LIST_PAGE_LIMIT}
             )
             page = parse_resource_ids(envelope.data)
             ids.update(dict.fromkeys(page))
@@ -960,12 +957,17 @@ class Altcraft(Provider[AltcraftTarget]):
     # -- HTTP --------------------------------------------------------------------------------
 
     async def _call(
-        self, method: str, payload: dict[str, Any], *, idempotent: bool = True
+        self,
+        client: ProviderClient,
+        method: str,
+        payload: dict[str, Any],
+        *,
+        idempotent: bool = True,
     ) -> Envelope:
         """``POST {base_url}/<method>`` with the token in the body; the envelope, or an
         :class:`EnvelopeError` when it carries an error. Bodies are never logged."""
         token = self.config.secret("token") or ""
-        body = await self.client.post_json(
+        body = await client.post_json(
             f"{self.config.base_url}/{method}",
             endpoint=method,
             json_body={"token": token, **payload},
@@ -981,7 +983,7 @@ class Altcraft(Provider[AltcraftTarget]):
                 if envelope.error in (401, 403) or _TOKEN_ERROR.search(text)
                 else Reason.PROVIDER_ERROR
             )
-            text = self.client.redact(text, ERROR_TEXT_LIMIT)
+            text = client.redact(text, ERROR_TEXT_LIMIT)
             raise EnvelopeError(
                 reason,
                 f"{method}: Altcraft error {envelope.error}" + (f": {text}" if text else ""),

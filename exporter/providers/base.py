@@ -6,8 +6,8 @@ A provider is one module (here for the built-in ones, or in a package of its own
 * its metric descriptions (:class:`MetricSpec`: name, HELP, labels besides ``account``),
 * pure ``parse_*`` functions from a decoded response body to :class:`Sample` objects, raising only
   :class:`~exporter.providers.errors.ParseError`,
-* a :class:`Provider` subclass whose ``collect`` does the HTTP through the shared client and calls
-  the parsers,
+* a :class:`Provider` subclass whose ``collect(run)`` does the HTTP through the run's client and
+  calls the parsers,
 * a module-level ``PROVIDER = <the Provider subclass>``,
 
 and is registered under its name in the entry-point group ``messaging_stats_exporter.providers``
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
@@ -132,6 +133,20 @@ def as_written(value: float) -> Decimal:
     return Decimal(repr(value))
 
 
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One collection of one target: what the scheduler hands to :meth:`Provider.collect`."""
+
+    deadline: float
+    """Event-loop time (``asyncio.get_running_loop().time()``) by which the run must end. The
+    client's requests and retries stay within it; a provider that waits on its own (polling a
+    task) stops in time by it."""
+    clock: Clock
+    """The wall clock, Unix seconds: a provider reads the time here, so tests can move it."""
+    client: ProviderClient
+    """The target's HTTP client, bound to ``deadline``."""
+
+
 C = TypeVar("C", bound=TargetConfig)
 
 
@@ -143,19 +158,17 @@ class Provider(ABC, Generic[C]):
     config_model: ClassVar[type[TargetConfig]]
     metrics: ClassVar[tuple[MetricSpec, ...]]
 
-    def __init__(self, config: C, client: ProviderClient, clock: Clock | None = None) -> None:
+    def __init__(self, config: C) -> None:
         self.config = config
-        self.client = client
-        self.clock = clock
-        """The scheduler's wall clock (injectable in tests); None when run standalone."""
 
     def inherit(self, previous: Provider[Any]) -> None:
         """Take over state from the instance this one replaces after a config change of the same
         target (a task still running, a cached token). The default keeps nothing."""
 
     @abstractmethod
-    async def collect(self) -> list[Sample]:
-        """Fetch and parse; raise :class:`~exporter.providers.errors.CollectError` on failure."""
+    async def collect(self, run: Run) -> list[Sample]:
+        """Fetch through ``run.client`` and parse; raise
+        :class:`~exporter.providers.errors.CollectError` on failure."""
 
 
 _NOT_LABEL_CHARS = re.compile(r"[^0-9a-z]+")

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -32,13 +31,14 @@ from exporter.fields import Duration, NonEmptySecret, SecretFile, format_duratio
 from exporter.providers.base import (
     MetricSpec,
     Provider,
+    Run,
     Sample,
     TargetConfig,
     label_value,
     max_response_bytes_field,
 )
 from exporter.providers.errors import CollectError, ParseError, Reason, detached
-from exporter.providers.http import ERROR_TEXT_LIMIT, decode_json
+from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
 
 MESSAGES = "exolve_sms_messages"
 BY_DELIVERY_STATUS = "exolve_sms_messages_by_delivery_status"
@@ -242,11 +242,11 @@ class Exolve(Provider[ExolveTarget]):
         ),
     )
 
-    async def _count(self, request: CountRequest) -> Sample | CollectError:
+    async def _count(self, client: ProviderClient, request: CountRequest) -> Sample | CollectError:
         """One GetCount. A failure is returned, not raised, and without the frames it passed
         through (they hold the answer): the run keeps every request's failure until it ends."""
         try:
-            answer = await self.client.post_json(
+            answer = await client.post_json(
                 f"{self.config.base_url}/GetCount",
                 endpoint=ENDPOINT,
                 json_body=request.body,
@@ -265,11 +265,11 @@ class Exolve(Provider[ExolveTarget]):
             return CollectError(Reason.PARSE, f"GetCount: unexpected answer: {exc}")
         return Sample(request.metric, request.labels, float(count))
 
-    async def collect(self) -> list[Sample]:
-        requests = count_requests(self.config, time.time())
+    async def collect(self, run: Run) -> list[Sample]:
+        requests = count_requests(self.config, run.clock.time())
         # All at once: the client keeps at most max_concurrency of them in flight.
         outcomes = await asyncio.gather(
-            *(self._count(request) for request in requests), return_exceptions=True
+            *(self._count(run.client, request) for request in requests), return_exceptions=True
         )
         samples: list[Sample] = []
         failures: list[tuple[CountRequest, CollectError]] = []

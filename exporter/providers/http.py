@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import random
 import re
@@ -30,6 +31,7 @@ import structlog
 from prometheus_client import CollectorRegistry, Histogram
 from yarl import URL
 
+from exporter.clock import Clock, SystemClock
 from exporter.providers.errors import CollectError, Reason, detached, reason_for_status
 from exporter.providers.turns import Turnstile
 from exporter.redaction import Redactor
@@ -270,9 +272,9 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
 
 
 class ProviderClient:
-    """A target's view of the shared session. The scheduler sets ``deadline`` (event-loop time)
-    before each run; every request and retry stays inside it. ``redactor`` (the service's) scrubs
-    the error texts; a provider registers the secrets it obtains with :meth:`add_secret`.
+    """A target's view of the shared session. Each run uses it :meth:`bound` to the run's
+    deadline; every request and retry stays inside it. ``redactor`` (the service's) scrubs the
+    error texts; a provider registers the secrets it obtains with :meth:`add_secret`.
 
     With a ``budget``, every attempt holds its :func:`response_reservation` from before it is sent
     until its answer is read and (by :meth:`get_json` and :meth:`post_json`) decoded."""
@@ -299,12 +301,24 @@ class ProviderClient:
         self._limit = asyncio.Semaphore(max_concurrency)
         self._max_bytes = max_response_bytes
         self._budget = budget
-        self.deadline: float | None = None
+        self._deadline: float | None = None
+        self._clock: Clock = SystemClock()
+        self._owner = self
+        """The client of the target: what its run-time secrets live as long as (not one run's
+        :meth:`bound` copy of it)."""
+
+    def bound(self, deadline: float, clock: Clock) -> ProviderClient:
+        """This client for one run that ends at ``deadline`` (event-loop time), reading the wall
+        clock from ``clock``: the same session, limits, budget and histogram."""
+        run_client = copy.copy(self)
+        run_client._deadline = deadline
+        run_client._clock = clock
+        return run_client
 
     def add_secret(self, secret: str) -> None:
         """A secret obtained at run time (an access token): redacted wherever the exporter writes
         text, for as long as this client lives."""
-        self._redactor.add_secret(secret, owner=self)
+        self._redactor.add_secret(secret, owner=self._owner)
 
     def redact(self, text: str, limit: int | None = None) -> str:
         """``text`` (a provider's own message quoting an answer) with every secret removed; see
@@ -312,9 +326,9 @@ class ProviderClient:
         return self._redactor.redact(text, limit)
 
     def _remaining(self) -> float:
-        if self.deadline is None:
+        if self._deadline is None:
             return 60.0
-        return self.deadline - asyncio.get_running_loop().time()
+        return self._deadline - asyncio.get_running_loop().time()
 
     async def request(
         self,
@@ -413,53 +427,12 @@ class ProviderClient:
         read: Callable[[int, Mapping[str, str], bytearray], T],
     ) -> T:
         reservation = _Reserved(
-            self._budget, response_reservation(self._max_bytes), self.deadline, where
+            self._budget, response_reservation(self._max_bytes), self._deadline, where
         )
         async with self._limit, reservation:
-            remaining = self._remaining()
-            if remaining <= 0:
-                raise CollectError(Reason.TIMEOUT, f"{where}: no time left before the deadline")
-            timeout = aiohttp.ClientTimeout(
-                total=remaining, sock_connect=min(CONNECT_TIMEOUT, remaining), sock_read=remaining
+            status, reason, response_headers, body = await self._exchange(
+                method, url, where, endpoint, json_body, headers, self._timeout(where)
             )
-            code = "connection"
-            started = time.perf_counter()
-            try:
-                async with self._session.request(
-                    method,
-                    url,
-                    json=json_body,
-                    headers=headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                ) as response:
-                    code = str(response.status)
-                    status = response.status
-                    reason = reason_for_status(status)
-                    body = await self._read_body(response, where, whole=reason is None)
-                    response_headers = response.headers
-            except TimeoutError:
-                code = "timeout"
-                raise CollectError(Reason.TIMEOUT, f"{where}: no answer in time") from None
-            except aiohttp.ClientConnectorError as exc:
-                raise ConnectError(f"{where}: cannot connect ({_os_error_text(exc)})") from None
-            except aiohttp.ClientResponseError:
-                # aiohttp could not read the answer's head: not HTTP, or past MAX_RESPONSE_HEADERS
-                # lines or MAX_HEADER_FIELD bytes a line.
-                raise CollectError(
-                    Reason.CONNECTION,
-                    f"{where}: connection failed (the response head is malformed or has more "
-                    f"than {MAX_RESPONSE_HEADERS} header lines or one over {MAX_HEADER_FIELD} "
-                    "bytes)",
-                ) from None
-            except aiohttp.ClientError as exc:
-                raise CollectError(
-                    Reason.CONNECTION, f"{where}: connection failed ({type(exc).__name__})"
-                ) from None
-            finally:
-                self._histogram.labels(self.provider, endpoint, code).observe(
-                    time.perf_counter() - started
-                )
             # What follows (decoding, parsing, recording, rendering) waits for its own loop turn
             # when many answers arrived together: the loop polls its sockets between two
             # collections.
@@ -471,6 +444,66 @@ class ProviderClient:
                     exc.excerpt = self._excerpt(body)
                     raise
             raise self._http_error(reason, where, status, response_headers, body, error_text)
+
+    def _timeout(self, where: str) -> aiohttp.ClientTimeout:
+        """One attempt's timeouts: what is left before the deadline."""
+        remaining = self._remaining()
+        if remaining <= 0:
+            raise CollectError(Reason.TIMEOUT, f"{where}: no time left before the deadline")
+        return aiohttp.ClientTimeout(
+            total=remaining, sock_connect=min(CONNECT_TIMEOUT, remaining), sock_read=remaining
+        )
+
+    async def _exchange(
+        self,
+        method: str,
+        url: str,
+        where: str,
+        endpoint: str,
+        json_body: Any,
+        headers: Mapping[str, str] | None,
+        timeouts: aiohttp.ClientTimeout,
+    ) -> tuple[int, Reason | None, Mapping[str, str], bytearray]:
+        """One request sent and its answer read (status, the reason it fails for or None,
+        headers, body), timed in the request histogram; no answer is a :class:`CollectError`."""
+        code = "connection"
+        started = time.perf_counter()
+        try:
+            async with self._session.request(
+                method,
+                url,
+                json=json_body,
+                headers=headers,
+                timeout=timeouts,
+                allow_redirects=False,
+            ) as response:
+                code = str(response.status)
+                status = response.status
+                reason = reason_for_status(status)
+                body = await self._read_body(response, where, whole=reason is None)
+                return status, reason, response.headers, body
+        except TimeoutError:
+            code = "timeout"
+            raise CollectError(Reason.TIMEOUT, f"{where}: no answer in time") from None
+        except aiohttp.ClientConnectorError as exc:
+            raise ConnectError(f"{where}: cannot connect ({_os_error_text(exc)})") from None
+        except aiohttp.ClientResponseError:
+            # aiohttp could not read the answer's head: not HTTP, or past MAX_RESPONSE_HEADERS
+            # lines or MAX_HEADER_FIELD bytes a line.
+            raise CollectError(
+                Reason.CONNECTION,
+                f"{where}: connection failed (the response head is malformed or has more "
+                f"than {MAX_RESPONSE_HEADERS} header lines or one over {MAX_HEADER_FIELD} "
+                "bytes)",
+            ) from None
+        except aiohttp.ClientError as exc:
+            raise CollectError(
+                Reason.CONNECTION, f"{where}: connection failed ({type(exc).__name__})"
+            ) from None
+        finally:
+            self._histogram.labels(self.provider, endpoint, code).observe(
+                time.perf_counter() - started
+            )
 
     def _excerpt(self, body: bytearray) -> str:
         """What an error keeps of the body it failed on, secrets scrubbed."""
@@ -499,7 +532,7 @@ class ProviderClient:
             message,
             status,
             detail,
-            _retry_after(headers, time.time()),
+            _retry_after(headers, self._clock.time()),
             self._excerpt(body),
         )
 

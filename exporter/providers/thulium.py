@@ -18,6 +18,7 @@ from exporter.fields import NonEmptySecret, SecretFile
 from exporter.providers.base import (
     MetricSpec,
     Provider,
+    Run,
     Sample,
     TargetConfig,
     as_written,
@@ -126,9 +127,9 @@ class Thulium(Provider[ThuliumTarget]):
         ),
     )
 
-    async def collect(self) -> list[Sample]:
+    async def collect(self, run: Run) -> list[Sample]:
         config = self.config
-        body = await self.client.get_json(
+        body = await run.client.get_json(
             f"{config.base_url}/outbounds/stats",
             endpoint="outbounds/stats",
             headers={

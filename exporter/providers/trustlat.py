@@ -23,7 +23,6 @@ and what this module does about it:
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -42,11 +41,11 @@ from pydantic import (
 )
 from yarl import URL
 
-from exporter.clock import Clock
 from exporter.fields import NonEmptySecret, SecretFile, key_problem
 from exporter.providers.base import (
     MetricSpec,
     Provider,
+    Run,
     Sample,
     TargetConfig,
     as_written,
@@ -386,16 +385,14 @@ class Trustlat(Provider[TrustlatTarget]):
         ),
     )
 
-    def __init__(
-        self, config: TrustlatTarget, client: ProviderClient, clock: Clock | None = None
-    ) -> None:
-        super().__init__(config, client, clock)
+    def __init__(self, config: TrustlatTarget) -> None:
+        super().__init__(config)
         self._token: AccessToken | None = None
 
-    async def _fetch_token(self) -> AccessToken:
+    async def _fetch_token(self, run: Run) -> AccessToken:
         """A new token from Atenea; a failure's reason is :func:`token_failure_reason`'s."""
         config = self.config
-        requested_at = time.time()
+        requested_at = run.clock.time()
         error_codes: list[str] = []  # the OAuth2 error code of the last failed attempt, if any
 
         def error_text(body: bytes) -> str | None:
@@ -407,7 +404,7 @@ class Trustlat(Provider[TrustlatTarget]):
             return _error_text(body)
 
         try:
-            body = await self.client.post_json(
+            body = await run.client.post_json(
                 config.effective_token_url,
                 endpoint=TOKEN_ENDPOINT,
                 json_body={
@@ -432,7 +429,7 @@ class Trustlat(Provider[TrustlatTarget]):
             raise CollectError(
                 token_failure_reason(Reason.PROVIDER_ERROR, None, code),
                 "no access token from the token endpoint: OAuth2 error "
-                f"{self.client.redact(code, 60)!r}",
+                f"{run.client.redact(code, 60)!r}",
             )
         try:
             token = parse_token(body, requested_at)
@@ -441,10 +438,10 @@ class Trustlat(Provider[TrustlatTarget]):
                 Reason.PARSE,
                 f"no access token from the token endpoint: unexpected answer: {exc}",
             ) from None
-        self.client.add_secret(token.value)
+        run.client.add_secret(token.value)
         return token
 
-    async def _access_token(self, renew: bool = False) -> tuple[AccessToken, bool]:
+    async def _access_token(self, run: Run, renew: bool = False) -> tuple[AccessToken, bool]:
         """The token to use, and whether it was obtained in an earlier run (kept in cache)."""
         if not self.config.uses_oauth:
             return AccessToken(self.config.secret("access_token") or "", None, None), False
@@ -454,16 +451,16 @@ class Trustlat(Provider[TrustlatTarget]):
         if (
             renew
             or token is None
-            or (token.renew_at is not None and time.time() + margin >= token.renew_at)
+            or (token.renew_at is not None and run.clock.time() + margin >= token.renew_at)
         ):
             self._token = None
-            self._token = await self._fetch_token()
+            self._token = await self._fetch_token(run)
             return self._token, False
         return token, True
 
-    async def _statistics(self, token: AccessToken) -> object:
+    async def _statistics(self, client: ProviderClient, token: AccessToken) -> object:
         config = self.config
-        body = await self.client.get_json(
+        body = await client.get_json(
             f"{config.base_url}/campaigns/api/v1/company/{config.company_id}/statistics",
             endpoint=STATISTICS_ENDPOINT,
             headers={"Accept": "application/json", "Authorization": f"Bearer {token.value}"},
@@ -472,7 +469,7 @@ class Trustlat(Provider[TrustlatTarget]):
         refused = envelope_error(body)
         if refused is not None:
             reason, text = refused
-            text = self.client.redact(text, ERROR_TEXT_LIMIT)
+            text = client.redact(text, ERROR_TEXT_LIMIT)
             where = f"GET {config.base_url}/campaigns/api/v1/company/{config.company_id}/statistics"
             message = f"{where}: the answer reports an error, {text}"
             if reason is Reason.AUTH:
@@ -487,18 +484,18 @@ class Trustlat(Provider[TrustlatTarget]):
             return []
         return [Sample(TOKEN_EXPIRY, (), token.expires_at)]
 
-    async def collect(self) -> list[Sample]:
-        token, cached = await self._access_token()
+    async def collect(self, run: Run) -> list[Sample]:
+        token, cached = await self._access_token(run)
         try:
             try:
-                body = await self._statistics(token)
+                body = await self._statistics(run.client, token)
             except HttpError as exc:
                 # A kept token that expired early or was revoked: get a new one once and try
                 # once more. A token fetched in this run and refused is not worth a second one.
                 if exc.status != 401 or not cached:
                     raise
-                token, _ = await self._access_token(renew=True)
-                body = await self._statistics(token)
+                token, _ = await self._access_token(run, renew=True)
+                body = await self._statistics(run.client, token)
             return parse_statistics(body, self.config.company_id) + self._expiry_samples()
         except CollectError as exc:
             raise CollectError(exc.reason, exc.message, partial=self._expiry_samples()) from None

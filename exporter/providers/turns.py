@@ -2,10 +2,10 @@
 
 asyncio runs every callback that is ready before it polls sockets again. When many collections'
 answers arrive together (64 requests sent at once come back at once), each woken collection
-decodes, parses, records and renders in the same loop iteration: tens of milliseconds during which
-no scrape is read or answered. :meth:`Turnstile.turn` lets one caller through per loop iteration
-and queues the others, each in its own later iteration, so between any two collections' work the
-loop polls its sockets and scrapes are served. An uncontended turn costs one ``call_soon``."""
+decodes, parses, records and renders in the same loop iteration, during which no scrape is read or
+answered. :meth:`Turnstile.turn` lets one caller through per loop iteration and queues the others,
+each in its own later iteration, so between any two collections' work the loop polls its sockets
+and scrapes are served. An uncontended turn costs one ``call_soon``."""
 
 from __future__ import annotations
 

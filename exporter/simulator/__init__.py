@@ -229,6 +229,27 @@ async def _huge_body(
     return response
 
 
+async def _received(request: web.Request, provider: str, account: str) -> ReceivedRequest:
+    """The request as :attr:`Simulator.requests` lists it (its body decoded when it is JSON)."""
+    body: Any = None
+    if request.can_read_body:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw.decode("utf-8", "replace")
+    return ReceivedRequest(
+        provider=provider,
+        account=account,
+        method=request.method,
+        path=request.path,
+        query=dict(request.query),
+        body=body,
+        headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
+        at=time.time(),
+    )
+
+
 def _echo_text(request: web.Request, body: bytes) -> str:
     """The request as it came: request line, body, then headers (sorted by name)."""
     headers = sorted(
@@ -279,25 +300,7 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     if provider == "_sim":
         return await handler(request)
     if sim.record_requests:
-        body: Any = None
-        if request.can_read_body:
-            raw = await request.read()
-            try:
-                body = json.loads(raw) if raw else None
-            except ValueError:
-                body = raw.decode("utf-8", "replace")
-        sim.requests.append(
-            ReceivedRequest(
-                provider=provider,
-                account=account,
-                method=request.method,
-                path=request.path,
-                query=dict(request.query),
-                body=body,
-                headers={k: v for k, v in request.headers.items() if k.lower() != "host"},
-                at=time.time(),
-            )
-        )
+        sim.requests.append(await _received(request, provider, account))
     if sim.latency:
         await asyncio.sleep(sim.latency)
     fault = sim.take_fault(provider, account)
@@ -350,6 +353,20 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+def _fault_targets(sim: Simulator) -> dict[str, tuple[list[str] | None, list[str]]]:
+    """Route prefix -> its accounts (None where the part does not list them) and the faults it
+    knows. A part may define ``FAULTS`` (its own faults) and ``fault_accounts(sim)`` (route
+    prefix -> accounts); a plugin's part without them gets the common faults on any account."""
+    known: dict[str, tuple[list[str] | None, list[str]]] = {}
+    for part, module in provider_modules().items():
+        faults = sorted({*FAULTS, *getattr(module, "FAULTS", ())})
+        listing = getattr(module, "fault_accounts", None)
+        prefixes = listing(sim) if callable(listing) else {part: None}
+        for prefix, accounts in prefixes.items():
+            known[prefix] = (None if accounts is None else list(accounts), faults)
+    return known
+
+
 async def _control_faults(request: web.Request) -> web.Response:
     """``POST /_sim/faults`` ``{"provider", "account", "fault" (null clears), "delay",
     "retry_after", "times", "size"}``.
@@ -374,16 +391,7 @@ async def _control_faults(request: web.Request) -> web.Response:
         isinstance(payload.get(key), str) for key in ("provider", "account")
     ):
         return refuse(400, 'expected {"provider": ..., "account": ..., "fault": ...}')
-    # route prefix -> (its accounts, None where the part does not list them; the faults it knows)
-    # A part may define ``FAULTS`` (its own faults) and ``fault_accounts(sim)`` (route prefix ->
-    # accounts); a plugin's part without them gets the common faults on any account.
-    known: dict[str, tuple[list[str] | None, list[str]]] = {}
-    for part, module in provider_modules().items():
-        faults = sorted({*FAULTS, *getattr(module, "FAULTS", ())})
-        listing = getattr(module, "fault_accounts", None)
-        prefixes = listing(sim) if callable(listing) else {part: None}
-        for prefix, accounts in prefixes.items():
-            known[prefix] = (None if accounts is None else list(accounts), faults)
+    known = _fault_targets(sim)
     provider, account, name = payload["provider"], payload["account"], payload.get("fault")
     if provider not in known:
         return refuse(404, f"unknown provider {provider!r}", known_providers=sorted(known))

@@ -79,19 +79,22 @@ async def reload_refused(request: web.Request) -> web.Response:
 
 def status_view(exporter: Exporter) -> StatusView:
     store = exporter.store
+    now = exporter.clock.time()
     rows = []
-    for state in store.targets:
+    for target in exporter.targets:
+        config, state = target.config, target.state
         latest = state.latest
         failed = latest is not None and not latest.ok
+        condition, served = state.status(now, config.stale_after)
         rows.append(
             TargetRow(
-                provider=state.config.provider,
-                account=state.config.name,
-                state=state.state,
+                provider=config.provider,
+                account=config.name,
+                state=condition,
                 last_success=state.last_success,
                 consecutive_failures=state.consecutive_failures,
-                interval=state.config.interval,
-                series=state.served,
+                interval=config.interval,
+                series=served,
                 reason=str(latest.reason) if failed and latest and latest.reason else None,
                 last_error=(
                     exporter.redactor.redact(latest.error or "") if failed and latest else None
@@ -101,7 +104,7 @@ def status_view(exporter: Exporter) -> StatusView:
     sharding = exporter.sharding
     return StatusView(
         version=__version__,
-        now=exporter.clock.time(),
+        now=now,
         telemetry_path=exporter.config.web.telemetry_path,
         shard_index=sharding.index,
         shard_count=sharding.count,

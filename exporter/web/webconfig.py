@@ -418,6 +418,17 @@ def _tls_problems(tls: TLSServerConfig, http2: bool) -> list[ConfigProblem]:
         problem("cert_file", "missing one of cert or cert_file")
     if not tls.key_file and not tls.key.get_secret_value():
         problem("key_file", "missing one of key or key_file")
+    _client_auth_problems(tls, problem)
+    _version_problems(tls, problem)
+    _cipher_problems(tls, http2, problem)
+    return problems
+
+
+Problem = Callable[[str, str], None]
+"""Records a problem at a key of ``tls_server_config``."""
+
+
+def _client_auth_problems(tls: TLSServerConfig, problem: Problem) -> None:
     auth = tls.client_auth_type
     if auth in UNSUPPORTED_CLIENT_AUTH:
         problem(
@@ -448,6 +459,9 @@ def _tls_problems(tls: TLSServerConfig, http2: bool) -> list[ConfigProblem]:
             "needs client_auth_type VerifyClientCertIfGiven or RequireAndVerifyClientCert: the "
             "names are read from a verified client certificate",
         )
+
+
+def _version_problems(tls: TLSServerConfig, problem: Problem) -> None:
     versions = {}
     for key in ("min_version", "max_version"):
         name = getattr(tls, key)
@@ -466,6 +480,9 @@ def _tls_problems(tls: TLSServerConfig, http2: bool) -> list[ConfigProblem]:
             "min_version",
             f"{tls.min_version} is above max_version {tls.max_version}: no client could connect",
         )
+
+
+def _cipher_problems(tls: TLSServerConfig, http2: bool, problem: Problem) -> None:
     for index, name in enumerate(tls.cipher_suites):
         if name not in CIPHER_SUITES:
             problem(f"cipher_suites[{index}]", f"unknown cipher {name!r}")
@@ -498,7 +515,6 @@ def _tls_problems(tls: TLSServerConfig, http2: bool) -> list[ConfigProblem]:
             "only restrict the key exchange to one curve; list one, or remove the key for "
             "OpenSSL's defaults",
         )
-    return problems
 
 
 # --- TLS -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from __future__ import annotations
 from typing import Literal
 
 from exporter.fields import NonEmptySecret, SecretFile
-from exporter.providers.base import MetricSpec, Provider, Sample, TargetConfig, label_value
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import decode_json
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
@@ -104,8 +104,8 @@ class Acme(Provider[AcmeTarget]):
         ),
     )
 
-    async def collect(self) -> list[Sample]:
-        body = await self.client.get_json(
+    async def collect(self, run: Run) -> list[Sample]:
+        body = await run.client.get_json(
             f"{self.config.base_url}/v1/stats",
             endpoint="v1/stats",
             headers={
