@@ -370,6 +370,7 @@ def _check_config(
             f"  {target.summary()} interval={format_duration(target.interval)} "
             f"timeout={format_duration(target.deadline)} "
             f"stale_after={format_duration(target.stale_after)}"
+            + ("" if target.enabled else " (disabled: not collected)")
         )
     return EXIT_OK
 

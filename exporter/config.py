@@ -37,6 +37,7 @@ from exporter.fields import (
     KEY_PROBLEM,
     Duration,
     IntervalDuration,
+    Labels,
     StrictModel,
     TimeoutDuration,
     format_duration,
@@ -154,6 +155,16 @@ class Defaults(StrictModel):
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
     max_response_bytes: int | None = Field(default=None, ge=MIN_RESPONSE_BYTES)
     """None: each target's provider's own default."""
+    labels: Labels = Field(default_factory=dict)
+    """Merged under each target's own ``labels``, key by key."""
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_free(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if name in TARGET_LABELS:
+                raise key_problem(name, _clash(name))
+        return labels
 
     @model_validator(mode="after")
     def _stale_after_covers_an_interval(self) -> Defaults:
@@ -355,7 +366,16 @@ def _inherit_defaults(raw: dict[str, Any]) -> dict[int, set[str]]:
     inherited: dict[int, set[str]] = {}
     for index, target in enumerate(targets):
         if isinstance(target, dict):
+            own = target.get("labels", {})
+            if defaults.labels and isinstance(own, dict):
+                # Key by key: the target's own labels over those of defaults.
+                target["labels"] = {**defaults.labels, **own}
+                inherited.setdefault(index, set()).update(
+                    f"labels.{name}" for name in defaults.labels if name not in own
+                )
             for key in Defaults.model_fields:
+                if key == "labels":
+                    continue
                 value = getattr(defaults, key)
                 if value is not None and key not in target:
                     target[key] = value
@@ -551,6 +571,9 @@ def validate_config(
                 validated.append(_target_adapter().validate_python(target))
             except ValidationError as exc:
                 target_problems.add_errors(exc, ("targets", index))
+                continue
+            for problem in _label_clashes(validated[-1], index, inherited.get(index, set())):
+                target_problems.add(problem)
         # The rest, and what concerns the targets together (unique names), once all are valid.
         expanded = {**expanded, "targets": validated if len(validated) == len(targets) else []}
     try:
@@ -561,6 +584,37 @@ def validate_config(
     if listed.problems:
         raise ConfigError(listed.result(), source)
     return config
+
+
+TARGET_LABELS = ("account", "provider", "reason")
+"""The labels of the exporter's per-target families (``account`` is also on every provider
+series): no constant label may take their names."""
+
+
+def _clash(name: str, labels: Sequence[str] = TARGET_LABELS) -> str:
+    return (
+        f"clashes with a label the target's series already carry ({', '.join(labels)}); "
+        "choose another name"
+    )
+
+
+def _label_clashes(target: TargetConfig, index: int, inherited: set[str]) -> list[ConfigProblem]:
+    """A constant label of ``target`` named like a label its series already carry: the
+    exporter's (``account``, ``provider``, ``reason``) or one of its provider's metrics
+    (``campaign_id``)."""
+    provider = registry().get(target.provider)
+    specs = provider.metrics if provider is not None else ()
+    carried = tuple(
+        dict.fromkeys([*TARGET_LABELS, *(label for spec in specs for label in spec.labels)])
+    )
+    problems = []
+    for name in target.labels:
+        if name in carried:
+            message = _clash(name, carried)
+            if f"labels.{name}" in inherited:
+                message += f" (inherited from defaults.labels.{name})"
+            problems.append(ConfigProblem(f"targets[{index}].labels.{name}", message))
+    return problems
 
 
 MAX_TARGET_NODES = 10_000

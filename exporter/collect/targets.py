@@ -18,7 +18,7 @@ from exporter.providers.errors import Reason
 
 SeriesKey = tuple[str, tuple[str, ...]]
 """A provider series of one target: its metric name and its label values besides ``account``."""
-TargetStateName = Literal["up", "down", "stale", "pending"]
+TargetStateName = Literal["up", "down", "stale", "pending", "disabled"]
 
 
 class Runner(Protocol):
@@ -92,6 +92,14 @@ class Target:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def status(self, now: float) -> tuple[TargetStateName, int]:
+        """The target's state at ``now`` and how many of its provider series are served then:
+        ``disabled`` (and none) when its config says ``enabled: false``, else
+        :meth:`TargetState.status`."""
+        if not self.config.enabled:
+            return "disabled", 0
+        return self.state.status(now, self.config.stale_after)
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,14 +59,16 @@ class Store:
         return lambda: self._subscribers.remove(subscriber)
 
     def ready(self) -> bool:
-        """Every target has finished its first collection attempt."""
-        return all(target.state.latest is not None for target in self._targets)
+        """Every enabled target has finished its first collection attempt."""
+        return all(
+            target.state.latest is not None or not target.config.enabled for target in self._targets
+        )
 
     def record(self, snapshot: Snapshot) -> None:
         """A collection ended: its target's series, times and outcome."""
         target = self._targets.get(snapshot.target)
-        if target is None:  # removed by a reload while it was being collected
-            return
+        if target is None or not target.config.enabled:
+            return  # removed or disabled by a reload while it was being collected
         state = target.state
         delivered = self._delivered(snapshot, state)
         finished = snapshot.started_at + snapshot.duration

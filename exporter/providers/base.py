@@ -30,6 +30,7 @@ from exporter.fields import (
     BaseUrl,
     Duration,
     IntervalDuration,
+    Labels,
     SecretsModel,
     TimeoutDuration,
     format_duration,
@@ -75,6 +76,11 @@ class TargetConfig(SecretsModel):
     """Given, inherited from ``defaults``, or else :func:`default_stale_after` of ``interval``."""
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
     max_response_bytes: int = max_response_bytes_field(DEFAULT_MAX_RESPONSE_BYTES)
+    labels: Labels = Field(default_factory=dict)
+    """Constant labels added to every series of the target; ``defaults.labels`` merged under
+    them, key by key."""
+    enabled: bool = True
+    """False: validated like any target, but not collected and without series."""
 
     @model_validator(mode="before")
     @classmethod

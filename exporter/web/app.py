@@ -85,7 +85,7 @@ def status_view(exporter: Exporter) -> StatusView:
         config, state = target.config, target.state
         latest = state.latest
         failed = latest is not None and not latest.ok
-        condition, served = state.status(now, config.stale_after)
+        condition, served = target.status(now)
         rows.append(
             TargetRow(
                 provider=config.provider,

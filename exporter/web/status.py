@@ -14,10 +14,11 @@ from datetime import UTC, datetime
 from html import escape
 from typing import Literal
 
-TargetStateName = Literal["up", "down", "stale", "pending"]
+TargetStateName = Literal["up", "down", "stale", "pending", "disabled"]
 """``up``: the last collection succeeded. ``down``: it failed, and some of the target's series are
 still served (younger than ``stale_after``). ``stale``: it failed, and none of its series are served
-any more. ``pending``: not collected yet."""
+any more. ``pending``: not collected yet. ``disabled``: ``enabled: false`` in the config, not
+collected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +56,9 @@ class StatusView:
     targets: Sequence[TargetRow]
 
 
-STATES: tuple[TargetStateName, ...] = ("down", "stale", "pending", "up")
-"""The table's order: failing first (down, then stale), then not yet collected, then healthy."""
+STATES: tuple[TargetStateName, ...] = ("down", "stale", "pending", "up", "disabled")
+"""The table's order: failing first (down, then stale), then not yet collected, then healthy,
+then those not collected on purpose."""
 _RANK = {state: rank for rank, state in enumerate(STATES)}
 _FAILING = frozenset({"down", "stale"})
 
@@ -231,6 +233,7 @@ def _counts(counts: Counter[str], total: int) -> str:
         f'<li class="{state if counts[state] else "zero"}">'
         f'<span class="pill"><b>{counts[state]:,}</b> {state}</span></li>'
         for state in STATES
+        if state != "disabled" or counts[state]
     )
     return f'<ul class="counts" aria-label="Targets by state">{pills}<li>of {total:,}</li></ul>'
 
@@ -238,10 +241,12 @@ def _counts(counts: Counter[str], total: int) -> str:
 _CSS = """
 :root{color-scheme:light dark;--bg:#fff;--fg:#1b1f24;--muted:#5b636d;--line:#d8dee4;--head:#f3f5f7;
 --up:#1a7f37;--up-bg:#dafbe1;--down:#b42318;--down-bg:#ffe4e1;--stale:#8a4b00;--stale-bg:#fff1c7;
---pending:#3b5bdb;--pending-bg:#e3ebff;--code:#eef1f4;--link:#0b57d0}
+--pending:#3b5bdb;--pending-bg:#e3ebff;--code:#eef1f4;--link:#0b57d0;--disabled:#5b636d;
+--disabled-bg:#eceff2}
 @media (prefers-color-scheme:dark){:root{--bg:#0f1216;--fg:#e6e9ed;--muted:#9aa4af;--line:#2c333b;
 --head:#181d23;--up:#5bd17a;--up-bg:#12351f;--down:#ff8a80;--down-bg:#4a1512;--stale:#f5c451;
---stale-bg:#3d2c05;--pending:#9db4ff;--pending-bg:#1d2a55;--code:#222931;--link:#8ab4f8}}
+--stale-bg:#3d2c05;--pending:#9db4ff;--pending-bg:#1d2a55;--code:#222931;--link:#8ab4f8;
+--disabled:#9aa4af;--disabled-bg:#22272e}}
 *{box-sizing:border-box}
 body{margin:0;padding:20px 24px 40px;background:var(--bg);color:var(--fg);
 font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif}
@@ -267,6 +272,7 @@ border:1px solid currentColor;white-space:nowrap}
 .down .pill{color:var(--down);background:var(--down-bg)}
 .stale .pill{color:var(--stale);background:var(--stale-bg)}
 .pending .pill{color:var(--pending);background:var(--pending-bg)}
+.disabled .pill{color:var(--disabled);background:var(--disabled-bg)}
 .zero .pill{color:var(--muted);font-weight:normal}
 .failing{border:1px solid var(--down);border-left-width:4px;border-radius:6px;
 padding:8px 14px;margin:0 0 14px;background:var(--down-bg)}
@@ -280,6 +286,7 @@ letter-spacing:.04em;color:var(--muted);white-space:nowrap;z-index:1}
 tbody tr{border-left:4px solid transparent}
 tr.down{border-left-color:var(--down)}tr.stale{border-left-color:var(--stale)}
 tr.pending{border-left-color:var(--pending)}tr.up{border-left-color:var(--up)}
+tr.disabled{border-left-color:var(--disabled);color:var(--muted)}
 tbody tr:hover{background:var(--head)}
 td.state,td.when{white-space:nowrap}td.when .age{display:inline-block;min-width:7.2em}
 td.account{overflow-wrap:anywhere}
