@@ -466,7 +466,7 @@ def _keys_at(loc: Sequence[str | int]) -> list[str]:
     return list(models[0].model_fields) if len(models) == 1 else []
 
 
-def _problems_from(
+def validation_problems(
     error: ValidationError, prefix: tuple[str | int, ...] = ()
 ) -> Iterator[ConfigProblem]:
     """The problems of ``error``, whose locations are relative to ``prefix``."""
@@ -616,7 +616,7 @@ class _Problems:
         if len(self.problems) >= MAX_PROBLEMS:
             self.more += error.error_count()  # without building the problems
             return
-        for problem in _problems_from(error, prefix):
+        for problem in validation_problems(error, prefix):
             self.add(problem)
 
     def extend(self, other: _Problems) -> None:
