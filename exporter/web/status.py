@@ -3,7 +3,8 @@
 Failing targets come first, each state is shown by colour and by text, every text that comes from
 the config or a provider is HTML-escaped, and the page has no JavaScript. It stays one plain table
 (one class per row, no per-row widgets but a ``<details>`` for long errors) so that 1,000 targets
-render quickly and scroll well."""
+render quickly and scroll well. Narrower than 1,280 px, CSS alone lays each row out as a wrapped
+block with its cells labelled, so that the page reads at 800 px without sideways scrolling."""
 
 from __future__ import annotations
 
