@@ -111,7 +111,7 @@ class WebConfig(StrictModel):
         return check_telemetry_path(value)
 
 
-RESERVED_PATHS = ("/", "/-/reload", "/healthz", "/readyz")
+RESERVED_PATHS = ("/", "/-/reload", "/healthz", "/readyz", "/api/v1/targets")
 """The exporter's other endpoints: ``web.telemetry_path`` may be none of them."""
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 """An RFC 3986 path segment without percent-encoding: no {, }, ?, #, %, space or non-ASCII."""

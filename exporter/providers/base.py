@@ -75,6 +75,8 @@ class TargetConfig(SecretsModel):
     """Given, inherited from ``defaults``, or else :func:`default_stale_after` of ``interval``."""
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
     max_response_bytes: int = max_response_bytes_field(DEFAULT_MAX_RESPONSE_BYTES)
+    labels: dict[str, str] = Field(default_factory=dict)
+    enabled: bool = True
 
     @model_validator(mode="before")
     @classmethod
