@@ -112,7 +112,7 @@ class WebConfig(StrictModel):
         return check_telemetry_path(value)
 
 
-RESERVED_PATHS = ("/", "/-/reload", "/healthz", "/readyz")
+RESERVED_PATHS = ("/", "/-/reload", "/healthz", "/readyz", "/api/v1/targets")
 """The exporter's other endpoints: ``web.telemetry_path`` may be none of them."""
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 """An RFC 3986 path segment without percent-encoding: no {, }, ?, #, %, space or non-ASCII."""
@@ -486,7 +486,7 @@ def _keys_at(loc: Sequence[str | int]) -> list[str]:
     return list(models[0].model_fields) if len(models) == 1 else []
 
 
-def _problems_from(
+def validation_problems(
     error: ValidationError, prefix: tuple[str | int, ...] = ()
 ) -> Iterator[ConfigProblem]:
     """The problems of ``error``, whose locations are relative to ``prefix``."""
@@ -670,7 +670,7 @@ class _Problems:
         if len(self.problems) >= MAX_PROBLEMS:
             self.more += error.error_count()  # without building the problems
             return
-        for problem in _problems_from(error, prefix):
+        for problem in validation_problems(error, prefix):
             self.add(problem)
 
     def extend(self, other: _Problems) -> None:

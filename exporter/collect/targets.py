@@ -48,6 +48,8 @@ class TargetState:
     errors: dict[Reason, int] = field(default_factory=dict)
     """Failed collections by reason, only those that happened (a missing reason counts 0)."""
     consecutive_failures: int = 0
+    next_attempt: float | None = None
+    """When the next collection is due, Unix seconds (wall clock); None when not known."""
 
     def visible(
         self, now: float, stale_after: float
