@@ -33,24 +33,10 @@ from exporter.bounded import (
     load_yaml,
     read_text,
 )
-from exporter.fields import (
-    KEY_PROBLEM,
-    Duration,
-    IntervalDuration,
-    StrictModel,
-    TimeoutDuration,
-    format_duration,
-    key_problem,
-)
 from exporter.providers import registry
-from exporter.providers.base import (
-    DEFAULT_INTERVAL,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_TIMEOUT,
-    MIN_RESPONSE_BYTES,
-    TargetConfig,
-)
 from exporter.providers.http import RESPONSE_OVERHEAD, response_reservation
+from exporter.schema.target import MIN_RESPONSE_BYTES, Defaults, TargetConfig
+from exporter.schema.types import KEY_PROBLEM, Duration, StrictModel, format_duration
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:10057"
 DEFAULT_MAX_RESPONSE_BYTES_IN_FLIGHT = 64 * 1024 * 1024
@@ -144,26 +130,6 @@ def check_telemetry_path(value: str) -> str:
 class LogConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "logfmt", "console"] = "json"
-
-
-class Defaults(StrictModel):
-    interval: IntervalDuration = DEFAULT_INTERVAL
-    timeout: TimeoutDuration = DEFAULT_TIMEOUT
-    stale_after: Duration | None = None
-    """None: each target's own default, the larger of 5m and 3 x its interval."""
-    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
-    max_response_bytes: int | None = Field(default=None, ge=MIN_RESPONSE_BYTES)
-    """None: each target's provider's own default."""
-
-    @model_validator(mode="after")
-    def _stale_after_covers_an_interval(self) -> Defaults:
-        if self.stale_after is not None and self.stale_after < self.interval:
-            raise key_problem(
-                "stale_after",
-                f"must be at least interval ({format_duration(self.interval)}); "
-                f"it is {format_duration(self.stale_after)}",
-            )
-        return self
 
 
 class Config(StrictModel):

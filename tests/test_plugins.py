@@ -344,7 +344,7 @@ class Plugins:
             return [*real(group=group), *self.extra.get(group, [])]
 
         monkeypatch.syspath_prepend(str(modules))
-        monkeypatch.setattr("exporter.providers.entry_points", entry_points)
+        monkeypatch.setattr("exporter.entrypoints.entry_points", entry_points)
 
     def add(
         self,
@@ -390,7 +390,8 @@ def plugins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Plugins
 _PROVIDER_SOURCE = """
 from typing import Literal
 
-from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig
+from exporter.providers.base import MetricSpec, Provider, Run, Sample
+from exporter.schema.target import TargetConfig
 
 
 class Target(TargetConfig):

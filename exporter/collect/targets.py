@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from exporter.collect.snapshot import Snapshot
-from exporter.providers.base import Provider, TargetConfig
+from exporter.providers.base import Provider
 from exporter.providers.errors import Reason
+from exporter.schema.target import TargetConfig
 
 SeriesKey = tuple[str, tuple[str, ...]]
 """A provider series of one target: its metric name and its label values besides ``account``."""

@@ -16,83 +16,21 @@ out; the other providers keep working, and a config that names the missing one g
 from __future__ import annotations
 
 import re
-import sys
 import typing
-from collections.abc import Iterator
 from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-import structlog
-
-from exporter.providers.base import MetricSpec, Provider, TargetConfig
+from exporter.entrypoints import DISTRIBUTION, early_logger, load_plugins, skip_plugin
+from exporter.providers.base import MetricSpec, Provider
+from exporter.schema.target import TargetConfig
 
 PROVIDERS_GROUP = "messaging_stats_exporter.providers"
-DISTRIBUTION = "messaging-stats-exporter"
 LOGGER = "exporter.providers"
 
 # The exporter's own metric families: a provider's metric may not take one of these names.
 RESERVED_METRIC_PREFIX = "messaging_exporter_"
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-
-def _logger() -> Any:
-    """structlog's logger once logging is set up. Before that (the registry is first read while
-    the config loads) a JSON line on stderr: stdout carries the answer of ``--once`` and
-    ``--check-config``, and structlog's unconfigured default would print there."""
-    if structlog.is_configured():
-        return structlog.get_logger(LOGGER)
-    return structlog.wrap_logger(
-        structlog.PrintLogger(sys.stderr),
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-    ).bind(logger=LOGGER)
-
-
-def _distribution(entry: EntryPoint) -> str:
-    """The name of the package that registered the entry point; "?" when its metadata does not
-    say (a package being reinstalled meanwhile has metadata without a name for a moment)."""
-    name = entry.dist.name if entry.dist is not None else None
-    return name if isinstance(name, str) and name else "?"
-
-
-def _own(entry: EntryPoint) -> bool:
-    """Registered by the exporter itself (a built-in)."""
-    return _distribution(entry).replace("_", "-").lower() == DISTRIBUTION
-
-
-def skip_plugin(
-    group: str, entry: EntryPoint, reason: str, exc: BaseException | None = None
-) -> None:
-    """Log a plugin that is left out: its name, module, distribution and why."""
-    _logger().error(
-        "plugin left out",
-        group=group,
-        plugin=entry.name,
-        module=entry.value,
-        distribution=_distribution(entry),
-        error=reason,
-        exc_info=exc,
-    )
-
-
-def load_plugins(group: str) -> Iterator[tuple[EntryPoint, Any]]:
-    """Each entry point of ``group`` with the object it names, the exporter's own first, then by
-    name. One that fails to load is logged (with its traceback) and skipped, never raised: one
-    broken plugin must not take the others down."""
-    found = sorted(entry_points(group=group), key=lambda e: (not _own(e), e.name, e.value))
-    for entry in found:
-        try:
-            loaded = entry.load()
-        except Exception as exc:
-            skip_plugin(group, entry, f"import failed: {type(exc).__name__}: {exc}", exc)
-            continue
-        yield entry, loaded
 
 
 def _is_literal_of(annotation: Any, name: str) -> bool:
@@ -119,7 +57,7 @@ def _problem(
         return f"the provider name {name!r} is already taken by {taken[name].__module__}"
     model = getattr(provider, "config_model", None)
     if not (isinstance(model, type) and issubclass(model, TargetConfig)):
-        return "config_model is not a subclass of exporter.providers.base.TargetConfig"
+        return "config_model is not a subclass of exporter.schema.target.TargetConfig"
     field = model.model_fields.get("provider")
     if field is None or not _is_literal_of(field.annotation, name):
         return f'config_model.provider must be Literal["{name}"]'
@@ -157,7 +95,7 @@ def registry() -> dict[str, type[Provider[Any]]]:
         found[entry.name] = provider
         metrics.update((spec.name, entry.name) for spec in provider.metrics)
     if not found:
-        _logger().error(
+        early_logger(LOGGER).error(
             "no providers registered",
             group=PROVIDERS_GROUP,
             hint=f"is {DISTRIBUTION} installed (pip install .)? "

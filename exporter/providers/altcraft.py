@@ -55,7 +55,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from exporter.clock import Clock
-from exporter.fields import (
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, label_value
+from exporter.providers.errors import CollectError, ParseError, Reason
+from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
+from exporter.schema.target import TargetConfig, max_response_bytes_field
+from exporter.schema.types import (
     Duration,
     NonEmptySecret,
     SecretFile,
@@ -63,17 +67,6 @@ from exporter.fields import (
     format_duration,
     key_problem,
 )
-from exporter.providers.base import (
-    MetricSpec,
-    Provider,
-    Run,
-    Sample,
-    TargetConfig,
-    label_value,
-    max_response_bytes_field,
-)
-from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
 
 log = structlog.get_logger("exporter.providers.altcraft")
 

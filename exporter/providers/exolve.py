@@ -27,18 +27,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from exporter.fields import Duration, NonEmptySecret, SecretFile, format_duration
-from exporter.providers.base import (
-    MetricSpec,
-    Provider,
-    Run,
-    Sample,
-    TargetConfig,
-    label_value,
-    max_response_bytes_field,
-)
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason, detached
 from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
+from exporter.schema.target import TargetConfig, max_response_bytes_field
+from exporter.schema.types import Duration, NonEmptySecret, SecretFile, format_duration
 
 MESSAGES = "exolve_sms_messages"
 BY_DELIVERY_STATUS = "exolve_sms_messages_by_delivery_status"

@@ -33,8 +33,8 @@ from yarl import URL
 
 from exporter.clock import Clock, SystemClock
 from exporter.providers.errors import CollectError, Reason, detached, reason_for_status
-from exporter.providers.turns import Turnstile
 from exporter.redaction import Redactor
+from exporter.turnstile import Turnstile
 
 log = structlog.get_logger("exporter.providers.http")
 

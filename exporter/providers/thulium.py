@@ -14,18 +14,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from exporter.fields import NonEmptySecret, SecretFile
-from exporter.providers.base import (
-    MetricSpec,
-    Provider,
-    Run,
-    Sample,
-    TargetConfig,
-    as_written,
-    max_response_bytes_field,
-)
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, as_written
 from exporter.providers.errors import ParseError
 from exporter.providers.http import basic_auth, decode_json
+from exporter.schema.target import TargetConfig, max_response_bytes_field
+from exporter.schema.types import NonEmptySecret, SecretFile
 
 RECORDS = "thulium_outbound_campaign_records"
 COMPLETION = "thulium_outbound_campaign_completion_ratio"

@@ -41,19 +41,11 @@ from pydantic import (
 )
 from yarl import URL
 
-from exporter.fields import NonEmptySecret, SecretFile, key_problem
-from exporter.providers.base import (
-    MetricSpec,
-    Provider,
-    Run,
-    Sample,
-    TargetConfig,
-    as_written,
-    label_value,
-    max_response_bytes_field,
-)
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, as_written, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ERROR_TEXT_LIMIT, HttpError, ProviderClient, decode_json
+from exporter.schema.target import TargetConfig, max_response_bytes_field
+from exporter.schema.types import NonEmptySecret, SecretFile, key_problem
 
 NOTIFICATIONS = "trustlat_notifications"
 SCHEDULED = "trustlat_notifications_scheduled"

@@ -55,7 +55,8 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.providers import load_plugins, registry, skip_plugin
+from exporter.entrypoints import load_plugins, skip_plugin
+from exporter.providers import registry
 
 FAULTS = (
     "http_500_html",

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from exporter.fields import NonEmptySecret, SecretFile
-from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig, label_value
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import decode_json
+from exporter.schema.target import TargetConfig
+from exporter.schema.types import NonEmptySecret, SecretFile
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 NAME = "acme"
