@@ -396,12 +396,6 @@ class TaskStatus:
         return not self.completed and _FAILED_STATUS.search(self.status) is not None
 
 
-def _validation_problem(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
-
-
 def parse_task_status(data: object) -> TaskStatus:
     """``data`` of ``tasks/status`` → :class:`TaskStatus`. A ``completed`` task must carry its
     ``result`` (a list of records); ``progress`` is advisory and never fails the parse. Raises
@@ -411,7 +405,7 @@ def parse_task_status(data: object) -> TaskStatus:
     try:
         task = _TaskData.model_validate(data)
     except ValidationError as exc:
-        raise ParseError(f"tasks/status: {_validation_problem(exc)}") from None
+        raise ParseError.from_validation(exc, at="tasks/status: data") from None
     progress = data.get("progress")
     percent = (
         float(progress)

@@ -57,11 +57,7 @@ def parse_outbound_stats(body: object) -> list[Sample]:
         try:
             campaign = _Campaign.model_validate(item)
         except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ParseError(
-                f"campaign [{index}]{'.' + where if where else ''}: {first['msg']}"
-            ) from None
+            raise ParseError.from_validation(exc, at=f"campaign [{index}]") from None
         if not campaign.id or campaign.id in seen:
             raise ParseError(f"campaign [{index}]: empty or repeated id {campaign.id!r}")
         seen.add(campaign.id)

@@ -173,12 +173,6 @@ class _Statistics(BaseModel):
     campaign: NonNegative
 
 
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
-
-
 def envelope_error(body: object) -> tuple[Reason, str] | None:
     """A well-formed answer whose ``code`` says it failed: (reason, the provider's message).
 
@@ -212,7 +206,7 @@ def parse_statistics(body: object, company_id: str) -> list[Sample]:
     try:
         stats = _Statistics.model_validate(body["data"])
     except ValidationError as exc:
-        raise ParseError(f"data.{_first_error(exc)}") from None
+        raise ParseError.from_validation(exc, at="data") from None
     samples = [
         Sample(NOTIFICATIONS, (company_id, state), float(getattr(stats, key)))
         for key, state in STATES
@@ -278,10 +272,7 @@ def parse_token(body: object, requested_at: float) -> AccessToken:
     try:
         answer = _TokenAnswer.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        # Never quote the input here: it may be the token itself.
-        raise ParseError(f"{where}: {first['msg']}" if where else str(first["msg"])) from None
+        raise ParseError.from_validation(exc) from None
     if answer.token_type is not None and answer.token_type.lower() != "bearer":
         raise ParseError(f"token_type is {answer.token_type[:40]!r}, expected Bearer")
     if answer.expires_in is None:

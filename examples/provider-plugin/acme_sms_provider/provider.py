@@ -60,9 +60,7 @@ def parse_stats(body: object) -> list[Sample]:
     try:
         stats = _Stats.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ParseError(f"{where or 'answer'}: {first['msg']}") from None
+        raise ParseError.from_validation(exc) from None
     samples: list[Sample] = []
     seen: set[tuple[str, str]] = set()
     for index, item in enumerate(stats.messages):
