@@ -57,7 +57,7 @@ from pydantic_core import PydanticCustomError
 from exporter.clock import Clock
 from exporter.providers.base import MetricSpec, Provider, Run, Sample, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
+from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, json_error_text
 from exporter.schema.target import TargetConfig, max_response_bytes_field
 from exporter.schema.types import (
     Duration,
@@ -342,12 +342,10 @@ def parse_envelope(body: object) -> Envelope:
     )
 
 
-def envelope_error_text(body: bytes) -> str | None:
+@json_error_text
+def envelope_error_text(body: Any) -> str:
     """``error_text`` (and the code) of an envelope that came with an HTTP error status."""
-    try:
-        envelope = parse_envelope(decode_json(body))
-    except (CollectError, ParseError):
-        return None
+    envelope = parse_envelope(body)
     text = envelope.error_text.strip()
     return f"error {envelope.error}: {text}" if text else f"error {envelope.error}"
 

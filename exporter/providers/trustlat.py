@@ -43,7 +43,13 @@ from yarl import URL
 
 from exporter.providers.base import MetricSpec, Provider, Run, Sample, as_written, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ERROR_TEXT_LIMIT, HttpError, ProviderClient, decode_json
+from exporter.providers.http import (
+    ERROR_TEXT_LIMIT,
+    HttpError,
+    ProviderClient,
+    decode_json,
+    json_error_text,
+)
 from exporter.schema.target import TargetConfig, max_response_bytes_field
 from exporter.schema.types import NonEmptySecret, SecretFile, key_problem
 
@@ -314,12 +320,9 @@ def token_failure_reason(reason: Reason, status: int | None, error_code: str | N
     return reason
 
 
-def _error_text(body: bytes) -> str | None:
+@json_error_text
+def _error_text(decoded: Any) -> str | None:
     """``{"message": ...}`` (statistics) or OAuth's ``{"error", "error_description"}`` (Atenea)."""
-    try:
-        decoded: Any = decode_json(body)
-    except Exception:
-        return None
     if not isinstance(decoded, dict):
         return None
     parts = [

@@ -17,7 +17,7 @@ from typing import Literal
 
 from exporter.providers.base import MetricSpec, Provider, Run, Sample, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import decode_json
+from exporter.providers.http import json_error_text
 from exporter.schema.target import TargetConfig
 from exporter.schema.types import NonEmptySecret, SecretFile
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
@@ -83,12 +83,8 @@ def error_message(body: object) -> str | None:
     return f"{error['message']} ({code})" if isinstance(code, str) else error["message"]
 
 
-def error_text(body: bytes) -> str | None:
-    """The same for a raw error answer (HTTP 4xx/5xx): what the collect error quotes."""
-    try:
-        return error_message(decode_json(body))
-    except Exception:
-        return None
+error_text = json_error_text(error_message)
+"""The same for a raw error answer (HTTP 4xx/5xx): what the collect error quotes."""
 
 
 class Acme(Provider[AcmeTarget]):
