@@ -39,7 +39,6 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from yarl import URL
 
 from exporter.providers.base import MetricSpec, Provider, Run, Sample, as_written, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
@@ -51,7 +50,7 @@ from exporter.providers.http import (
     json_error_text,
 )
 from exporter.schema.target import TargetConfig, max_response_bytes_field
-from exporter.schema.types import NonEmptySecret, SecretFile, key_problem
+from exporter.schema.types import NonEmptySecret, SecretFile, http_url, key_problem
 
 NOTIFICATIONS = "trustlat_notifications"
 SCHEDULED = "trustlat_notifications_scheduled"
@@ -86,15 +85,7 @@ def _company_id(value: object) -> object:
 
 def _token_url(value: str) -> str:
     """An http(s) URL without credentials; kept as written (Atenea's path ends with a slash)."""
-    try:
-        url = URL(value)
-    except (ValueError, TypeError):
-        raise ValueError("not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an http or https URL with a host")
-    if url.user is not None or url.password is not None:
-        raise ValueError("must not carry credentials; use client_id and client_secret")
-    if url.fragment:
+    if http_url(value, credentials="client_id and client_secret").fragment:
         raise ValueError("must not have a fragment")
     return value
 
