@@ -459,6 +459,18 @@ BROKEN: dict[str, tuple[str, str, str | None, str]] = {
         _provider("own", "messaging_exporter_collect_success"),
         "reserved for the exporter",
     ),
+    "a name that ends in a newline": (
+        "newline",
+        "plugin_newline",
+        _provider("newline", "newline_things\n"),
+        "is not valid",
+    ),
+    "a reserved label": (
+        "dunder",
+        "plugin_dunder",
+        _provider("dunder", labels=("__kind",)),
+        "invalid or repeated labels",
+    ),
     "account as a label": (
         "dup",
         "plugin_dup",

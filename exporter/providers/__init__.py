@@ -15,13 +15,13 @@ out; the other providers keep working, and a config that names the missing one g
 
 from __future__ import annotations
 
-import re
 import typing
 from functools import cache
 from typing import Any
 
 from exporter.entrypoints import DISTRIBUTION, early_logger, load_plugins, skip_plugin
 from exporter.providers.base import MetricSpec, Provider
+from exporter.providers.samples import is_label_name, is_metric_name
 from exporter.schema.target import TargetConfig
 
 PROVIDERS_GROUP = "messaging_stats_exporter.providers"
@@ -29,8 +29,6 @@ LOGGER = "exporter.providers"
 
 # The exporter's own metric families: a provider's metric may not take one of these names.
 RESERVED_METRIC_PREFIX = "messaging_exporter_"
-_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 
 
 def _is_literal_of(annotation: Any, name: str) -> bool:
@@ -66,7 +64,7 @@ def _problem(
         return "metrics is not a tuple of MetricSpec"
     own: set[str] = set()
     for spec in specs:
-        if not _METRIC_NAME.match(spec.name) or spec.name.startswith(RESERVED_METRIC_PREFIX):
+        if not is_metric_name(spec.name) or spec.name.startswith(RESERVED_METRIC_PREFIX):
             return f"metric name {spec.name!r} is not valid or is reserved for the exporter"
         if spec.name in metrics or spec.name in own:
             return f"metric {spec.name!r} is already declared by {metrics.get(spec.name, name)!r}"
@@ -74,7 +72,7 @@ def _problem(
         if not spec.help.strip():
             return f"metric {spec.name!r} has no HELP text"
         labels = ("account", *spec.labels)
-        bad = [label for label in labels if not _LABEL_NAME.match(label) or label[:2] == "__"]
+        bad = [label for label in labels if not is_label_name(label)]
         if bad or len(set(labels)) != len(labels):
             return f"metric {spec.name!r}: invalid or repeated labels {spec.labels!r}"
     return None
