@@ -20,6 +20,9 @@ from exporter.schema.target import TargetConfig
 SeriesKey = tuple[str, tuple[str, ...]]
 """A provider series of one target: its metric name and its label values besides ``account``."""
 TargetStateName = Literal["up", "down", "stale", "pending"]
+"""``up``: the last collection succeeded. ``down``: it failed, and some of the target's series are
+still served (younger than ``stale_after``). ``stale``: it failed, and none of its series are served
+any more. ``pending``: not collected yet."""
 
 
 class Runner(Protocol):
