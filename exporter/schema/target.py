@@ -4,7 +4,7 @@ values."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
@@ -33,6 +33,12 @@ DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
 :func:`max_response_bytes_field`."""
 
 
+MaxConcurrency = Annotated[int, Field(ge=1, le=256)]
+"""``max_concurrency``: requests one target's provider may have open at once."""
+ResponseBytes = Annotated[int, Field(ge=MIN_RESPONSE_BYTES)]
+"""``max_response_bytes``: the largest response body a target's collection reads."""
+
+
 def max_response_bytes_field(default: int) -> Any:
     """The ``max_response_bytes`` field of a provider's config model, with the provider's default:
     the largest answer its API gives, with room to spare. A target (or ``defaults``) may set
@@ -50,8 +56,8 @@ class TargetConfig(SecretsModel):
     timeout: TimeoutDuration = DEFAULT_TIMEOUT
     stale_after: Duration = MIN_STALE_AFTER
     """Given, inherited from ``defaults``, or else :func:`default_stale_after` of ``interval``."""
-    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
-    max_response_bytes: int = max_response_bytes_field(DEFAULT_MAX_RESPONSE_BYTES)
+    max_concurrency: MaxConcurrency = DEFAULT_MAX_CONCURRENCY
+    max_response_bytes: ResponseBytes = DEFAULT_MAX_RESPONSE_BYTES
 
     @model_validator(mode="before")
     @classmethod
@@ -79,13 +85,7 @@ class TargetConfig(SecretsModel):
 
     @model_validator(mode="after")
     def _stale_after_covers_an_interval(self) -> Any:
-        if self.stale_after < self.interval:
-            # Shorter than one interval, a target's samples would vanish at its first failure.
-            raise key_problem(
-                "stale_after",
-                f"must be at least interval ({format_duration(self.interval)}); "
-                f"it is {format_duration(self.stale_after)}",
-            )
+        check_stale_after(self.stale_after, self.interval)
         return self
 
     @property
@@ -103,21 +103,30 @@ def default_stale_after(interval: float) -> float:
     return max(MIN_STALE_AFTER, STALE_AFTER_INTERVALS * interval)
 
 
+def check_stale_after(stale_after: float | None, interval: float) -> None:
+    """Refuse a ``stale_after`` shorter than ``interval``: a target's samples would vanish at its
+    first failure."""
+    if stale_after is not None and stale_after < interval:
+        raise key_problem(
+            "stale_after",
+            f"must be at least interval ({format_duration(interval)}); "
+            f"it is {format_duration(stale_after)}",
+        )
+
+
 class Defaults(StrictModel):
+    """The config's ``defaults``: each key is a :class:`TargetConfig` key, of the same type, that
+    every target takes unless it sets its own."""
+
     interval: IntervalDuration = DEFAULT_INTERVAL
     timeout: TimeoutDuration = DEFAULT_TIMEOUT
     stale_after: Duration | None = None
     """None: each target's own default, the larger of 5m and 3 x its interval."""
-    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
-    max_response_bytes: int | None = Field(default=None, ge=MIN_RESPONSE_BYTES)
+    max_concurrency: MaxConcurrency = DEFAULT_MAX_CONCURRENCY
+    max_response_bytes: ResponseBytes | None = None
     """None: each target's provider's own default."""
 
     @model_validator(mode="after")
     def _stale_after_covers_an_interval(self) -> Defaults:
-        if self.stale_after is not None and self.stale_after < self.interval:
-            raise key_problem(
-                "stale_after",
-                f"must be at least interval ({format_duration(self.interval)}); "
-                f"it is {format_duration(self.stale_after)}",
-            )
+        check_stale_after(self.stale_after, self.interval)
         return self
