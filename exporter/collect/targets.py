@@ -48,6 +48,9 @@ class TargetState:
     errors: dict[Reason, int] = field(default_factory=dict)
     """Failed collections by reason, only those that happened (a missing reason counts 0)."""
     consecutive_failures: int = 0
+    next_attempt: float | None = None
+    """When the collection loop starts the target's next collection, Unix seconds (later than
+    its interval while it backs off); None without a collection loop."""
 
     def visible(
         self, now: float, stale_after: float
