@@ -159,32 +159,39 @@ def thulium_target(sim: simulator.Simulator, url: str) -> dict[str, Any]:
 
 
 class SchedulerSleeps:
-    """Stands in for asyncio.sleep as the scheduler module sees it: records each wait with the
-    loop time it was asked at, moves the test's wall clock by it and returns at once; before the
-    wait numbered ``stop_at`` it sets ``done`` and waits for ever (the test then cancels)."""
+    """Stands in for asyncio.sleep as the scheduler module sees it, for one runner: records when
+    (event-loop time) each wait was to end and what the target's state announced, moves the
+    test's wall clock by the wait and returns at once; at wait number ``stop_at`` it sets ``done``
+    and waits for ever (the test then cancels)."""
 
-    def __init__(self, clock: FakeClock, stop_at: int) -> None:
+    def __init__(self, clock: FakeClock, runner: Any, stop_at: int) -> None:
         self.clock = clock
+        self.runner = runner
         self.stop_at = stop_at
-        self.waits: list[tuple[float, float]] = []
+        self.ends: list[float] = []
+        self.announced: list[float | None] = []
+        """The state's next attempt, less the wall clock, at each wait."""
+        self.waits: list[float] = []
         self.done = asyncio.Event()
         self.before: dict[int, Callable[[], None]] = {}
         """Called before the run that follows wait number N."""
 
     async def sleep(self, delay: float) -> None:
-        if len(self.waits) == self.stop_at:
+        if len(self.ends) == self.stop_at:
             self.done.set()
             await asyncio.Future()
-        self.waits.append((asyncio.get_running_loop().time(), delay))
+        self.ends.append(self.runner.next_run)
+        next_attempt = self.runner._state.next_attempt
+        self.announced.append(None if next_attempt is None else next_attempt - self.clock.now)
+        self.waits.append(delay)
         self.clock.advance(delay)
-        if (action := self.before.get(len(self.waits) - 1)) is not None:
+        if (action := self.before.get(len(self.ends) - 1)) is not None:
             action()
         await asyncio.sleep(0)
 
     def spacing(self) -> list[float]:
         """The time from each attempt's scheduled start to the next one's."""
-        starts = [at + wait for at, wait in self.waits]
-        return [later - earlier for earlier, later in itertools.pairwise(starts)]
+        return [later - earlier for earlier, later in itertools.pairwise(self.ends)]
 
 
 def patch_scheduler_sleep(monkeypatch: pytest.MonkeyPatch, sleeps: SchedulerSleeps) -> None:
@@ -205,16 +212,9 @@ async def test_a_target_backs_off_and_a_success_resets_it(
     assert record is not None
     runner = record.runner
     assert runner is not None
-    sleeps = SchedulerSleeps(clock, stop_at=7)
+    sleeps = SchedulerSleeps(clock, runner, stop_at=7)
     sleeps.before[0] = lambda: sim.set_fault("thulium", account, "auth")
-    announced: list[tuple[float | None, float]] = []
-
-    def clear() -> None:
-        # Woken from the 4-minute wait: the state's next attempt was announced for now.
-        announced.append((record.state.next_attempt, clock.now))
-        sim.set_fault("thulium", account, None)
-
-    sleeps.before[4] = clear
+    sleeps.before[4] = lambda: sim.set_fault("thulium", account, None)
     patch_scheduler_sleep(monkeypatch, sleeps)
     sim.requests.clear()
     task = asyncio.create_task(runner.run_forever())
@@ -224,9 +224,9 @@ async def test_a_target_backs_off_and_a_success_resets_it(
     # and fourth failure, and 1m again after the success.
     assert sleeps.spacing() == pytest.approx([60, 60, 120, 240, 60, 60])
     assert len(sim.received("thulium", account)) == 7  # one request per attempt, none between
-    # The state said when the next attempt would be, while the target backed off.
-    [(next_attempt, woken_at)] = announced
-    assert next_attempt == pytest.approx(woken_at, abs=0.01)
+    # Before each wait, the state announced the attempt that ends it (to the float precision of
+    # Unix seconds: a unit in the last place is 2.4e-7 s there).
+    assert sleeps.announced == pytest.approx(sleeps.waits, abs=1e-6)
     # The failure metrics count the attempts made, no more.
     assert record.state.errors == {Reason.AUTH: 4}
     assert record.state.last_success is not None
@@ -240,7 +240,7 @@ async def test_transient_failures_keep_the_interval(
     sim.set_fault("thulium", account, "http_500_html")
     h = await harness(make_config([target], defaults={"interval": "1m"}))
     runner = h.exporter.store.targets.get(target["name"]).runner
-    sleeps = SchedulerSleeps(clock, stop_at=6)
+    sleeps = SchedulerSleeps(clock, runner, stop_at=6)
     patch_scheduler_sleep(monkeypatch, sleeps)
     task = asyncio.create_task(runner.run_forever())
     await sleeps.done.wait()

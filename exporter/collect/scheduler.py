@@ -101,6 +101,8 @@ class TargetRunner:
         self._reason: Reason | None = None
         self._warned_at = -math.inf
         """When (wall clock) the last warning of the current run of failures was logged."""
+        self.next_run: float | None = None
+        """Event-loop time of the next attempt, while :meth:`run_forever` runs."""
         self.client = ProviderClient(
             session,
             provider=config.provider,
@@ -220,8 +222,10 @@ class TargetRunner:
         interval = self.config.interval
         next_run = loop.time() + first_delay(self.config.name, interval)
         while True:
-            self._announce(next_run - loop.time())
-            await asyncio.sleep(max(0.0, next_run - loop.time()))
+            self.next_run = next_run
+            wait = max(0.0, next_run - loop.time())
+            self._announce(wait)
+            await asyncio.sleep(wait)
             await self.run_once()
             # A fixed grid (stretched while the target backs off): a run that overran skips the
             # ticks it missed instead of bunching up.
