@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -17,9 +18,9 @@ from prometheus_client import Histogram
 
 from exporter.clock import Clock
 from exporter.collect.snapshot import Snapshot
-from exporter.collect.targets import TableChange, Target, TargetTable
+from exporter.collect.targets import TableChange, Target, TargetState, TargetTable
 from exporter.providers.base import Provider, Run
-from exporter.providers.errors import CollectError, ParseError, Reason
+from exporter.providers.errors import HOPELESS, CollectError, ParseError, Reason
 from exporter.providers.http import ProviderClient, ResponseBudget
 from exporter.redaction import Redactor
 from exporter.schema.target import TargetConfig
@@ -38,6 +39,13 @@ starting thousands of targets never stalls scrapes for longer than one batch's s
 per task is in docs/performance.md)."""
 FIRST_RUN_SPREAD = 5.0
 """The first runs of all targets are spread over this many seconds (or the interval, if shorter)."""
+BACKOFF_AFTER = 3
+"""Consecutive failures for a reason no retry can fix after which a target backs off."""
+BACKOFF_CAP = 1800.0
+"""The longest wait between two attempts of a target that backs off (or its interval, if
+longer)."""
+REMINDER_EVERY = 900.0
+"""While a target keeps failing for the same reason, its warning is repeated at most this often."""
 
 
 def first_delay(name: str, interval: float, spread: float = FIRST_RUN_SPREAD) -> float:
@@ -48,8 +56,23 @@ def first_delay(name: str, interval: float, spread: float = FIRST_RUN_SPREAD) ->
     return fraction * min(spread, interval)
 
 
+def next_delay(interval: float, hopeless_failures: int) -> float:
+    """From one attempt's scheduled start to the next: ``interval``; after
+    :data:`BACKOFF_AFTER` or more consecutive failures for a reason no retry can fix, 2, 4, 8, ...
+    times ``interval``, at most the larger of ``interval`` and :data:`BACKOFF_CAP`."""
+    if hopeless_failures < BACKOFF_AFTER:
+        return interval
+    cap = max(interval, BACKOFF_CAP)
+    doublings = hopeless_failures - BACKOFF_AFTER + 1
+    if doublings >= 64:  # past any cap; keeps the power finite
+        return cap
+    return min(math.ldexp(interval, doublings), cap)
+
+
 class TargetRunner:
-    """Collects one target; keeps its provider instance (and any state it holds) between runs."""
+    """Collects one target; keeps its provider instance (and any state it holds) between runs, and
+    what its failures in a row were (for its back-off and its log lines). With ``state`` (the
+    target's), it keeps the time of its next attempt there."""
 
     def __init__(
         self,
@@ -64,13 +87,23 @@ class TargetRunner:
         *,
         redactor: Redactor | None = None,
         budget: ResponseBudget | None = None,
+        state: TargetState | None = None,
     ) -> None:
         self.config = config
         self._record = record
         self._turnstile = turnstile
         self._clock = clock
         self._limit = limit
-        self._failing = False
+        self._state = state
+        self._failures = 0
+        """Failed collections in a row."""
+        self._hopeless = 0
+        """Of those, the last ones in a row whose reason no retry can fix."""
+        self._reason: Reason | None = None
+        self._warned_at = -math.inf
+        """When (wall clock) the last warning of the current run of failures was logged."""
+        self.next_run: float | None = None
+        """Event-loop time of the next attempt, while :meth:`run_forever` runs."""
         self.client = ProviderClient(
             session,
             provider=config.provider,
@@ -140,27 +173,67 @@ class TargetRunner:
             "duration_seconds": round(duration, 4),
             "samples": len(samples),
         }
-        # A failure is a warning; a success is news (info) only when it ends a run of failures,
-        # else debug: a line per target per interval is noise at 1,000 targets, and each line
-        # written costs the event loop time.
+        # A failure is a warning when it is news: the first of a run of failures, another reason
+        # than the last one's, the start of a back-off, or a reminder after REMINDER_EVERY; else
+        # debug. A success is news (info) only when it ends a run of failures, else debug: a line
+        # per target per interval is noise at 1,000 targets, and each line written costs the
+        # event loop time.
         if not snapshot.ok:
-            log.warning("collection", reason=str(reason), error=error, **fields)
-        elif self._failing:
+            self._failures += 1
+            # Hopeless: no retry can fix the answer, and the run delivered nothing (a run that
+            # still brought partial samples keeps its interval, so they do not go stale).
+            hopeless = reason in HOPELESS and not samples
+            self._hopeless = self._hopeless + 1 if hopeless else 0
+            delay = next_delay(config.interval, self._hopeless)
+            if delay > config.interval:
+                fields["backoff_seconds"] = delay
+            now = self._clock.time()
+            news = (
+                reason is not self._reason
+                or self._hopeless == BACKOFF_AFTER
+                or now - self._warned_at >= REMINDER_EVERY
+            )
+            if news:
+                self._warned_at = now
+            self._reason = reason
+            (log.warning if news else log.debug)(
+                "collection",
+                reason=str(reason),
+                error=error,
+                consecutive_failures=self._failures,
+                **fields,
+            )
+        elif self._failures:
             log.info("collection", recovered=True, **fields)
         else:
             log.debug("collection", **fields)
-        self._failing = not snapshot.ok
+        if snapshot.ok:
+            self._failures = self._hopeless = 0
+            self._reason, self._warned_at = None, -math.inf
         return snapshot
+
+    def next_delay(self) -> float:
+        """From the last attempt's scheduled start to the next one's (see :func:`next_delay`)."""
+        return next_delay(self.config.interval, self._hopeless)
+
+    def _announce(self, wait: float) -> None:
+        """The next attempt starts in ``wait`` seconds."""
+        if self._state is not None:
+            self._state.next_attempt = self._clock.time() + max(0.0, wait)
 
     async def run_forever(self) -> None:
         loop = asyncio.get_running_loop()
         interval = self.config.interval
         next_run = loop.time() + first_delay(self.config.name, interval)
         while True:
-            await asyncio.sleep(max(0.0, next_run - loop.time()))
+            self.next_run = next_run
+            wait = max(0.0, next_run - loop.time())
+            self._announce(wait)
+            await asyncio.sleep(wait)
             await self.run_once()
-            # A fixed grid: a run that overran skips the ticks it missed instead of bunching up.
-            next_run += interval
+            # A fixed grid (stretched while the target backs off): a run that overran skips the
+            # ticks it missed instead of bunching up.
+            next_run += self.next_delay()
             now = loop.time()
             if next_run <= now:
                 next_run += ((now - next_run) // interval + 1) * interval
@@ -235,6 +308,7 @@ class Scheduler:
             self._limit,
             redactor=self._redactor,
             budget=self._budget,
+            state=target.state,
         )
         if previous is not None and previous.name == runner.provider.name:
             runner.provider.inherit(previous)

@@ -54,7 +54,8 @@ class TargetState:
     """Failed collections by reason, only those that happened (a missing reason counts 0)."""
     consecutive_failures: int = 0
     next_attempt: float | None = None
-    """When the next collection is due, Unix seconds (wall clock); None when not known."""
+    """When the collection loop starts the target's next collection, Unix seconds (later than
+    its interval while it backs off); None without a collection loop."""
 
     def visible(
         self, now: float, stale_after: float

@@ -969,11 +969,16 @@ class Altcraft(Provider[AltcraftTarget]):
                 else Reason.PROVIDER_ERROR
             )
             text = client.redact(text, ERROR_TEXT_LIMIT)
-            raise EnvelopeError(
+            error = EnvelopeError(
                 reason,
                 f"{method}: Altcraft error {envelope.error}" + (f": {text}" if text else ""),
                 envelope.error,
             )
+            if envelope.error == 401:
+                # The token is refused: no other call of this run can work. A 403 denies one
+                # method or object; the others may still answer.
+                client.stop_run(error)
+            raise error
         return envelope
 
 

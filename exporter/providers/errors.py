@@ -27,6 +27,11 @@ class Reason(StrEnum):
     PARSE = "parse"
 
 
+HOPELESS = frozenset({Reason.AUTH, Reason.HTTP_4XX})
+"""The reasons of answers that no retry can fix (the credentials or the request are wrong): the
+first such answer stops its run, and a target failing with them backs off."""
+
+
 def reason_for_status(status: int) -> Reason | None:
     """The reason an HTTP status means, or None for a success (2xx/3xx)."""
     if status in (401, 403):

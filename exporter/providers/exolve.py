@@ -29,7 +29,7 @@ from pydantic import BeforeValidator, Field, field_validator
 
 from exporter.providers.base import MetricSpec, Provider, Run, Sample, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason, detached
-from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, json_error_text
+from exporter.providers.http import ERROR_TEXT_LIMIT, NotSent, ProviderClient, json_error_text
 from exporter.schema.target import TargetConfig, max_response_bytes_field
 from exporter.schema.types import Duration, NonEmptySecret, SecretFile, format_duration
 
@@ -278,12 +278,17 @@ class Exolve(Provider[ExolveTarget]):
             else:
                 raise outcome
         if failures:
-            # The run fails with the first failure's reason; the counts that came are fresh.
-            request, first = failures[0]
+            # The run fails with the first answer's reason (not that of a request its stop kept
+            # from being sent); the counts that came are fresh.
+            unsent = sum(isinstance(failure, NotSent) for _, failure in failures)
+            request, first = next(
+                (f for f in failures if not isinstance(f[1], NotSent)), failures[0]
+            )
             raise CollectError(
                 first.reason,
-                f"{len(failures)} of {len(requests)} GetCount requests failed; the first "
-                f"({request.filters()}): {first.message}",
+                f"{len(failures) - unsent} of {len(requests)} GetCount requests failed"
+                + (f" ({unsent} not sent: the run stopped)" if unsent else "")
+                + f"; the first ({request.filters()}): {first.message}",
                 partial=samples,
             )
         return samples

@@ -32,7 +32,14 @@ from prometheus_client import CollectorRegistry, Histogram
 from yarl import URL
 
 from exporter.clock import Clock, SystemClock
-from exporter.providers.errors import CollectError, ParseError, Reason, detached, reason_for_status
+from exporter.providers.errors import (
+    HOPELESS,
+    CollectError,
+    ParseError,
+    Reason,
+    detached,
+    reason_for_status,
+)
 from exporter.redaction import Redactor
 from exporter.turnstile import Turnstile
 
@@ -172,6 +179,57 @@ class _Reserved:
         if self._budget is not None and self._held:
             self._budget.release(self._held)
             self._held = 0
+
+
+class RunGate:
+    """What the requests of one run share, so the run stops at the first answer no retry can fix
+    (:data:`~exporter.providers.errors.HOPELESS`). The run's first request goes alone, a probe:
+    the others wait for its answer, so wrong credentials cost one request a run, not one per
+    object. Once the run is stopped, no request or retry of it is sent; each fails at once with
+    the stopping answer's reason. Requests already sent are awaited, not cut: the provider has
+    them anyway, and cutting an answer closes its connection."""
+
+    __slots__ = ("_answered", "_probe_done", "_probe_sent", "stopped")
+
+    def __init__(self) -> None:
+        self.stopped: CollectError | None = None
+        self._probe_sent = False
+        self._probe_done = False
+        self._answered: asyncio.Event | None = None  # made only when a request has to wait
+
+    async def enter(self) -> bool:
+        """Wait until a request may be sent; True for the run's first, the probe, which must call
+        :meth:`answered` when it ends, however it ends."""
+        if not self._probe_sent:
+            self._probe_sent = True
+            return True
+        if not self._probe_done:
+            if self._answered is None:
+                self._answered = asyncio.Event()
+            await self._answered.wait()
+        return False
+
+    def answered(self) -> None:
+        """The probe ended: the requests waiting for it go on (or fail, if it stopped the run)."""
+        self._probe_done = True
+        if self._answered is not None:
+            self._answered.set()
+
+    def stop(self, error: CollectError) -> None:
+        """No further request of this run is sent; the first stopping answer is kept."""
+        if self.stopped is None:
+            self.stopped = error
+
+    def refusal(self, where: str) -> CollectError | None:
+        """The failure of a request that the stopped run does not send, or None."""
+        stopped = self.stopped
+        if stopped is None:
+            return None
+        return NotSent(stopped.reason, f"{where}: not sent, the run stopped at: {stopped.message}")
+
+
+class NotSent(CollectError):
+    """A request of a stopped run, failed without being sent (see :class:`RunGate`)."""
 
 
 def request_duration_histogram(registry: CollectorRegistry) -> Histogram:
@@ -324,6 +382,7 @@ class ProviderClient:
         self._budget = budget
         self._deadline: float | None = None
         self._clock: Clock = SystemClock()
+        self._gate: RunGate | None = None
         self._owner = self
         """The client of the target: what its run-time secrets live as long as (not one run's
         :meth:`bound` copy of it)."""
@@ -334,7 +393,16 @@ class ProviderClient:
         run_client = copy.copy(self)
         run_client._deadline = deadline
         run_client._clock = clock
+        run_client._gate = RunGate()
         return run_client
+
+    def stop_run(self, error: CollectError) -> None:
+        """An answer that no retry can fix, found by the provider in a success's body (an error
+        envelope): no further request of this run is sent (see :class:`RunGate`). A provider calls
+        it before it awaits anything else, so no waiting request of the run goes out first. Only
+        a bound client has a run to stop."""
+        if self._gate is not None:
+            self._gate.stop(error)
 
     def add_secret(self, secret: str) -> None:
         """A secret obtained at run time (an access token): redacted wherever the exporter writes
@@ -361,15 +429,26 @@ class ProviderClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
         error_text: ErrorText | None = None,
+        fail_fast: bool = True,
     ) -> HttpResponse:
         """Send one request (with retries where safe) and return a 2xx/3xx answer, or raise
         :class:`CollectError` / :class:`HttpError` with the reason of the last attempt.
 
         A request that is not ``idempotent`` is retried only when the connection could not be
-        made at all, so the provider cannot have seen it.
+        made at all, so the provider cannot have seen it. With ``fail_fast``, an answer no retry
+        can fix (``auth``, ``http_4xx``) stops the run (see :class:`RunGate`); a provider that
+        handles such an answer itself (renews a cached token) sends the request without it.
         """
         return await self._send(
-            _keep_response, method, url, endpoint, json_body, headers, idempotent, error_text
+            _keep_response,
+            method,
+            url,
+            endpoint,
+            json_body,
+            headers,
+            idempotent,
+            error_text,
+            fail_fast,
         )
 
     async def _send(
@@ -382,6 +461,7 @@ class ProviderClient:
         headers: Mapping[str, str] | None,
         idempotent: bool,
         error_text: ErrorText | None,
+        fail_fast: bool = True,
     ) -> T:
         """:meth:`request`, with ``read`` turning a success's status, headers and body into the
         result while the attempt's share of the budget is still held."""
@@ -390,30 +470,39 @@ class ProviderClient:
             if name.lower() in AUTHORIZATION_HEADERS:
                 # The credentials after the scheme: a Basic one's base64, a Bearer token.
                 self.add_secret(value.partition(" ")[2].strip() or value)
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return await self._attempt(
-                    method, url, where, endpoint, json_body, headers, error_text, read
-                )
-            except CollectError as exc:
-                # An error leaves (or waits for its retry) without the frames it was raised
-                # through: they hold the body the attempt read.
-                detached(exc)
-                wait = self._retry_wait(exc, attempt, idempotent)
-                if wait is None:
-                    raise
-                log.debug(
-                    "request retry",
-                    provider=self.provider,
-                    account=self.account,
-                    endpoint=endpoint,
-                    reason=str(exc.reason),
-                    attempt=attempt,
-                    wait_seconds=round(wait, 3),
-                )
-                await asyncio.sleep(wait)
+        gate = self._gate
+        probe = gate is not None and await gate.enter()
+        try:
+            attempt = 0
+            while True:
+                attempt += 1
+                try:
+                    return await self._attempt(
+                        method, url, where, endpoint, json_body, headers, error_text, read
+                    )
+                except CollectError as exc:
+                    # An error leaves (or waits for its retry) without the frames it was raised
+                    # through: they hold the body the attempt read.
+                    detached(exc)
+                    if fail_fast and gate is not None and exc.reason in HOPELESS:
+                        gate.stop(exc)
+                    wait = self._retry_wait(exc, attempt, idempotent)
+                    if wait is None:
+                        raise
+                    log.debug(
+                        "request retry",
+                        provider=self.provider,
+                        account=self.account,
+                        endpoint=endpoint,
+                        reason=str(exc.reason),
+                        attempt=attempt,
+                        wait_seconds=round(wait, 3),
+                    )
+                    await asyncio.sleep(wait)
+        finally:
+            if probe:
+                assert gate is not None
+                gate.answered()
 
     def _retry_wait(self, exc: CollectError, attempt: int, idempotent: bool) -> float | None:
         if attempt >= MAX_ATTEMPTS:
@@ -451,6 +540,10 @@ class ProviderClient:
             self._budget, response_reservation(self._max_bytes), self._deadline, where
         )
         async with self._limit, reservation:
+            # Checked once the request may go: the run may have stopped while it waited.
+            refused = self._gate.refusal(where) if self._gate is not None else None
+            if refused is not None:
+                raise refused
             status, reason, response_headers, body = await self._exchange(
                 method, url, where, endpoint, json_body, headers, self._timeout(where)
             )
@@ -614,9 +707,10 @@ class ProviderClient:
         headers: Mapping[str, str] | None = None,
         idempotent: bool = True,
         error_text: ErrorText | None = None,
+        fail_fast: bool = True,
     ) -> Any:
         return await self._send(
-            _decode, method, url, endpoint, json_body, headers, idempotent, error_text
+            _decode, method, url, endpoint, json_body, headers, idempotent, error_text, fail_fast
         )
 
 

@@ -435,13 +435,16 @@ class Trustlat(Provider[TrustlatTarget]):
             return self._token, False
         return token, True
 
-    async def _statistics(self, client: ProviderClient, token: AccessToken) -> object:
+    async def _statistics(
+        self, client: ProviderClient, token: AccessToken, *, fail_fast: bool = True
+    ) -> object:
         config = self.config
         body = await client.get_json(
             f"{config.base_url}/campaigns/api/v1/company/{config.company_id}/statistics",
             endpoint=STATISTICS_ENDPOINT,
             headers={"Accept": "application/json", "Authorization": f"Bearer {token.value}"},
             error_text=_error_text,
+            fail_fast=fail_fast,
         )
         refused = envelope_error(body)
         if refused is not None:
@@ -465,7 +468,8 @@ class Trustlat(Provider[TrustlatTarget]):
         token, cached = await self._access_token(run)
         try:
             try:
-                body = await self._statistics(run.client, token)
+                # A kept token refused does not stop the run: a new one is asked for.
+                body = await self._statistics(run.client, token, fail_fast=not cached)
             except HttpError as exc:
                 # A kept token that expired early or was revoked: get a new one once and try
                 # once more. A token fetched in this run and refused is not worth a second one.
