@@ -559,14 +559,22 @@ def validate_config(
     environ = os.environ if environ is None else environ
     expanded, problems = expand_env(raw, environ)
     inherited = _inherit_defaults(expanded)
+    found = len(problems)
     files, notes = _read_target_files(expanded, base_dir or Path.cwd(), environ, problems)
     if expanded.get("targets") in (None, []) and not any(file.targets for file in files):
         # An exporter without targets serves nothing but its own metrics: surely a mistake
-        # (a file that is empty, or not the one meant).
-        problem = "at least one target is required"
-        if "target_files" in expanded and not any(p.path.startswith("target") for p in problems):
-            problem += ", here or in the files that target_files matches"
-        problems.append(ConfigProblem("targets", problem))
+        # (a file that is empty, or not the one meant). A target file that could not be read
+        # may hold some: its problem is the one to report.
+        if "target_files" not in expanded:
+            problems.append(ConfigProblem("targets", "at least one target is required"))
+        elif len(problems) == found:
+            problems.append(
+                ConfigProblem(
+                    "targets",
+                    "at least one target is required, here or in the files that target_files "
+                    "matches",
+                )
+            )
     listed = _Problems(problems, inherited)
     target_problems = _Problems([], inherited, listed.reported)
     targets = expanded.get("targets")
@@ -837,12 +845,13 @@ def _with_target_files(
                     )
                 )
                 continue
-            if response_reservation(target.max_response_bytes) > config.max_response_bytes_in_flight:
+            budget = config.max_response_bytes_in_flight
+            if response_reservation(target.max_response_bytes) > budget:
                 problems.add(
                     ConfigProblem(
                         f"{where}.max_response_bytes",
                         f"{target.max_response_bytes} does not fit in "
-                        f"max_response_bytes_in_flight ({config.max_response_bytes_in_flight}) "
+                        f"max_response_bytes_in_flight ({budget}) "
                         f"with the {RESPONSE_OVERHEAD} bytes a request reserves besides its body",
                     )
                 )
