@@ -241,8 +241,6 @@ def _check_flags(args: argparse.Namespace) -> str | None:
     """The first flag whose value its config key does not accept, as ``--flag: reason``."""
     if args.targets and not args.once:
         return "--target: only with --once"
-    if args.auto_reload_interval is not None and args.demo:
-        return "--config.auto-reload-interval: the demo has no config file to watch"
     for dest, (flag, key) in CONFIG_FLAGS.items():
         value = getattr(args, dest)
         if value is None:
@@ -530,6 +528,10 @@ async def _demo(
         if args.check_config:
             return _check_config(config, "(built-in demo config)", shard, args.deprecated)
         setup_logging(config.log.level, config.log.format)
+        if args.auto_reload_interval is not None and not args.once:
+            log.warning(
+                "flag ignored", flag="--config.auto-reload-interval", reason="the demo has no file"
+            )
         if args.once:
             return await _once(config, shard, args.targets, args.deprecated)
         log.info("demo: built-in provider simulator started", simulator=url)

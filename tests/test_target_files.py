@@ -317,9 +317,3 @@ async def test_the_interval_flag_refuses_a_bad_value(value, message, write_confi
     code, _, stderr = await run("--config.auto-reload-interval", value, "--check-config")
     assert code == 2
     assert message in stderr
-
-
-async def test_the_interval_flag_is_refused_with_the_demo():
-    code, _, stderr = await run("--demo", "--config.auto-reload-interval", "30s")
-    assert code == 2
-    assert "--config.auto-reload-interval: the demo has no config file to watch" in stderr
