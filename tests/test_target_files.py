@@ -317,3 +317,24 @@ async def test_the_interval_flag_refuses_a_bad_value(value, message, write_confi
     code, _, stderr = await run("--config.auto-reload-interval", value, "--check-config")
     assert code == 2
     assert message in stderr
+
+
+async def test_the_interval_flag_does_not_stop_the_demo():
+    """The demo has no file to watch: the flag is ignored (a warning when it serves), not an
+    error, so that a chart or unit that always passes it can run the demo."""
+    code, _, stderr = await run("--demo", "--check-config", "--config.auto-reload-interval", "1m")
+    assert code == 0, stderr
+
+
+def test_the_key_and_the_flag_are_documented():
+    root = Path(__file__).resolve().parent.parent
+    configuration = (root / "docs" / "configuration.md").read_text()
+    assert "| `target_files` |" in configuration
+    assert "| `--config.auto-reload-interval DURATION` |" in configuration
+    assert "### Target files" in configuration
+    readme = (root / "README.md").read_text()
+    assert "target_files" in readme
+    assert "--config.auto-reload-interval" in readme
+    chart = (root / "helm" / "messaging-stats-exporter" / "README.md").read_text()
+    for value in ("autoReloadInterval", "targetFiles.configMaps", "targetFiles.secrets"):
+        assert f"| `{value}` |" in chart
