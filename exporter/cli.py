@@ -397,7 +397,9 @@ def _check_config(
         print(
             f"  {target.summary()} interval={format_duration(target.interval)} "
             f"timeout={format_duration(target.deadline)} "
-            f"stale_after={format_duration(target.stale_after)}{origin}"
+            f"stale_after={format_duration(target.stale_after)}"
+            + ("" if target.enabled else " (disabled: not collected)")
+            + origin
         )
     return EXIT_OK
 

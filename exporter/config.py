@@ -41,6 +41,7 @@ from exporter.fields import (
     KEY_PROBLEM,
     Duration,
     IntervalDuration,
+    Labels,
     StrictModel,
     TimeoutDuration,
     format_duration,
@@ -115,7 +116,7 @@ class WebConfig(StrictModel):
         return check_telemetry_path(value)
 
 
-RESERVED_PATHS = ("/", "/-/reload", "/healthz", "/readyz")
+RESERVED_PATHS = ("/", "/-/reload", "/healthz", "/readyz", "/api/v1/targets")
 """The exporter's other endpoints: ``web.telemetry_path`` may be none of them."""
 _PATH_SEGMENT = re.compile(r"[A-Za-z0-9._~!$&'()*+,;=:@-]+")
 """An RFC 3986 path segment without percent-encoding: no {, }, ?, #, %, space or non-ASCII."""
@@ -158,6 +159,16 @@ class Defaults(StrictModel):
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
     max_response_bytes: int | None = Field(default=None, ge=MIN_RESPONSE_BYTES)
     """None: each target's provider's own default."""
+    labels: Labels = Field(default_factory=dict)
+    """Merged under each target's own ``labels``, key by key."""
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_free(cls, labels: dict[str, str]) -> dict[str, str]:
+        for name in labels:
+            if name in TARGET_LABELS:
+                raise key_problem(name, _clash(name))
+        return labels
 
     @model_validator(mode="after")
     def _stale_after_covers_an_interval(self) -> Defaults:
@@ -374,7 +385,16 @@ def _inherit_defaults(raw: dict[str, Any]) -> dict[int, set[str]]:
     inherited: dict[int, set[str]] = {}
     for index, target in enumerate(targets):
         if isinstance(target, dict):
+            own = target.get("labels", {})
+            if defaults.labels and isinstance(own, dict):
+                # Key by key: the target's own labels over those of defaults.
+                target["labels"] = {**defaults.labels, **own}
+                inherited.setdefault(index, set()).update(
+                    f"labels.{name}" for name in defaults.labels if name not in own
+                )
             for key in Defaults.model_fields:
+                if key == "labels":
+                    continue
                 value = getattr(defaults, key)
                 if value is not None and key not in target:
                     target[key] = value
@@ -485,7 +505,7 @@ def _keys_at(loc: Sequence[str | int]) -> list[str]:
     return list(models[0].model_fields) if len(models) == 1 else []
 
 
-def _problems_from(
+def validation_problems(
     error: ValidationError, prefix: tuple[str | int, ...] = ()
 ) -> Iterator[ConfigProblem]:
     """The problems of ``error``, whose locations are relative to ``prefix``."""
@@ -618,7 +638,44 @@ def _validate_targets(targets: list[Any], key: str, problems: _Problems) -> list
             validated.append(_target_adapter().validate_python(target))
         except ValidationError as exc:
             problems.add_errors(exc, (key, index))
+            continue
+        clashes = _label_clashes(validated[-1], index, problems.inherited.get(index, set()), key)
+        for problem in clashes:
+            problems.add(problem)
     return validated
+
+
+TARGET_LABELS = ("account", "provider", "reason")
+"""The labels of the exporter's per-target families (``account`` is also on every provider
+series): no constant label may take their names."""
+
+
+def _clash(name: str, labels: Sequence[str] = TARGET_LABELS) -> str:
+    return (
+        f"clashes with a label the target's series already carry ({', '.join(labels)}); "
+        "choose another name"
+    )
+
+
+def _label_clashes(
+    target: TargetConfig, index: int, inherited: set[str], key: str = "targets"
+) -> list[ConfigProblem]:
+    """A constant label of ``target`` named like a label its series already carry: the
+    exporter's (``account``, ``provider``, ``reason``) or one of its provider's metrics
+    (``campaign_id``)."""
+    provider = registry().get(target.provider)
+    specs = provider.metrics if provider is not None else ()
+    carried = tuple(
+        dict.fromkeys([*TARGET_LABELS, *(label for spec in specs for label in spec.labels)])
+    )
+    problems = []
+    for name in target.labels:
+        if name in carried:
+            message = _clash(name, carried)
+            if f"labels.{name}" in inherited:
+                message += f" (inherited from defaults.labels.{name})"
+            problems.append(ConfigProblem(f"{key}[{index}].labels.{name}", message))
+    return problems
 
 
 MAX_TARGET_NODES = 10_000
@@ -674,7 +731,7 @@ class _Problems:
         if len(self.problems) >= MAX_PROBLEMS:
             self.more += error.error_count()  # without building the problems
             return
-        for problem in _problems_from(error, prefix):
+        for problem in validation_problems(error, prefix):
             self.add(problem)
 
     def extend(self, other: _Problems) -> None:

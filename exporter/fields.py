@@ -192,3 +192,35 @@ class SecretsModel(StrictModel):
             if value:
                 values.append(value)
         return values
+
+
+LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+"""A Prometheus label name (the classic character set, which every Prometheus version reads)."""
+MAX_LABELS = 32
+"""Constant labels on one target: each is written into every one of its series."""
+MAX_LABEL_VALUE_CHARS = 1024
+
+
+def check_labels(labels: dict[str, str]) -> dict[str, str]:
+    """Constant labels: Prometheus label names that are not reserved (``__`` starts the names
+    Prometheus keeps for itself), values of a bounded length. A problem is reported at the
+    label's own key (``labels.team``)."""
+    if len(labels) > MAX_LABELS:
+        raise ValueError(f"must have at most {MAX_LABELS} labels; it has {len(labels)}")
+    for name, value in labels.items():
+        if not LABEL_NAME.match(name):
+            raise key_problem(
+                name,
+                "is not a valid label name: letters, digits and _, not starting with a digit",
+            )
+        if name.startswith("__"):
+            raise key_problem(name, "label names starting with __ are reserved for Prometheus")
+        if len(value) > MAX_LABEL_VALUE_CHARS:
+            raise key_problem(
+                name, f"must have at most {MAX_LABEL_VALUE_CHARS} characters; it has {len(value)}"
+            )
+    return labels
+
+
+Labels = Annotated[dict[str, str], AfterValidator(check_labels)]
+"""``labels`` of a target or of ``defaults``: constant labels added to every series of a target."""

@@ -138,7 +138,7 @@ class Exporter:
                 loaded = await asyncio.to_thread(load_config, self.config_path, self.environ)
                 config = loaded.with_overrides(self.overrides)
             except ConfigError as exc:
-                self.store.reloaded(ok=False)
+                self.store.reloaded(ok=False, error=str(exc))
                 log.error("config reload failed; the previous config stays", error=str(exc))
                 return str(exc)
             old = self.config

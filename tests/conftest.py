@@ -15,12 +15,18 @@ from typing import Any
 import pytest
 import yaml
 from aiohttp.test_utils import TestClient
+from hypothesis import settings
 from prometheus_client.parser import text_string_to_metric_families
 
 from exporter import simulator
 from exporter.config import Config, validate_config
 from exporter.service import Exporter, make_exporter
 from exporter.web.app import build_app
+
+# No hypothesis deadline anywhere: a deadline measures the machine's load as much as the code,
+# and no property here is about speed (speed is the bench's business).
+settings.register_profile("exporter", deadline=None)
+settings.load_profile("exporter")
 
 
 class FakeClock:

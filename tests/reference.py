@@ -4,7 +4,7 @@ what this renders, with the rest of the exporter's registry."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -15,6 +15,14 @@ from exporter.metrics.store import Store
 from exporter.providers import registry
 from exporter.providers.errors import Reason
 from exporter.service import Exporter
+
+
+def _add(family: Metric, values: Sequence[str], value: float, constant: Mapping[str, str]) -> None:
+    """``family.add_metric(values, value)`` with the target's constant labels added."""
+    family.add_metric(values, value)  # type: ignore[attr-defined]
+    if constant:
+        last = family.samples[-1]
+        family.samples[-1] = last._replace(labels={**last.labels, **constant})
 
 
 class StoreReference(Collector):
@@ -34,9 +42,11 @@ class StoreReference(Collector):
                 gauges.setdefault(spec.name, GaugeMetricFamily(spec.name, spec.help, labels=labels))
         used: set[str] = set()
         for target in store.targets:
+            if not target.config.enabled:
+                continue
             visible, _ = target.state.visible(self._now, target.config.stale_after)
             for (metric, labels), value in visible:
-                gauges[metric].add_metric((target.name, *labels), value)
+                _add(gauges[metric], (target.name, *labels), value, target.config.labels)
                 used.add(metric)
         yield from (family for name, family in gauges.items() if name in used)
         success, duration, last_success, interval = (
@@ -45,15 +55,18 @@ class StoreReference(Collector):
         )
         errors = CounterMetricFamily(ERRORS.name, ERRORS.help, labels=ERRORS.labels)
         for target in store.targets:
+            if not target.config.enabled:
+                continue
             key, state = (target.config.provider, target.name), target.state
+            constant = target.config.labels
             if state.latest is not None:
-                success.add_metric(key, 1.0 if state.latest.ok else 0.0)
-                duration.add_metric(key, state.latest.duration)
+                _add(success, key, 1.0 if state.latest.ok else 0.0, constant)
+                _add(duration, key, state.latest.duration, constant)
             if state.last_success is not None:
-                last_success.add_metric(key, state.last_success)
-            interval.add_metric(key, target.config.interval)
+                _add(last_success, key, state.last_success, constant)
+            _add(interval, key, target.config.interval, constant)
             for reason in Reason:
-                errors.add_metric((*key, str(reason)), float(state.errors.get(reason, 0)))
+                _add(errors, (*key, str(reason)), float(state.errors.get(reason, 0)), constant)
         yield from (success, duration, last_success, interval, errors)
 
 

@@ -41,7 +41,7 @@ def altcraft(sim: simulator.Simulator) -> AltcraftState:
 def targets(sim_url: str, sim: simulator.Simulator, **extra: Any) -> list[dict[str, Any]]:
     return [
         {**target, "task_poll_interval": "0.01s", **extra}
-        for target in sim_altcraft.demo_targets(sim_url, sim)
+        for target in sim_altcraft.SIMULATOR_PART().demo_targets(sim_url, sim)
     ]
 
 

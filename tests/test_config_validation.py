@@ -604,10 +604,15 @@ def test_durations_at_their_minimum_are_accepted() -> None:
         ("/метрики", "must be a plain path, as it is served"),
         ("metrics", "must be an absolute path, starting with /"),
         ("", "must be an absolute path, starting with /"),
-        ("/", "must not be one of the exporter's other paths (/, /-/reload, /healthz, /readyz)"),
+        (
+            "/",
+            "must not be one of the exporter's other paths "
+            "(/, /-/reload, /healthz, /readyz, /api/v1/targets)",
+        ),
         ("/healthz", "must not be one of the exporter's other paths"),
         ("/readyz", "must not be one of the exporter's other paths"),
         ("/-/reload", "must not be one of the exporter's other paths"),
+        ("/api/v1/targets", "must not be one of the exporter's other paths"),
         ("//metrics", "must not have an empty segment (//)"),
         ("/a/../metrics", "must not have . or .. segments"),
     ],

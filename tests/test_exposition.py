@@ -44,10 +44,23 @@ label_values = st.text(
     max_size=8,
 )
 values = st.floats(allow_nan=True, allow_infinity=True) | st.integers(0, 10**9).map(float)
+THULIUM_LABELS = {"account", "provider", "reason", "campaign_id", "campaign_name", "status"}
+constant_labels = st.dictionaries(
+    st.from_regex(r"\A[a-zA-Z_][a-zA-Z0-9_]{0,6}\Z").filter(
+        lambda name: not name.startswith("__") and name not in THULIUM_LABELS
+    ),
+    label_values,
+    max_size=3,
+)
+"""A target's ``labels``: names that sort before, between and after the series' own."""
 
 
-def target(name: str, stale_after: float = 300) -> dict[str, Any]:
+def target(
+    name: str, stale_after: float = 300, labels: dict[str, str] | None = None, enabled: bool = True
+) -> dict[str, Any]:
     return {
+        "labels": labels or {},
+        "enabled": enabled,
         "name": name,
         "provider": "thulium",
         "base_url": "http://127.0.0.1:9/thulium/api",
@@ -58,8 +71,21 @@ def target(name: str, stale_after: float = 300) -> dict[str, Any]:
     }
 
 
-def new_exporter(clock: FakeClock, names: list[str]) -> Exporter:
-    config = validate_config({"targets": [target(name) for name in names]})
+def new_exporter(
+    clock: FakeClock,
+    names: list[str],
+    labels: list[dict[str, str]] | None = None,
+    enabled: list[bool] | None = None,
+) -> Exporter:
+    labels, enabled = labels or [{}], enabled or [True]
+    config = validate_config(
+        {
+            "targets": [
+                target(name, labels=labels[i % len(labels)], enabled=enabled[i % len(enabled)])
+                for i, name in enumerate(names)
+            ]
+        }
+    )
     return make_exporter(config, clock=clock, autostart=False)
 
 
@@ -102,10 +128,13 @@ operations = st.lists(
 @given(
     names=st.lists(account_names, min_size=1, max_size=40, unique=True),
     ops=operations,
+    labels=st.lists(constant_labels, max_size=4),
+    enabled=st.lists(st.booleans(), max_size=4),
 )
-def test_any_history_renders_as_prometheus_client_does(names, ops):
+def test_any_history_renders_as_prometheus_client_does(names, ops, labels, enabled):
+    """Targets with and without constant labels, disabled ones among them."""
     clock = FakeClock()
-    exporter = new_exporter(clock, names)
+    exporter = new_exporter(clock, names, labels, enabled)
     store = exporter.store
     check_all(exporter)
     for op in ops:
@@ -136,9 +165,11 @@ def test_any_history_renders_as_prometheus_client_does(names, ops):
         else:
             # Requests are observed during a collection; its end is the store's change that
             # shows them (the exposition is as of the latest store change, histogram included).
-            exporter.histogram.labels("thulium", "outbounds/stats", op[1]).observe(0.1)
-            name = next(iter(exporter.targets)).name
-            store.record(Snapshot(name, "thulium", True, (), clock.time(), 0.1))
+            # Only an enabled target is collected.
+            collected = [t.name for t in exporter.targets if t.config.enabled]
+            if collected:
+                exporter.histogram.labels("thulium", "outbounds/stats", op[1]).observe(0.1)
+                store.record(Snapshot(collected[0], "thulium", True, (), clock.time(), 0.1))
         check_all(exporter)
 
 

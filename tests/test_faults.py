@@ -49,7 +49,7 @@ def sim_account(target: dict[str, Any]) -> str:
 
 
 def providers() -> list[str]:
-    return sorted(simulator.provider_modules())
+    return sorted(simulator.provider_parts())
 
 
 def cases() -> list[tuple[str, str]]:

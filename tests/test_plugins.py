@@ -369,12 +369,12 @@ class Plugins:
         self.forget()
         with capture_logs() as logs:
             registry()
-            simulator.provider_modules()
+            simulator.provider_parts()
         return logs
 
     def forget(self) -> None:
         registry.cache_clear()
-        simulator.provider_modules.cache_clear()
+        simulator.provider_parts.cache_clear()
 
 
 @pytest.fixture
@@ -390,7 +390,7 @@ def plugins(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Plugins
 _PROVIDER_SOURCE = """
 from typing import Literal
 
-from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig
+from exporter.plugin import MetricSpec, Provider, Run, Sample, TargetConfig
 
 
 class Target(TargetConfig):
@@ -401,6 +401,7 @@ class Plugin(Provider[Target]):
     name = {name!r}
     config_model = Target
     metrics = (MetricSpec({metric!r}, "A plugin metric, refreshed every interval.", {labels!r}),)
+    requires_api = {requires!r}
 
     async def collect(self, run: Run) -> list[Sample]:
         return []
@@ -415,9 +416,12 @@ def _provider(
     metric: str = "plugin_things",
     annotation: str | None = None,
     labels: tuple[str, ...] = (),
+    requires: object = (1, 0),
 ) -> str:
     annotation = annotation or f"Literal[{name!r}]"
-    return _PROVIDER_SOURCE.format(name=name, metric=metric, annotation=annotation, labels=labels)
+    return _PROVIDER_SOURCE.format(
+        name=name, metric=metric, annotation=annotation, labels=labels, requires=requires
+    )
 
 
 # (entry point name, module, its source or None for an existing module, what the log says)
@@ -458,6 +462,30 @@ BROKEN: dict[str, tuple[str, str, str | None, str]] = {
         _provider("own", "messaging_exporter_collect_success"),
         "reserved for the exporter",
     ),
+    "needs a newer minor API": (
+        "newer",
+        "plugin_newer",
+        _provider("newer", requires=(1, 1)),
+        "needs plugin API 1.1, this exporter has 1.0",
+    ),
+    "needs a newer major API": (
+        "major",
+        "plugin_major",
+        _provider("major", requires=(2, 0)),
+        "needs plugin API 2.0, this exporter has 1.0",
+    ),
+    "written for an older major API": (
+        "older",
+        "plugin_older",
+        _provider("older", requires=(0, 9)),
+        "was written for plugin API 0.9, this exporter has 1.0",
+    ),
+    "requires_api not a version": (
+        "vague",
+        "plugin_vague",
+        _provider("vague", requires="1.0"),
+        "requires_api is '1.0', not a (major, minor) pair of ints",
+    ),
     "account as a label": (
         "dup",
         "plugin_dup",
@@ -482,7 +510,7 @@ def test_an_unusable_provider_plugin_is_logged_and_the_others_keep_working(
     assert (entry["plugin"], entry["module"]) == (name, module)
     assert error in entry["error"], entry
     # The built-ins' simulator parts stay; none is logged.
-    assert list(simulator.provider_modules()) == BUILTINS
+    assert list(simulator.provider_parts()) == BUILTINS
     assert not [e for e in logs if e.get("group") == SIMULATORS_GROUP]
 
 
@@ -497,32 +525,44 @@ def test_a_package_whose_metadata_has_no_name_still_registers(
     assert list(registry()) == sorted([*BUILTINS, "fine"])
 
 
-SIM_PARTS = """
-PROVIDER = {name!r}
-FAULTS = ()
+SIM_PART = """
+from exporter.plugin import SimulatorPart
 
 
-def make_state(dynamic=False):
-    return None
+class Part(SimulatorPart):
+    name = {name!r}
+    requires_api = {requires!r}
 
+    def make_state(self, dynamic):
+        return None
 
-def fault_accounts(sim):
-    return {{}}
-
-
-def demo_targets(url, sim):
-    return []
+    def demo_targets(self, url, sim):
+        return []
 {register}
+
+SIMULATOR_PART = Part
 """
+REGISTER = """
+    def register(self, app, sim):
+        pass
+"""
+
+
+def _sim_part(name: str, register: str = REGISTER, requires: tuple[int, int] = (1, 0)) -> str:
+    return SIM_PART.format(name=name, register=register, requires=requires)
 
 
 @pytest.mark.parametrize(
     ("name", "source", "error"),
     [
-        ("fine", SIM_PARTS.format(name="fine", register=""), "defines no register"),
-        ("fine", SIM_PARTS.format(name="other", register=""), "PROVIDER is 'other'"),
-        ("nobody", SIM_PARTS.format(name="nobody", register="register = print"), "no provider"),
+        ("fine", _sim_part("fine", register=""), "Part does not implement register"),
+        ("fine", _sim_part("other"), "SIMULATOR_PART.name is 'other', not 'fine'"),
+        ("nobody", _sim_part("nobody"), "no provider named 'nobody'"),
         ("fine", "raise ImportError('no aiohttp extras')", "ImportError: no aiohttp extras"),
+        ("fine", "def register(app, sim): pass", "defines no SIMULATOR_PART"),
+        ("fine", "SIMULATOR_PART = print", "not a subclass of exporter.plugin.SimulatorPart"),
+        ("fine", _sim_part("fine", requires=(1, 1)), "needs plugin API 1.1, this exporter has 1.0"),
+        ("fine", _sim_part("fine", requires=(2, 0)), "needs plugin API 2.0, this exporter has 1.0"),
     ],
 )
 def test_an_unusable_simulator_part_is_logged_and_the_others_keep_working(
@@ -531,7 +571,7 @@ def test_an_unusable_simulator_part_is_logged_and_the_others_keep_working(
     plugins.add(PROVIDERS_GROUP, "fine", "plugin_fine", _provider("fine", "fine_things"))
     plugins.add(SIMULATORS_GROUP, name, "plugin_fine_sim", source)
     logs = plugins.load()
-    assert list(simulator.provider_modules()) == BUILTINS
+    assert list(simulator.provider_parts()) == BUILTINS
     (entry,) = [e for e in logs if e.get("group") == SIMULATORS_GROUP]
     assert entry["plugin"] == name
     assert error in entry["error"], entry
@@ -549,7 +589,7 @@ def test_a_plugin_with_its_simulator_joins_the_demo(
     try:
         assert plugins.load() == []
         assert list(registry()) == sorted(["acme", *BUILTINS])
-        assert list(simulator.provider_modules()) == sorted(["acme", *BUILTINS])
+        assert list(simulator.provider_parts()) == sorted(["acme", *BUILTINS])
         demo = simulator.demo_targets("http://sim", simulator.Simulator())
         assert {t["name"] for t in demo if t["provider"] == "acme"} == {"acme-shop", "acme-quiet"}
     finally:
@@ -568,7 +608,7 @@ def test_the_builtins_register_through_the_same_entry_points() -> None:
             name: f"exporter.{package}.{name}" for name in BUILTINS
         }
     assert list(registry()) == BUILTINS
-    assert list(simulator.provider_modules()) == BUILTINS
+    assert list(simulator.provider_parts()) == BUILTINS
 
 
 def test_the_example_dockerfile_is_hadolint_clean() -> None:

@@ -77,7 +77,7 @@ def binary(name: str, package: str) -> str:
 def expected_providers() -> set[str]:
     """The providers the demo serves: every provider with a simulator module (the demo builds its
     targets from them). Their every dashboard query must return data here."""
-    return set(simulator.provider_modules())
+    return set(simulator.provider_parts())
 
 
 def not_in_demo_yet() -> set[str]:

@@ -267,7 +267,7 @@ def logged() -> Iterator[io.StringIO]:
     structlog.reset_defaults()
 
 
-@pytest.mark.parametrize("provider", sorted(set(registry()) & set(simulator.provider_modules())))
+@pytest.mark.parametrize("provider", sorted(set(registry()) & set(simulator.provider_parts())))
 async def test_a_hung_provider_logs_a_timeout_text_the_docs_give(
     sim, sim_url, harness, make_config, logged, provider
 ):

@@ -4,14 +4,17 @@ the same page served over a real loopback socket and rendered by Debian's headle
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
+from html import unescape
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp import web
@@ -131,6 +134,7 @@ def row(
     series: int = 10,
     reason: str | None = None,
     error: str | None = None,
+    **extra: Any,
 ) -> TargetRow:
     return TargetRow(
         provider=provider,
@@ -142,6 +146,7 @@ def row(
         series=series,
         reason=reason,
         last_error=error,
+        **extra,
     )
 
 
@@ -204,14 +209,14 @@ def check_four_states(root: Node) -> None:
     assert [sorted(tr.classes()) for tr in trs] == [["down"], ["stale"], ["pending"], ["up"]]
     down, stale, pending, up = rows
     assert down[3].startswith("1h 5m ago 2027-01-15 06:55:00")
-    assert down[4:7] == ["5", "30s", "17"]
-    assert down[7].startswith("http_502 HTTP 502 from upstream")
-    assert stale[7] == f"timeout {QUOTED}"
+    assert down[6:9] == ["5", "30s", "17"]
+    assert down[9].startswith("http_502 HTTP 502 from upstream")
+    assert stale[9] == f"timeout {QUOTED}"
     assert stale[3].startswith("2d 2h ago")
     assert pending[3] == "never"
-    assert pending[5] == "1m 30s"
+    assert pending[7] == "1m 30s"
     assert up[3] == "3m 12s ago 2027-01-15 07:56:48"
-    assert up[5:7] == ["1m", "42"]
+    assert up[7:9] == ["1m", "42"]
     # The long hostile error is folded, whole in the details and short in the summary.
     details = root.find("tbody").find("details")
     assert LONG_ERROR in details.text()
@@ -297,7 +302,7 @@ def test_hostile_texts_are_escaped_everywhere() -> None:
     rows = table_rows(root)
     hostile = next(r for r in rows if r[2] == HOSTILE)
     assert hostile[1] == nasty
-    assert hostile[7] == f"r{HOSTILE} {QUOTED}"
+    assert hostile[9] == f"r{HOSTILE} {QUOTED}"
     assert f"/etc/{HOSTILE}/c&d.yaml" in root.find("dl").text()
     assert nasty in root.find("h1").text()
     assert HOSTILE in root.find("section").text()  # the failing summary names the account
@@ -331,7 +336,7 @@ def test_short_errors_inline_long_or_multiline_folded() -> None:
     root, _ = parse(render_status_page(view(targets)))
     trs = {tr.find_all("td")[2].text(): tr for tr in root.find("tbody").find_all("tr")}
     assert not trs["short"].find_all("details")
-    assert trs["short"].find_all("td")[7].text() == "timeout read timed out"
+    assert trs["short"].find_all("td")[9].text() == "timeout read timed out"
     summary = trs["long"].find("summary").text()
     assert summary == "http_500 " + "e" * 80 + "…"
     assert "e" * 81 in trs["long"].find("details").text()
@@ -372,6 +377,76 @@ def test_demo_config_unsharded_failed_reload_and_no_targets() -> None:
     assert root.find("nav").find("a").attrs["href"] == "/stats"
     never = render_status_page(view([], last_reload=None))
     assert "never" in " ".join(parse(never)[0].find("dl").text().split())
+
+
+def test_attempts_next_attempt_and_host() -> None:
+    targets = [
+        row(
+            "thulium",
+            "acme",
+            "up",
+            host="acme.thulium.example:8443",
+            last_attempt=NOW - 75,
+            last_duration=0.25,
+            next_attempt=NOW + 45,
+        ),
+        row(
+            "exolve",
+            "late",
+            "down",
+            reason="timeout",
+            error="t",
+            host="[::1]:9",
+            last_attempt=NOW - 3,
+            last_duration=12.5,
+            next_attempt=NOW - 1,
+        ),
+        row("trustlat", "new", "pending", last_success=None),
+        row("altcraft", "off", "disabled", last_success=None, series=0),
+    ]
+    root, _ = parse(render_status_page(view(targets)))
+    heads = [" ".join(th.text().split()) for th in root.find("thead").find_all("th")]
+    assert heads == [
+        "State",
+        "Provider",
+        "Account · host",
+        "Last success (UTC)",
+        "Last attempt",
+        "Next attempt",
+        "Failures",
+        "Interval",
+        "Series",
+        "Last error",
+    ]
+    rows = {r[2]: r for r in table_rows(root)}
+    assert list(rows) == ["late [::1]:9", "new", "acme acme.thulium.example:8443", "off"]
+    up = rows["acme acme.thulium.example:8443"]
+    assert up[4:6] == ["1m 15s ago took 250ms", "in 45s"]
+    late = rows["late [::1]:9"]
+    assert late[4:6] == ["3s ago took 12.5s", "due"]
+    assert rows["new"][4:6] == ["never", "unknown"]
+    assert rows["off"][0] == "disabled"
+    assert rows["off"][4:6] == ["never", "never"]
+    # The UTC times of the attempts are in the cells' titles.
+    cells = root.find("tbody").find_all("tr")[2].find_all("td")
+    assert cells[4].find("span").attrs["title"] == "2027-01-15 07:58:45 UTC"
+    assert cells[5].find("span").attrs["title"] == "2027-01-15 08:00:45 UTC"
+    counts = [" ".join(li.text().split()) for li in root.find("ul").find_all("li")]
+    assert counts == ["1 down", "0 stale", "1 pending", "1 up", "1 disabled", "of 4"]
+
+
+def test_a_failed_reload_shows_its_error_text() -> None:
+    error = f"targets[3].interval: must be at least 10s\n{HOSTILE} & more"
+    page = render_status_page(view([], last_reload_ok=False, last_reload_error=error))
+    root, _ = parse(page)
+    facts = " ".join(root.find("dl").text().split())
+    assert "(10m ago), ✗ failed" in facts
+    section = root.find("section")
+    assert "The last reload failed; the previous config stays" in section.find("h2").text()
+    assert section.find("pre").text() == error  # whole, escaped, its lines kept
+    assert "<script>" not in page
+    ok = render_status_page(view([], last_reload_error=None))
+    assert "reload failed" not in ok
 
 
 @pytest.mark.parametrize(
@@ -432,9 +507,9 @@ def test_a_thousand_targets_render_compactly() -> None:
     assert {r[0] for r in rows[400:]} == {"up"}
     # A plain row: no per-row widgets beyond the fold of a long error. 400 failing rows carry
     # their 306-character errors twice (summary and full text); the rest stay small.
-    assert len(page) < 600_000, len(page)
+    assert len(page) < 700_000, len(page)
     up_rows = render_status_page(view([t for t in thousand_targets() if t.state == "up"]))
-    assert len(up_rows) < 600 * 400 + 10_000, len(up_rows)
+    assert len(up_rows) < 600 * 500 + 12_000, len(up_rows)
     # The failing summary stays short: one line per (provider, reason), three accounts each.
     summary = root.find("section")
     assert len(summary.find_all("li")) == 4
@@ -530,3 +605,105 @@ async def test_chromium_renders_the_page(served_page: str, tmp_path: Path) -> No
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     assert struct.unpack(">II", png[16:24]) == (1400, 900)
     assert len(png) > 20_000  # a rendered page, not a blank one
+
+
+WIDTH_PROBE = """<!DOCTYPE html><html><body style="margin:0">
+<iframe id="narrow" src="/" style="width:800px;height:2000px;border:0"></iframe>
+<iframe id="wide" src="/" style="width:1400px;height:2000px;border:0"></iframe>
+<script>
+function measure(frame) {
+  const doc = frame.contentDocument, win = frame.contentWindow;
+  const scrollers = [];
+  for (const el of doc.querySelectorAll("*")) {
+    const x = win.getComputedStyle(el).overflowX;
+    if ((x === "auto" || x === "scroll") && el.scrollWidth > el.clientWidth) {
+      scrollers.push(el.tagName + "." + el.className);
+    }
+  }
+  const root = doc.documentElement;
+  return {scrollWidth: root.scrollWidth, clientWidth: root.clientWidth, scrollers: scrollers,
+          rows: doc.querySelectorAll("tbody tr").length};
+}
+window.addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "result";
+  out.textContent = JSON.stringify({narrow: measure(document.getElementById("narrow")),
+                                    wide: measure(document.getElementById("wide"))});
+  document.body.appendChild(out);
+});
+</script></body></html>"""
+"""The status page in an 800 px and a 1,400 px wide frame of a page of the same origin, whose script
+measures the page's width and every element that would scroll sideways (the status page itself
+has no script)."""
+
+
+def long_targets() -> list[TargetRow]:
+    """1,000 targets in every state, some with 200-character names, long hosts and long errors
+    of one unbroken word."""
+    states: list[TargetStateName] = ["up", "down", "stale", "pending", "disabled"]
+    targets = []
+    for i in range(1000):
+        state = states[i % 5]
+        failing = state in ("down", "stale")
+        collected = state not in ("pending", "disabled")
+        targets.append(
+            row(
+                ("altcraft", "thulium", "trustlat", "exolve")[i % 4],
+                f"tenant-{'x' * 188}-{i:04d}" if i % 7 == 0 else f"account-{i:04d}",
+                state,
+                last_success=NOW - 7 * i if collected else None,
+                failures=3 if failing else 0,
+                reason="http_4xx" if failing else None,
+                error=("denied " + "y" * 400 if i % 2 else "deadline exceeded " * 20)
+                if failing
+                else None,
+                host=f"api.{'h' * 120}.example.com:8443" if i % 3 == 0 else "api.example.com",
+                last_attempt=NOW - 5 if collected else None,
+                last_duration=0.25 if collected else None,
+                next_attempt=NOW + 55 if state != "disabled" else None,
+            )
+        )
+    return targets
+
+
+@pytest.mark.slow
+async def test_800_px_wide_without_sideways_scrolling(tmp_path: Path) -> None:
+    binary = chromium()
+    page = render_status_page(
+        view(
+            long_targets(),
+            config_file="/etc/" + "c" * 300 + ".yaml",
+            last_reload_ok=False,
+            last_reload_error="targets[3].interval: " + "z" * 500 + "\nsecond line",
+        )
+    )
+
+    async def status(_: web.Request) -> web.Response:
+        return web.Response(text=page, content_type="text/html")
+
+    async def probe(_: web.Request) -> web.Response:
+        return web.Response(text=WIDTH_PROBE, content_type="text/html")
+
+    app = web.Application()
+    app.router.add_get("/", status)
+    app.router.add_get("/probe", probe)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        port = runner.addresses[0][1]
+        dom = await run_chromium(
+            binary, tmp_path / "profile", "--dump-dom", f"http://127.0.0.1:{port}/probe"
+        )
+    finally:
+        await runner.cleanup()
+    found = re.search(r'<pre id="result">(.*?)</pre>', dom)
+    assert found, dom[-2000:]
+    result = json.loads(unescape(found.group(1)))
+    for frame in ("narrow", "wide"):
+        measured = result[frame]
+        assert measured["rows"] == 1000, measured
+        assert measured["scrollWidth"] <= measured["clientWidth"], measured
+        assert measured["scrollers"] == [], measured
+    assert result["narrow"]["clientWidth"] <= 800

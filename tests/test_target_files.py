@@ -338,3 +338,21 @@ def test_the_key_and_the_flag_are_documented():
     chart = (root / "helm" / "messaging-stats-exporter" / "README.md").read_text()
     for value in ("autoReloadInterval", "targetFiles.configMaps", "targetFiles.secrets"):
         assert f"| `{value}` |" in chart
+
+
+def test_labels_and_enabled_work_in_target_files(tmp_path):
+    config = write(
+        tmp_path / "config.yaml",
+        {"defaults": {"labels": {"env": "prod"}}, "target_files": ["t.yaml"]},
+    )
+    write(
+        tmp_path / "t.yaml",
+        [thulium("a", labels={"team": "payments"}), thulium("b", enabled=False)],
+    )
+    loaded = load_config(config)
+    assert dict(loaded.targets[0].labels) == {"env": "prod", "team": "payments"}
+    assert loaded.targets[1].enabled is False
+    write(tmp_path / "t.yaml", [thulium("a", labels={"campaign_id": "x"})])
+    found = problems(config)
+    assert len(found) == 1
+    assert found[0].startswith("t.yaml[0].labels.campaign_id: clashes with a label")

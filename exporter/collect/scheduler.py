@@ -206,8 +206,9 @@ class Scheduler:
 
     def follow(self, change: TableChange | None = None) -> None:
         """Follow a change of the table: the collections of removed and replaced targets stop,
-        and every target without a runner gets one (a replaced target's provider takes over its
-        predecessor's state). Unchanged targets keep their schedule and provider state."""
+        and every enabled target without a runner gets one (a replaced target's provider takes
+        over its predecessor's state). Unchanged targets keep their schedule and provider
+        state; a disabled target has no runner."""
         previous: dict[str, Provider[Any]] = {}
         change = change or TableChange()
         for target in change.removed:
@@ -217,7 +218,7 @@ class Scheduler:
                 previous[old.name] = old.runner.provider
             self._stop(old)
         for target in self._targets:
-            if target.runner is None:
+            if target.runner is None and target.config.enabled:
                 target.runner = self._runner(target, previous.get(target.name))
 
     def _runner(self, target: Target, previous: Provider[Any] | None) -> TargetRunner:

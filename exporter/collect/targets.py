@@ -18,7 +18,7 @@ from exporter.providers.errors import Reason
 
 SeriesKey = tuple[str, tuple[str, ...]]
 """A provider series of one target: its metric name and its label values besides ``account``."""
-TargetStateName = Literal["up", "down", "stale", "pending"]
+TargetStateName = Literal["up", "down", "stale", "pending", "disabled"]
 
 
 class Runner(Protocol):
@@ -48,6 +48,8 @@ class TargetState:
     errors: dict[Reason, int] = field(default_factory=dict)
     """Failed collections by reason, only those that happened (a missing reason counts 0)."""
     consecutive_failures: int = 0
+    next_attempt: float | None = None
+    """When the next collection is due, Unix seconds (wall clock); None when not known."""
 
     def visible(
         self, now: float, stale_after: float
@@ -92,6 +94,14 @@ class Target:
     @property
     def name(self) -> str:
         return self.config.name
+
+    def status(self, now: float) -> tuple[TargetStateName, int]:
+        """The target's state at ``now`` and how many of its provider series are served then:
+        ``disabled`` (and none) when its config says ``enabled: false``, else
+        :meth:`TargetState.status`."""
+        if not self.config.enabled:
+            return "disabled", 0
+        return self.state.status(now, self.config.stale_after)
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,17 +42,24 @@ class TargetBlocks(NamedTuple):
 
 NOTHING = TargetBlocks((), (), 0, math.inf)
 """What a target shows before its first rendering."""
+Constant = Sequence[tuple[str, str]]
+"""A target's constant labels (its config's ``labels``), as (name, value) pairs."""
 
 
-def _prefix(block: bytes, family: FamilyFormat, values: Sequence[str]) -> bytes:
-    """The line prefix of the one line of ``block``, or ``family``'s for ``values`` when empty."""
-    return block[: block.rindex(b" ") + 1] if block else family.prefix(values).encode()
+def _prefix(block: bytes, family: FamilyFormat, values: Sequence[str], constant: Constant) -> bytes:
+    """The line prefix of the one line of ``block``, or ``family``'s for ``values`` and the
+    target's ``constant`` labels when empty."""
+    if block:
+        return block[: block.rindex(b" ") + 1]
+    return family.prefix(values, constant).encode()
 
 
-def _line(block: bytes, family: FamilyFormat, values: Sequence[str], value: bytes) -> bytes:
+def _line(
+    block: bytes, family: FamilyFormat, values: Sequence[str], value: bytes, constant: Constant
+) -> bytes:
     """The one line of ``family`` for ``values`` with the formatted ``value``; ``block`` itself
     when it says the same."""
-    line = b"%s%s\n" % (_prefix(block, family, values), value)
+    line = b"%s%s\n" % (_prefix(block, family, values, constant), value)
     return block if line == block else line
 
 
@@ -77,9 +84,12 @@ class TargetRenderer:
         """The target's blocks at ``now``: its provider series visible then (the staleness rule,
         :meth:`~exporter.collect.targets.TargetState.visible`) and its lines of the exporter's
         per-target families."""
+        if not target.config.enabled:
+            return TargetBlocks((b"",) * len(self.families), (), 0, math.inf)
+        constant = tuple(target.config.labels.items())
         visible, expires = target.state.visible(now, target.config.stale_after)
-        blocks, line_keys = self._provider_blocks(target.name, visible, previous)
-        own, error_count = self._own_blocks(target, previous)
+        blocks, line_keys = self._provider_blocks(target.name, visible, previous, constant)
+        own, error_count = self._own_blocks(target, previous, constant)
         return TargetBlocks((*blocks, *own), line_keys, error_count, expires)
 
     def _provider_blocks(
@@ -87,6 +97,7 @@ class TargetRenderer:
         account: str,
         visible: Collection[tuple[SeriesKey, float]],
         previous: TargetBlocks,
+        constant: Constant,
     ) -> tuple[list[bytes], tuple[SeriesKey, ...]]:
         families = self.families
         base = self.provider_family_count
@@ -105,7 +116,7 @@ class TargetRenderer:
             slot = slots[key[0]]
             prefix = known.get(key)
             if prefix is None:
-                prefix = families[slot].prefix((account, *key[1])).encode()
+                prefix = families[slot].prefix((account, *key[1]), constant).encode()
             entry = shown.get(slot)
             if entry is None:
                 entry = shown[slot] = ([], [])
@@ -120,7 +131,9 @@ class TargetRenderer:
             line_keys += slot_keys
         return blocks, tuple(line_keys)
 
-    def _own_blocks(self, target: Target, previous: TargetBlocks) -> tuple[list[bytes], int]:
+    def _own_blocks(
+        self, target: Target, previous: TargetBlocks, constant: Constant
+    ) -> tuple[list[bytes], int]:
         """The target's lines of the exporter's per-target families, and its error count."""
         state, config = target.state, target.config
         pair = (config.provider, config.name)
@@ -128,20 +141,23 @@ class TargetRenderer:
         success, duration, last_success, interval, errors = old
         latest = state.latest
         if latest is not None:
-            success = _line(success, SUCCESS, pair, b"1.0" if latest.ok else b"0.0")
-            duration = _line(duration, DURATION, pair, format_value(latest.duration).encode())
+            success = _line(success, SUCCESS, pair, b"1.0" if latest.ok else b"0.0", constant)
+            took = format_value(latest.duration).encode()
+            duration = _line(duration, DURATION, pair, took, constant)
         if state.last_success is not None:
             when = format_value(state.last_success).encode()
-            last_success = _line(last_success, LAST_SUCCESS, pair, when)
+            last_success = _line(last_success, LAST_SUCCESS, pair, when, constant)
         # A target's interval never changes (another config is another target record).
-        interval = interval or _line(b"", INTERVAL, pair, format_value(config.interval).encode())
+        interval = interval or _line(
+            b"", INTERVAL, pair, format_value(config.interval).encode(), constant
+        )
         # Error counts only grow: their sum tells whether one did.
         error_count = sum(state.errors.values())
         if not errors or error_count != previous.error_count:
             prefixes = (
                 [line[: line.rindex(b" ") + 1] for line in errors.split(b"\n")[:-1]]
                 if errors
-                else [ERRORS.prefix((*pair, str(reason))).encode() for reason in Reason]
+                else [ERRORS.prefix((*pair, str(reason)), constant).encode() for reason in Reason]
             )
             counts = [state.errors.get(reason, 0) for reason in Reason]
             errors = b"".join(

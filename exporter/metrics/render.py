@@ -93,8 +93,13 @@ class FamilyFormat:
             f"# HELP {self.name} {om_help}\n# TYPE {self.name} {self.type}\n".encode(),
         )
 
-    def prefix(self, values: Sequence[str]) -> str:
-        """``sample_name{label="value",...} `` for these label values (in ``labels`` order)."""
+    def prefix(self, values: Sequence[str], constant: Sequence[tuple[str, str]] = ()) -> str:
+        """``sample_name{label="value",...} `` for these label values (in ``labels`` order) and
+        the ``constant`` labels (name, value) of the series' target, all sorted by name."""
+        if constant:
+            pairs = sorted([*zip(self.labels, values, strict=True), *constant])
+            inner = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
+            return f"{self.sample_name}{{{inner}}} "
         if not self.labels:
             return self.sample_name + " "
         names = self.labels

@@ -84,9 +84,12 @@ class ExporterInfo(Collector):
         shard.add_metric((str(store.shard[0]), str(store.shard[1])), 1.0)
         assigned = GaugeMetricFamily(
             "messaging_exporter_targets",
-            "Targets this replica collects (assigned) and leaves to other shards (skipped).",
+            "Targets this replica collects (assigned), holds but does not collect (disabled), "
+            "and leaves to other shards (skipped).",
             labels=("state",),
         )
-        assigned.add_metric(("assigned",), float(len(store.targets)))
+        disabled = sum(1 for target in store.targets if not target.config.enabled)
+        assigned.add_metric(("assigned",), float(len(store.targets) - disabled))
+        assigned.add_metric(("disabled",), float(disabled))
         assigned.add_metric(("skipped",), float(store.skipped_targets))
         yield from (build, reload_ok, shard, assigned)

@@ -42,6 +42,8 @@ class Store:
         self.config_reload_successful = True
         self.last_reload: float | None = None
         """When the config was last (re)loaded, Unix seconds."""
+        self.last_reload_error: str | None = None
+        """Why the last (re)load failed, as it was logged; None after a success."""
         self.shard = (0, 1)
         self.skipped_targets = 0
         self._specs: dict[str, dict[str, MetricSpec]] = {
@@ -59,14 +61,16 @@ class Store:
         return lambda: self._subscribers.remove(subscriber)
 
     def ready(self) -> bool:
-        """Every target has finished its first collection attempt."""
-        return all(target.state.latest is not None for target in self._targets)
+        """Every enabled target has finished its first collection attempt."""
+        return all(
+            target.state.latest is not None or not target.config.enabled for target in self._targets
+        )
 
     def record(self, snapshot: Snapshot) -> None:
         """A collection ended: its target's series, times and outcome."""
         target = self._targets.get(snapshot.target)
-        if target is None:  # removed by a reload while it was being collected
-            return
+        if target is None or not target.config.enabled:
+            return  # removed or disabled by a reload while it was being collected
         state = target.state
         delivered = self._delivered(snapshot, state)
         finished = snapshot.started_at + snapshot.duration
@@ -111,9 +115,10 @@ class Store:
         """The table was set to another config's targets."""
         self._changed(None)
 
-    def reloaded(self, ok: bool) -> None:
-        """A config (re)load ended, well or not."""
+    def reloaded(self, ok: bool, error: str | None = None) -> None:
+        """A config (re)load ended, well or not (then ``error`` says why)."""
         self.config_reload_successful = ok
+        self.last_reload_error = None if ok else error
         self.last_reload = self._clock.time()
         self._changed(None)
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import structlog
 
-from exporter.providers.base import MetricSpec, Provider, TargetConfig
+from exporter.providers.base import MetricSpec, Provider, TargetConfig, api_problem
 
 PROVIDERS_GROUP = "messaging_stats_exporter.providers"
 DISTRIBUTION = "messaging-stats-exporter"
@@ -111,7 +111,9 @@ def _problem(
     if provider is None:
         return "the module defines no PROVIDER"
     if not (isinstance(provider, type) and issubclass(provider, Provider)):
-        return f"PROVIDER is {provider!r}, not a subclass of exporter.providers.base.Provider"
+        return f"PROVIDER is {provider!r}, not a subclass of exporter.plugin.Provider"
+    if (mismatch := api_problem(getattr(provider, "requires_api", None))) is not None:
+        return mismatch
     claimed = getattr(provider, "name", None)
     if claimed != name:
         return f"PROVIDER.name is {claimed!r}, not the entry point's name {name!r}"
@@ -119,7 +121,7 @@ def _problem(
         return f"the provider name {name!r} is already taken by {taken[name].__module__}"
     model = getattr(provider, "config_model", None)
     if not (isinstance(model, type) and issubclass(model, TargetConfig)):
-        return "config_model is not a subclass of exporter.providers.base.TargetConfig"
+        return "config_model is not a subclass of exporter.plugin.TargetConfig"
     field = model.model_fields.get("provider")
     if field is None or not _is_literal_of(field.annotation, name):
         return f'config_model.provider must be Literal["{name}"]'

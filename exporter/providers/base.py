@@ -30,6 +30,7 @@ from exporter.fields import (
     BaseUrl,
     Duration,
     IntervalDuration,
+    Labels,
     SecretsModel,
     TimeoutDuration,
     format_duration,
@@ -75,6 +76,11 @@ class TargetConfig(SecretsModel):
     """Given, inherited from ``defaults``, or else :func:`default_stale_after` of ``interval``."""
     max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
     max_response_bytes: int = max_response_bytes_field(DEFAULT_MAX_RESPONSE_BYTES)
+    labels: Labels = Field(default_factory=dict)
+    """Constant labels added to every series of the target; ``defaults.labels`` merged under
+    them, key by key."""
+    enabled: bool = True
+    """False: validated like any target, but not collected and without series."""
 
     @model_validator(mode="before")
     @classmethod
@@ -157,6 +163,8 @@ class Provider(ABC, Generic[C]):
     name: ClassVar[str]
     config_model: ClassVar[type[TargetConfig]]
     metrics: ClassVar[tuple[MetricSpec, ...]]
+    requires_api: ClassVar[tuple[int, int]] = (1, 0)
+    """The plugin API version the provider is written for: see :func:`api_problem`."""
 
     def __init__(self, config: C) -> None:
         self.config = config
@@ -169,6 +177,28 @@ class Provider(ABC, Generic[C]):
     async def collect(self, run: Run) -> list[Sample]:
         """Fetch through ``run.client`` and parse; raise
         :class:`~exporter.providers.errors.CollectError` on failure."""
+
+
+API_VERSION = (1, 0)
+"""The version of the plugin API (``exporter.plugin``) this exporter has: (major, minor)."""
+
+
+def api_problem(requires: object) -> str | None:
+    """Why a plugin part that declares ``requires_api = requires`` cannot run on this exporter, or
+    None when it can: the same major version, and a minor version no newer than this one's."""
+    have = f"{API_VERSION[0]}.{API_VERSION[1]}"
+    if not (
+        isinstance(requires, tuple)
+        and len(requires) == 2
+        and all(type(part) is int and part >= 0 for part in requires)
+    ):
+        return f"requires_api is {requires!r}, not a (major, minor) pair of ints"
+    major, minor = requires
+    if major == API_VERSION[0] and minor <= API_VERSION[1]:
+        return None
+    if requires > API_VERSION:
+        return f"needs plugin API {major}.{minor}, this exporter has {have}"
+    return f"was written for plugin API {major}.{minor}, this exporter has {have}"
 
 
 _NOT_LABEL_CHARS = re.compile(r"[^0-9a-z]+")

@@ -1,13 +1,10 @@
 """The provider simulator: one aiohttp app that speaks every provider's API as its page describes,
 quirks included, for ``--demo``, the tests and the benchmarks.
 
-Each provider's part is a module, registered under the provider's name in the entry-point group
-``messaging_stats_exporter.simulators``, that defines:
-
-* ``PROVIDER``: the provider's name (the first path segment of its routes),
-* ``make_state(dynamic: bool)``: its demo data (``dynamic`` makes the values move over time),
-* ``register(app, sim)``: its routes, under ``/<provider>/{account}/...``,
-* ``demo_targets(url, sim)``: config targets (dicts) that point at it.
+Each provider's part is a :class:`SimulatorPart` subclass, named ``SIMULATOR_PART`` in a module
+registered under the provider's name in the entry-point group
+``messaging_stats_exporter.simulators`` (as a provider's module names its ``Provider`` subclass
+``PROVIDER``).
 
 Faults common to every API are switched per (provider, account) and applied by one middleware:
 
@@ -36,10 +33,7 @@ fault                  what the client gets
 =====================  ================================================================
 
 Providers add faults of their own (Altcraft's never-ending task, ...). ``/_sim/faults`` switches
-them over HTTP, ``/_sim/requests`` lists what was received. A part may define
-``echo_error(route, text)``: its API's error answer carrying ``text`` for the ``echo`` fault
-(``route`` is the route prefix, e.g. a token service's); without it the answer is
-``{"error": text, "message": text}``.
+them over HTTP, ``/_sim/requests`` lists what was received.
 """
 
 from __future__ import annotations
@@ -47,15 +41,16 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
+from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cache
-from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 from aiohttp import web
 
 from exporter.providers import load_plugins, registry, skip_plugin
+from exporter.providers.base import api_problem
 
 FAULTS = (
     "http_500_html",
@@ -113,8 +108,8 @@ class Simulator:
     record_requests: bool = True
 
     def __post_init__(self) -> None:
-        for name, module in provider_modules().items():
-            self.state.setdefault(name, module.make_state(self.dynamic))
+        for name, part in provider_parts().items():
+            self.state.setdefault(name, part.make_state(self.dynamic))
 
     def set_fault(self, provider: str, account: str, fault: str | Fault | None) -> None:
         if fault is None:
@@ -145,38 +140,81 @@ class Simulator:
         ]
 
 
+class SimulatorPart(ABC):
+    """One provider's simulated API. The simulator makes one instance and calls its hooks: the
+    part keeps no state of its own, its demo data lives in ``sim.state[name]``."""
+
+    name: ClassVar[str]
+    """The provider's name: the first path segment of its routes."""
+    faults: ClassVar[tuple[str, ...]] = ()
+    """Its own faults, besides the common ones (the handlers apply them)."""
+    requires_api: ClassVar[tuple[int, int]] = (1, 0)
+    """The plugin API version the part is written for."""
+
+    @abstractmethod
+    def make_state(self, dynamic: bool) -> Any:
+        """Its demo data; with ``dynamic`` the figures move at every call."""
+
+    @abstractmethod
+    def register(self, app: web.Application, sim: Simulator) -> None:
+        """Add its routes, under ``/<name>/{account}/...``."""
+
+    @abstractmethod
+    def demo_targets(self, url: str, sim: Simulator) -> list[dict[str, Any]]:
+        """Config targets (dicts) for its accounts, pointing at the simulator at ``url``."""
+
+    def fault_accounts(self, sim: Simulator) -> Mapping[str, Sequence[str] | None]:
+        """Route prefix → the accounts a fault can be switched on (None: any). By default its
+        name, with any account."""
+        return {self.name: None}
+
+    def echo_error(self, route: str, text: str) -> web.Response:
+        """Its API's error answer carrying ``text``, for the ``echo`` fault on ``route`` (a route
+        prefix of :meth:`fault_accounts`)."""
+        return web.json_response({"error": text, "message": text}, status=400)
+
+
 SIMULATORS_GROUP = "messaging_stats_exporter.simulators"
-_PARTS = ("make_state", "register", "demo_targets")
+
+
+def _part_problem(name: str, module: Any, taken: Mapping[str, SimulatorPart]) -> str | None:
+    """Why this module cannot be the simulator part of the provider ``name``, or None."""
+    part = getattr(module, "SIMULATOR_PART", None)
+    if part is None:
+        return "the module defines no SIMULATOR_PART"
+    if not (isinstance(part, type) and issubclass(part, SimulatorPart)):
+        return f"SIMULATOR_PART is {part!r}, not a subclass of exporter.plugin.SimulatorPart"
+    if (mismatch := api_problem(getattr(part, "requires_api", None))) is not None:
+        return mismatch
+    if getattr(part, "name", None) != name:
+        return f"SIMULATOR_PART.name is {getattr(part, 'name', None)!r}, not {name!r}"
+    if part.__abstractmethods__:
+        return f"{part.__name__} does not implement {', '.join(sorted(part.__abstractmethods__))}"
+    if name in taken:
+        return f"the name is already taken by {type(taken[name]).__module__}"
+    if name not in registry():
+        return f"no provider named {name!r} is registered"
+    return None
 
 
 @cache
-def provider_modules() -> dict[str, ModuleType]:
-    """Provider name → its simulator part, sorted by name: the modules registered in the
-    entry-point group ``messaging_stats_exporter.simulators`` (name = the provider's name, value =
-    the module), the built-ins and the installed plugins alike.
+def provider_parts() -> dict[str, SimulatorPart]:
+    """Provider name → its simulator part, sorted by name: the ``SIMULATOR_PART`` of each module
+    registered in the entry-point group ``messaging_stats_exporter.simulators`` (name = the
+    provider's name, value = the module), the built-ins and the installed plugins alike.
 
-    A part is left out, and logged, when it fails to import, lacks one of the functions above,
-    claims another name, or belongs to no registered provider (the demo config would name an
-    unknown provider): the others keep working."""
-    modules: dict[str, ModuleType] = {}
-    providers = registry()
+    A part is left out, and logged, when its module fails to import or names no
+    :class:`SimulatorPart` subclass, when the part needs a newer plugin API, claims another name,
+    lacks a hook, or belongs to no registered provider (the demo config would name an unknown
+    provider): the others keep working."""
+    parts: dict[str, SimulatorPart] = {}
     for entry, module in load_plugins(SIMULATORS_GROUP):
-        problem = None
-        if not isinstance(module, ModuleType):
-            problem = f"{entry.value} is not a module"
-        elif getattr(module, "PROVIDER", None) != entry.name:
-            problem = f"PROVIDER is {getattr(module, 'PROVIDER', None)!r}, not {entry.name!r}"
-        elif missing := [part for part in _PARTS if not callable(getattr(module, part, None))]:
-            problem = f"the module defines no {', '.join(missing)}"
-        elif entry.name in modules:
-            problem = f"the name is already taken by {modules[entry.name].__name__}"
-        elif entry.name not in providers:
-            problem = f"no provider named {entry.name!r} is registered"
+        problem = _part_problem(entry.name, module, parts)
         if problem is not None:
             skip_plugin(SIMULATORS_GROUP, entry, problem)
             continue
-        modules[entry.name] = module
-    return dict(sorted(modules.items()))
+        parts[entry.name] = module.SIMULATOR_PART()
+    return dict(sorted(parts.items()))
 
 
 SIMULATOR = web.AppKey("simulator", Simulator)
@@ -268,13 +306,9 @@ def _echo_text(request: web.Request, body: bytes) -> str:
 
 async def _echo(request: web.Request, route: str) -> web.Response:
     text = _echo_text(request, await request.read())
-    for part, module in provider_modules().items():
-        listing = getattr(module, "fault_accounts", None)
-        routes = listing(request.app[SIMULATOR]) if callable(listing) else {part: None}
-        answer = getattr(module, "echo_error", None)
-        if route in routes and callable(answer):
-            response: web.Response = answer(route, text)
-            return response
+    for part in provider_parts().values():
+        if route in part.fault_accounts(request.app[SIMULATOR]):
+            return part.echo_error(route, text)
     return web.json_response({"error": text, "message": text}, status=400)
 
 
@@ -355,14 +389,11 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 def _fault_targets(sim: Simulator) -> dict[str, tuple[list[str] | None, list[str]]]:
     """Route prefix -> its accounts (None where the part does not list them) and the faults it
-    knows. A part may define ``FAULTS`` (its own faults) and ``fault_accounts(sim)`` (route
-    prefix -> accounts); a plugin's part without them gets the common faults on any account."""
+    knows: the common ones and the part's ``faults``."""
     known: dict[str, tuple[list[str] | None, list[str]]] = {}
-    for part, module in provider_modules().items():
-        faults = sorted({*FAULTS, *getattr(module, "FAULTS", ())})
-        listing = getattr(module, "fault_accounts", None)
-        prefixes = listing(sim) if callable(listing) else {part: None}
-        for prefix, accounts in prefixes.items():
+    for part in provider_parts().values():
+        faults = sorted({*FAULTS, *part.faults})
+        for prefix, accounts in part.fault_accounts(sim).items():
             known[prefix] = (None if accounts is None else list(accounts), faults)
     return known
 
@@ -439,8 +470,8 @@ def build_app(sim: Simulator | None = None) -> web.Application:
     sim = sim or Simulator()
     app = web.Application(middlewares=[_faults])
     app[SIMULATOR] = sim
-    for module in provider_modules().values():
-        module.register(app, sim)
+    for part in provider_parts().values():
+        part.register(app, sim)
     app.router.add_post("/_sim/faults", _control_faults)
     app.router.add_get("/_sim/requests", _control_requests)
     return app
@@ -449,8 +480,8 @@ def build_app(sim: Simulator | None = None) -> web.Application:
 def demo_targets(url: str, sim: Simulator) -> list[dict[str, Any]]:
     """Config targets for every account the simulator holds, pointing at ``url``."""
     targets: list[dict[str, Any]] = []
-    for module in provider_modules().values():
-        targets.extend(module.demo_targets(url.rstrip("/"), sim))
+    for part in provider_parts().values():
+        targets.extend(part.demo_targets(url.rstrip("/"), sim))
     return targets
 
 

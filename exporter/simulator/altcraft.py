@@ -43,7 +43,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.simulator import SIMULATOR, Simulator, request_fault
+from exporter.simulator import SIMULATOR, Simulator, SimulatorPart, request_fault
 
 PROVIDER = "altcraft"
 API = "/altcraft/{account}/api/v1.1"
@@ -146,7 +146,7 @@ def _resource_counts(
     }
 
 
-def make_state(dynamic: bool = False) -> AltcraftState:
+def demo_state(dynamic: bool = False) -> AltcraftState:
     # Account "prod": the pages' examples (resource 24 with list 1; the segment example's counts)
     # plus a resource with an unlisted channel and counter, and one counter not reported.
     shop_telegram = _resource_counts(120, 97, 23)
@@ -510,49 +510,56 @@ async def get_resource(request: web.Request) -> web.Response:
     )
 
 
-def echo_error(route: str, text: str) -> web.Response:
-    return _error(400, text, status=400)
+class AltcraftSimulator(SimulatorPart):
+    name = PROVIDER
+    faults = FAULTS
+
+    def make_state(self, dynamic: bool) -> AltcraftState:
+        return demo_state(dynamic)
+
+    def register(self, app: web.Application, sim: Simulator) -> None:
+        app.router.add_post(f"{API}/resources/refresh_counters", refresh_resource)
+        app.router.add_post(f"{API}/segments/refresh_counters", refresh_segment)
+        app.router.add_post(f"{API}/tasks/status", task_status)
+        app.router.add_post(f"{API}/resources/list", list_resources)
+        app.router.add_post(f"{API}/resources/get", get_resource)
+
+    def demo_targets(self, url: str, sim: Simulator) -> list[dict[str, Any]]:
+        state: AltcraftState = sim.state[PROVIDER]
+        targets = []
+        for name, account in state.accounts.items():
+            resources: Any = (
+                "auto"
+                if account.discover
+                else [
+                    {"id": resource.id, "list_id": db}
+                    for resource in account.resources.values()
+                    for db in resource.dbs
+                ]
+            )
+            targets.append(
+                {
+                    "name": f"altcraft-{name}",
+                    "provider": PROVIDER,
+                    "base_url": f"{url}/altcraft/{name}/api/v1.1",
+                    "token": account.token,
+                    "task_poll_interval": "0.1s",
+                    "resources": resources,
+                    "segments": [
+                        {"id": s.id, "resource_id": s.resource_id, "db_id": s.db_id}
+                        for s in account.segments.values()
+                    ],
+                }
+            )
+        return targets
+
+    def fault_accounts(self, sim: Simulator) -> dict[str, list[str]]:
+        """The accounts a fault can be switched on, by route prefix."""
+        state: AltcraftState = sim.state[PROVIDER]
+        return {PROVIDER: sorted(state.accounts)}
+
+    def echo_error(self, route: str, text: str) -> web.Response:
+        return _error(400, text, status=400)
 
 
-def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
-    """The accounts a fault can be switched on, by route prefix."""
-    state: AltcraftState = sim.state[PROVIDER]
-    return {PROVIDER: sorted(state.accounts)}
-
-
-def register(app: web.Application, sim: Simulator) -> None:
-    app.router.add_post(f"{API}/resources/refresh_counters", refresh_resource)
-    app.router.add_post(f"{API}/segments/refresh_counters", refresh_segment)
-    app.router.add_post(f"{API}/tasks/status", task_status)
-    app.router.add_post(f"{API}/resources/list", list_resources)
-    app.router.add_post(f"{API}/resources/get", get_resource)
-
-
-def demo_targets(url: str, sim: Simulator) -> list[dict[str, Any]]:
-    state: AltcraftState = sim.state[PROVIDER]
-    targets = []
-    for name, account in state.accounts.items():
-        resources: Any = (
-            "auto"
-            if account.discover
-            else [
-                {"id": resource.id, "list_id": db}
-                for resource in account.resources.values()
-                for db in resource.dbs
-            ]
-        )
-        targets.append(
-            {
-                "name": f"altcraft-{name}",
-                "provider": PROVIDER,
-                "base_url": f"{url}/altcraft/{name}/api/v1.1",
-                "token": account.token,
-                "task_poll_interval": "0.1s",
-                "resources": resources,
-                "segments": [
-                    {"id": s.id, "resource_id": s.resource_id, "db_id": s.db_id}
-                    for s in account.segments.values()
-                ],
-            }
-        )
-    return targets
+SIMULATOR_PART = AltcraftSimulator

@@ -34,7 +34,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.simulator import SIMULATOR, Simulator, request_fault
+from exporter.simulator import SIMULATOR, Simulator, SimulatorPart, request_fault
 
 PROVIDER = "exolve"
 FAULTS = ("incoming_500", "counts_as_numbers")
@@ -142,7 +142,7 @@ def _group(
     )
 
 
-def make_state(dynamic: bool = False) -> ExolveState:
+def demo_state(dynamic: bool = False) -> ExolveState:
     return ExolveState(
         applications={
             "shop": Application(
@@ -259,34 +259,41 @@ async def get_count(request: web.Request) -> web.Response:
     return web.json_response({"count": str(count)})
 
 
-def echo_error(route: str, text: str) -> web.Response:
-    return _error(400, 3, text)  # gRPC code 3: INVALID_ARGUMENT
+class ExolveSimulator(SimulatorPart):
+    name = PROVIDER
+    faults = FAULTS
+
+    def make_state(self, dynamic: bool) -> ExolveState:
+        return demo_state(dynamic)
+
+    def register(self, app: web.Application, sim: Simulator) -> None:
+        app.router.add_post("/exolve/{account}/messaging/v1/GetCount", get_count)
+
+    def demo_targets(self, url: str, sim: Simulator) -> list[dict[str, Any]]:
+        state: ExolveState = sim.state[PROVIDER]
+        targets: list[dict[str, Any]] = []
+        for account, application in state.applications.items():
+            target: dict[str, Any] = {
+                "name": f"exolve-{account}",
+                "provider": PROVIDER,
+                "base_url": f"{url}/exolve/{account}/messaging/v1",
+                "api_key": application.api_key,
+            }
+            if account == "shop":
+                target["breakdowns"] = ["status", "delivery_status", "billing_status"]
+            else:
+                target["window"] = "24h"
+                target["number"] = "ALERTS"
+            targets.append(target)
+        return targets
+
+    def fault_accounts(self, sim: Simulator) -> dict[str, list[str]]:
+        """The accounts a fault can be switched on, by route prefix."""
+        state: ExolveState = sim.state[PROVIDER]
+        return {PROVIDER: sorted(state.applications)}
+
+    def echo_error(self, route: str, text: str) -> web.Response:
+        return _error(400, 3, text)  # gRPC code 3: INVALID_ARGUMENT
 
 
-def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
-    """The accounts a fault can be switched on, by route prefix."""
-    state: ExolveState = sim.state[PROVIDER]
-    return {PROVIDER: sorted(state.applications)}
-
-
-def register(app: web.Application, sim: Simulator) -> None:
-    app.router.add_post("/exolve/{account}/messaging/v1/GetCount", get_count)
-
-
-def demo_targets(url: str, sim: Simulator) -> list[dict[str, Any]]:
-    state: ExolveState = sim.state[PROVIDER]
-    targets: list[dict[str, Any]] = []
-    for account, application in state.applications.items():
-        target: dict[str, Any] = {
-            "name": f"exolve-{account}",
-            "provider": PROVIDER,
-            "base_url": f"{url}/exolve/{account}/messaging/v1",
-            "api_key": application.api_key,
-        }
-        if account == "shop":
-            target["breakdowns"] = ["status", "delivery_status", "billing_status"]
-        else:
-            target["window"] = "24h"
-            target["number"] = "ALERTS"
-        targets.append(target)
-    return targets
+SIMULATOR_PART = ExolveSimulator

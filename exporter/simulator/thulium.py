@@ -13,7 +13,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from exporter.simulator import SIMULATOR, Simulator, request_fault
+from exporter.simulator import SIMULATOR, Simulator, SimulatorPart, request_fault
 
 PROVIDER = "thulium"
 FAULTS: tuple[str, ...] = ()
@@ -40,7 +40,7 @@ class ThuliumState:
     dynamic: bool = False
 
 
-def make_state(dynamic: bool = False) -> ThuliumState:
+def demo_state(dynamic: bool = False) -> ThuliumState:
     return ThuliumState(
         tenants={
             "acme": Tenant(
@@ -102,29 +102,36 @@ async def outbound_stats(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def echo_error(route: str, text: str) -> web.Response:
-    return _error(400, text, 400)
+class ThuliumSimulator(SimulatorPart):
+    name = PROVIDER
+    faults = FAULTS
+
+    def make_state(self, dynamic: bool) -> ThuliumState:
+        return demo_state(dynamic)
+
+    def register(self, app: web.Application, sim: Simulator) -> None:
+        app.router.add_get("/thulium/{account}/api/outbounds/stats", outbound_stats)
+
+    def demo_targets(self, url: str, sim: Simulator) -> list[dict[str, Any]]:
+        state: ThuliumState = sim.state[PROVIDER]
+        return [
+            {
+                "name": f"thulium-{account}",
+                "provider": PROVIDER,
+                "base_url": f"{url}/thulium/{account}/api",
+                "username": tenant.username,
+                "password": tenant.password,
+            }
+            for account, tenant in state.tenants.items()
+        ]
+
+    def fault_accounts(self, sim: Simulator) -> dict[str, list[str]]:
+        """The accounts a fault can be switched on, by route prefix."""
+        state: ThuliumState = sim.state[PROVIDER]
+        return {PROVIDER: sorted(state.tenants)}
+
+    def echo_error(self, route: str, text: str) -> web.Response:
+        return _error(400, text, 400)
 
 
-def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
-    """The accounts a fault can be switched on, by route prefix."""
-    state: ThuliumState = sim.state[PROVIDER]
-    return {PROVIDER: sorted(state.tenants)}
-
-
-def register(app: web.Application, sim: Simulator) -> None:
-    app.router.add_get("/thulium/{account}/api/outbounds/stats", outbound_stats)
-
-
-def demo_targets(url: str, sim: Simulator) -> list[dict[str, Any]]:
-    state: ThuliumState = sim.state[PROVIDER]
-    return [
-        {
-            "name": f"thulium-{account}",
-            "provider": PROVIDER,
-            "base_url": f"{url}/thulium/{account}/api",
-            "username": tenant.username,
-            "password": tenant.password,
-        }
-        for account, tenant in state.tenants.items()
-    ]
+SIMULATOR_PART = ThuliumSimulator

@@ -35,7 +35,7 @@ from typing import Any
 
 from aiohttp import web
 
-from exporter.simulator import SIMULATOR, Simulator, request_fault
+from exporter.simulator import SIMULATOR, Simulator, SimulatorPart, request_fault
 
 PROVIDER = "trustlat"
 TOKEN_SERVICE = "trustlat-atenea"  # noqa: S105
@@ -99,7 +99,7 @@ class TrustlatState:
                 token.expires_in = 0
 
 
-def make_state(dynamic: bool = False) -> TrustlatState:
+def demo_state(dynamic: bool = False) -> TrustlatState:
     return TrustlatState(
         companies={
             "acme": Company(
@@ -255,49 +255,58 @@ async def statistics(request: web.Request) -> web.Response:
     )
 
 
-def echo_error(route: str, text: str) -> web.Response:
-    """OAuth's error answer from the token service, the statistics envelope from the API."""
-    if route == TOKEN_SERVICE:
-        return web.json_response(
-            {"error": "invalid_request", "error_description": text}, status=400
+class TrustlatSimulator(SimulatorPart):
+    name = PROVIDER
+    faults = FAULTS
+
+    def make_state(self, dynamic: bool) -> TrustlatState:
+        return demo_state(dynamic)
+
+    def register(self, app: web.Application, sim: Simulator) -> None:
+        app.router.add_get(
+            "/trustlat/{account}/campaigns/api/v1/company/{company_id}/statistics", statistics
         )
-    return web.json_response({"code": 400, "resource": "Statistics", "message": text}, status=400)
+        app.router.add_post(f"/{TOKEN_SERVICE}/{{account}}/oauth/token/", token)
 
+    def demo_targets(self, url: str, sim: Simulator) -> list[dict[str, Any]]:
+        state: TrustlatState = sim.state[PROVIDER]
+        targets: list[dict[str, Any]] = []
+        for account, company in state.companies.items():
+            target: dict[str, Any] = {
+                "name": f"trustlat-{account}",
+                "provider": PROVIDER,
+                "base_url": f"{url}/trustlat/{account}",
+                "company_id": company.company_id,
+            }
+            if company.client_id is not None:
+                target["client_id"] = company.client_id
+                target["client_secret"] = company.client_secret
+                target["token_url"] = f"{url}/{TOKEN_SERVICE}/{account}/oauth/token/"
+            else:
+                target["access_token"] = company.access_token
+            targets.append(target)
+        return targets
 
-def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
-    """The accounts a fault can be switched on, by route prefix: the statistics API's, and the
-    token service's (only the companies that use client credentials have a token route)."""
-    state: TrustlatState = sim.state[PROVIDER]
-    return {
-        PROVIDER: sorted(state.companies),
-        TOKEN_SERVICE: sorted(
-            name for name, company in state.companies.items() if company.client_id is not None
-        ),
-    }
-
-
-def register(app: web.Application, sim: Simulator) -> None:
-    app.router.add_get(
-        "/trustlat/{account}/campaigns/api/v1/company/{company_id}/statistics", statistics
-    )
-    app.router.add_post(f"/{TOKEN_SERVICE}/{{account}}/oauth/token/", token)
-
-
-def demo_targets(url: str, sim: Simulator) -> list[dict[str, Any]]:
-    state: TrustlatState = sim.state[PROVIDER]
-    targets: list[dict[str, Any]] = []
-    for account, company in state.companies.items():
-        target: dict[str, Any] = {
-            "name": f"trustlat-{account}",
-            "provider": PROVIDER,
-            "base_url": f"{url}/trustlat/{account}",
-            "company_id": company.company_id,
+    def fault_accounts(self, sim: Simulator) -> dict[str, list[str]]:
+        """The accounts a fault can be switched on, by route prefix: the statistics API's, and the
+        token service's (only the companies that use client credentials have a token route)."""
+        state: TrustlatState = sim.state[PROVIDER]
+        return {
+            PROVIDER: sorted(state.companies),
+            TOKEN_SERVICE: sorted(
+                name for name, company in state.companies.items() if company.client_id is not None
+            ),
         }
-        if company.client_id is not None:
-            target["client_id"] = company.client_id
-            target["client_secret"] = company.client_secret
-            target["token_url"] = f"{url}/{TOKEN_SERVICE}/{account}/oauth/token/"
-        else:
-            target["access_token"] = company.access_token
-        targets.append(target)
-    return targets
+
+    def echo_error(self, route: str, text: str) -> web.Response:
+        """OAuth's error answer from the token service, the statistics envelope from the API."""
+        if route == TOKEN_SERVICE:
+            return web.json_response(
+                {"error": "invalid_request", "error_description": text}, status=400
+            )
+        return web.json_response(
+            {"code": 400, "resource": "Statistics", "message": text}, status=400
+        )
+
+
+SIMULATOR_PART = TrustlatSimulator

@@ -1,5 +1,6 @@
-"""The aiohttp app: ``/metrics`` from the exposition, the status page, health, readiness and reload.
-The collection loop lives in the app's ``cleanup_ctx``: it starts and stops with the app."""
+"""The aiohttp app: ``/metrics`` from the exposition, the status page and the targets API,
+health, readiness and reload. The collection loop lives in the app's ``cleanup_ctx``: it starts
+and stops with the app."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import payload, web
 from aiohttp.abc import AbstractStreamWriter
+from yarl import URL
 
 from exporter import __version__
 from exporter.service import Exporter
+from exporter.web.api import TARGETS_PATH, targets_document
 from exporter.web.status import StatusView, TargetRow, render_status_page
 from exporter.web.webconfig import WebSettings
 
@@ -77,15 +80,27 @@ async def reload_refused(request: web.Request) -> web.Response:
     )
 
 
+def url_host(url: str) -> str:
+    """The host of ``url``, with its port when the URL gives one: never its path or credentials."""
+    parsed = URL(url)
+    host = parsed.host or ""
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{host}:{parsed.explicit_port}" if parsed.explicit_port is not None else host
+
+
 def status_view(exporter: Exporter) -> StatusView:
+    """The facts the status page and the targets API show, in config order, every text that came
+    from a provider or a config file passed through the service's redactor."""
     store = exporter.store
+    redact = exporter.redactor.redact
     now = exporter.clock.time()
     rows = []
     for target in exporter.targets:
         config, state = target.config, target.state
         latest = state.latest
         failed = latest is not None and not latest.ok
-        condition, served = state.status(now, config.stale_after)
+        condition, served = target.status(now)
         rows.append(
             TargetRow(
                 provider=config.provider,
@@ -96,9 +111,12 @@ def status_view(exporter: Exporter) -> StatusView:
                 interval=config.interval,
                 series=served,
                 reason=str(latest.reason) if failed and latest and latest.reason else None,
-                last_error=(
-                    exporter.redactor.redact(latest.error or "") if failed and latest else None
-                ),
+                last_error=redact(latest.error or "") if failed and latest else None,
+                labels=config.labels,
+                host=url_host(config.base_url),
+                last_attempt=latest.started_at if latest else None,
+                last_duration=latest.duration if latest else None,
+                next_attempt=state.next_attempt,
             )
         )
     sharding = exporter.sharding
@@ -112,6 +130,9 @@ def status_view(exporter: Exporter) -> StatusView:
         config_file=str(exporter.config_path) if exporter.config_path else None,
         last_reload=store.last_reload,
         last_reload_ok=store.config_reload_successful,
+        last_reload_error=(
+            redact(store.last_reload_error) if store.last_reload_error is not None else None
+        ),
         targets=rows,
     )
 
@@ -119,6 +140,10 @@ def status_view(exporter: Exporter) -> StatusView:
 async def status_page(request: web.Request) -> web.Response:
     page = render_status_page(status_view(request.app[EXPORTER]))
     return web.Response(text=page, content_type="text/html")
+
+
+async def targets_api(request: web.Request) -> web.Response:
+    return web.json_response(targets_document(status_view(request.app[EXPORTER])))
 
 
 async def _watch_web_config(app: web.Application) -> AsyncIterator[None]:
@@ -153,4 +178,5 @@ def build_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_post("/-/reload", reload if lifecycle else reload_refused)
     app.router.add_get("/", status_page)
+    app.router.add_get(TARGETS_PATH, targets_api)
     return app

@@ -19,18 +19,23 @@ import http.client
 import os
 import ssl
 import sys
-from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
+from exporter.bounded import (
+    CONFIG_FILE_MAX_BYTES,
+    FileProblem,
+    YAMLProblem,
+    load_yaml,
+    read_text,
+)
 from exporter.config import (
     ConfigError,
-    ConfigProblem,
     WebConfig,
     expand_env,
-    format_path,
     parse_listen_address,
+    validation_problems,
+    yaml_problem,
 )
 from exporter.web.webconfig import (
     PemError,
@@ -52,16 +57,18 @@ class HealthCheckError(Exception):
 
 
 def web_section(path: str, environ: dict[str, str]) -> WebConfig:
-    """The ``web`` section of the config file at ``path``, ``${VAR}``s expanded; its defaults
-    when there is no such file (``--demo`` reads none)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    except FileNotFoundError:
+    """The ``web`` section of the config file at ``path``, read as the exporter reads it (bounded,
+    ``${VAR}``s expanded); its defaults when there is no such file (``--demo`` reads none)."""
+    if not os.path.lexists(path):
         return WebConfig()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise HealthCheckError(f"{path}: cannot be read ({type(exc).__name__})") from None
-    except yaml.YAMLError:
-        raise HealthCheckError(f"{path}: YAML syntax error") from None
+    try:
+        raw = load_yaml(read_text(path, CONFIG_FILE_MAX_BYTES), max_chars=CONFIG_FILE_MAX_BYTES)
+    except FileProblem as exc:
+        raise HealthCheckError(f"{path}: the file {exc}") from None
+    except YAMLProblem as exc:
+        raise HealthCheckError(str(ConfigError([yaml_problem(exc)], path))) from None
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise HealthCheckError(f"{path}: the file must be a YAML mapping")
     section, problems = expand_env({"web": raw.get("web") or {}}, environ)
@@ -70,15 +77,7 @@ def web_section(path: str, environ: dict[str, str]) -> WebConfig:
     try:
         return WebConfig.model_validate(section["web"])
     except ValidationError as exc:
-        found = [
-            ConfigProblem(
-                format_path(["web", *e["loc"]]),
-                "unknown key"
-                if e["type"] == "extra_forbidden"
-                else str(e["msg"]).removeprefix("Value error, "),
-            )
-            for e in exc.errors(include_url=False)
-        ]
+        found = list(validation_problems(exc, ("web",)))
         raise HealthCheckError(str(ConfigError(found, path))) from None
 
 

@@ -3,21 +3,23 @@
 Failing targets come first, each state is shown by colour and by text, every text that comes from
 the config or a provider is HTML-escaped, and the page has no JavaScript. It stays one plain table
 (one class per row, no per-row widgets but a ``<details>`` for long errors) so that 1,000 targets
-render quickly and scroll well."""
+render quickly and scroll well. Narrower than 1,280 px, CSS alone lays each row out as a wrapped
+block with its cells labelled, so that the page reads at 800 px without sideways scrolling."""
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
 from typing import Literal
 
-TargetStateName = Literal["up", "down", "stale", "pending"]
+TargetStateName = Literal["up", "down", "stale", "pending", "disabled"]
 """``up``: the last collection succeeded. ``down``: it failed, and some of the target's series are
 still served (younger than ``stale_after``). ``stale``: it failed, and none of its series are served
-any more. ``pending``: not collected yet."""
+any more. ``pending``: not collected yet. ``disabled``: ``enabled: false`` in the config, never
+collected."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +38,16 @@ class TargetRow:
     """The last failure's reason, None when the last collection succeeded."""
     last_error: str | None
     """The last failure's text (secrets already redacted), None when it succeeded."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """The target's constant labels."""
+    host: str = ""
+    """The host (and port, if the URL gives one) of the target's base URL: never a whole URL."""
+    last_attempt: float | None = None
+    """When the last collection started, Unix seconds; None before the first."""
+    last_duration: float | None = None
+    """How long the last collection took, seconds."""
+    next_attempt: float | None = None
+    """When the next collection is due, Unix seconds; None when not known."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,10 +65,13 @@ class StatusView:
     """When the config was last (re)loaded, Unix seconds."""
     last_reload_ok: bool
     targets: Sequence[TargetRow]
+    last_reload_error: str | None = None
+    """Why the last reload failed (secrets already redacted); None after a success."""
 
 
-STATES: tuple[TargetStateName, ...] = ("down", "stale", "pending", "up")
-"""The table's order: failing first (down, then stale), then not yet collected, then healthy."""
+STATES: tuple[TargetStateName, ...] = ("down", "stale", "pending", "up", "disabled")
+"""The table's order: failing first (down, then stale), then not yet collected, then healthy, then
+those the config switched off."""
 _RANK = {state: rank for rank, state in enumerate(STATES)}
 _FAILING = frozenset({"down", "stale"})
 
@@ -115,8 +130,7 @@ def age(seconds: float, now: float) -> str:
 
 
 def _when(seconds: float | None, now: float) -> str:
-    """An age, then the UTC time (the header says UTC) on the same line, so rows stay one line
-    high; ``never`` for None."""
+    """An age, then the UTC time (the header says UTC); ``never`` for None."""
     if seconds is None:
         return '<span class="muted">never</span>'
     return (
@@ -141,14 +155,43 @@ def _error(row: TargetRow) -> str:
     )
 
 
+def _attempt(row: TargetRow, now: float) -> str:
+    """The last attempt's age, then how long it took."""
+    if row.last_attempt is None:
+        return '<span class="muted">never</span>'
+    took = (
+        ""
+        if row.last_duration is None
+        else f" <small>took {human_duration(row.last_duration)}</small>"
+    )
+    title = utc(row.last_attempt)
+    return f'<span class="age" title="{title}">{age(row.last_attempt, now)}</span>{took}'
+
+
+def _next(row: TargetRow, now: float) -> str:
+    """How long until the next attempt; ``due`` once its time has come; ``never`` for a disabled
+    target, ``unknown`` where no schedule says it."""
+    if row.state == "disabled":
+        return '<span class="muted">never</span>'
+    if row.next_attempt is None:
+        return '<span class="muted">unknown</span>'
+    title = f' title="{utc(row.next_attempt)}"'
+    if row.next_attempt <= now:
+        return f"<span{title}>due</span>"
+    return f"<span{title}>in {human_duration(row.next_attempt - now, units=2)}</span>"
+
+
 def _row(row: TargetRow, now: float) -> str:
     failures = row.consecutive_failures
+    host = f' <small class="host muted">{escape(row.host)}</small>' if row.host else ""
     return (
         f'<tr class="{row.state}">'
         f'<td class="state"><span class="pill">{row.state}</span></td>'
         f"<td>{escape(row.provider)}</td>"
-        f'<td class="account">{escape(row.account)}</td>'
+        f'<td class="account">{escape(row.account)}{host}</td>'
         f'<td class="when">{_when(row.last_success, now)}</td>'
+        f'<td class="when">{_attempt(row, now)}</td>'
+        f'<td class="when">{_next(row, now)}</td>'
         f'<td class="num{" bad" if failures else ""}">{failures}</td>'
         f'<td class="num">{human_duration(row.interval)}</td>'
         f'<td class="num">{row.series:,}</td>'
@@ -226,11 +269,23 @@ def _facts(view: StatusView) -> str:
     return "".join(f"<div><dt>{name}</dt><dd>{value}</dd></div>" for name, value in facts)
 
 
+def _reload_error(view: StatusView) -> str:
+    """Why the last reload failed, whole (a config error names every bad key), under the facts."""
+    if view.last_reload_ok or not view.last_reload_error:
+        return ""
+    return (
+        '<section class="reload-error" aria-labelledby="reload-h"><h2 id="reload-h">'
+        "The last reload failed; the previous config stays</h2>"
+        f"<pre>{escape(view.last_reload_error)}</pre></section>\n"
+    )
+
+
 def _counts(counts: Counter[str], total: int) -> str:
     pills = "".join(
         f'<li class="{state if counts[state] else "zero"}">'
         f'<span class="pill"><b>{counts[state]:,}</b> {state}</span></li>'
         for state in STATES
+        if state != "disabled" or counts[state]
     )
     return f'<ul class="counts" aria-label="Targets by state">{pills}<li>of {total:,}</li></ul>'
 
@@ -267,22 +322,29 @@ border:1px solid currentColor;white-space:nowrap}
 .down .pill{color:var(--down);background:var(--down-bg)}
 .stale .pill{color:var(--stale);background:var(--stale-bg)}
 .pending .pill{color:var(--pending);background:var(--pending-bg)}
+.disabled .pill{color:var(--muted);background:var(--code)}
 .zero .pill{color:var(--muted);font-weight:normal}
 .failing{border:1px solid var(--down);border-left-width:4px;border-radius:6px;
 padding:8px 14px;margin:0 0 14px;background:var(--down-bg)}
 .failing ul{margin:0;padding-left:18px}
-table{border-collapse:collapse;width:100%;min-width:1000px;table-layout:fixed}
-col.state{width:7.5em}col.provider{width:8em}col.account{width:16%}col.when{width:16em}
-col.failures{width:6.5em}col.interval{width:6em}col.series{width:6em}
+.reload-error{border:1px solid var(--down);border-left-width:4px;border-radius:6px;
+padding:8px 14px;margin:0 0 14px}
+.reload-error pre{margin:0;white-space:pre-wrap;overflow-wrap:anywhere;max-height:16em;
+overflow:auto;font:12.5px/1.35 ui-monospace,"DejaVu Sans Mono",monospace}
+table{border-collapse:collapse;width:100%;table-layout:fixed}
+col.state{width:7.5em}col.provider{width:7em}col.account{width:15%}col.success{width:10.5em}
+col.attempt{width:7.5em}col.next{width:7.5em}col.failures{width:6.5em}col.interval{width:6em}
+col.series{width:6em}
 th,td{padding:5px 10px;border-bottom:1px solid var(--line);text-align:left;vertical-align:top}
 th{position:sticky;top:0;background:var(--head);font-size:12px;text-transform:uppercase;
-letter-spacing:.04em;color:var(--muted);white-space:nowrap;z-index:1}
+letter-spacing:.04em;color:var(--muted);z-index:1}
 tbody tr{border-left:4px solid transparent}
 tr.down{border-left-color:var(--down)}tr.stale{border-left-color:var(--stale)}
 tr.pending{border-left-color:var(--pending)}tr.up{border-left-color:var(--up)}
+tr.disabled{border-left-color:var(--line)}
 tbody tr:hover{background:var(--head)}
-td.state,td.when{white-space:nowrap}td.when .age{display:inline-block;min-width:7.2em}
-td.account{overflow-wrap:anywhere}
+td.state,td.when{white-space:nowrap}td.when small{display:block}
+td.account{overflow-wrap:anywhere}td.account small{display:block}
 td.num{text-align:right;white-space:nowrap;font-variant-numeric:tabular-nums}
 th.num{text-align:right}
 td.bad{color:var(--down);font-weight:600}
@@ -292,16 +354,31 @@ details .full{margin-top:4px;white-space:pre-wrap;font:12.5px/1.35 ui-monospace,
 "DejaVu Sans Mono",monospace;background:var(--code);padding:6px 8px;border-radius:4px;
 max-height:16em;overflow:auto}
 .empty{text-align:center;color:var(--muted);padding:20px}
+@media (max-width:1279px){
+table,tbody,tr,td{display:block}colgroup,thead{display:none}
+tbody tr{display:flex;flex-wrap:wrap;align-items:baseline;gap:4px 18px;padding:6px 8px;
+border-bottom:1px solid var(--line)}
+td{padding:0;border:0;min-width:0}
+td:nth-child(n+4):nth-child(-n+9)::before{display:block;font-size:11px;
+text-transform:uppercase;letter-spacing:.04em;color:var(--muted)}
+td:nth-child(4)::before{content:"Last success"}td:nth-child(5)::before{content:"Last attempt"}
+td:nth-child(6)::before{content:"Next attempt"}td:nth-child(7)::before{content:"Failures"}
+td:nth-child(8)::before{content:"Interval"}td:nth-child(9)::before{content:"Series"}
+td.account{flex:1 1 12em}td.num{text-align:left}
+td.error{flex:1 1 100%}td.error:empty{display:none}
+}
 """
 
 _HEAD = (
-    '<colgroup><col class="state"><col class="provider"><col class="account"><col class="when">'
-    '<col class="failures"><col class="interval"><col class="series"><col class="error">'
-    "</colgroup>"
-    "<thead><tr><th>State</th><th>Provider</th><th>Account</th><th>Last success (UTC)</th>"
+    '<colgroup><col class="state"><col class="provider"><col class="account">'
+    '<col class="success"><col class="attempt"><col class="next"><col class="failures">'
+    '<col class="interval"><col class="series"><col class="error"></colgroup>'
+    "<thead><tr><th>State</th><th>Provider</th><th>Account · host</th>"
+    "<th>Last success (UTC)</th><th>Last attempt</th><th>Next attempt</th>"
     '<th class="num">Failures</th><th class="num">Interval</th><th class="num">Series</th>'
     "<th>Last error</th></tr></thead>"
 )
+_COLUMNS = 10
 
 
 def render_status_page(view: StatusView) -> str:
@@ -314,7 +391,7 @@ def render_status_page(view: StatusView) -> str:
         title = f"{failing} failing · {title}"
     telemetry = escape(view.telemetry_path)
     body = "".join([_row(row, view.now) for row in rows]) or (
-        '<tr><td class="empty" colspan="8">No targets on this replica.</td></tr>'
+        f'<tr><td class="empty" colspan="{_COLUMNS}">No targets on this replica.</td></tr>'
     )
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -325,6 +402,7 @@ def render_status_page(view: StatusView) -> str:
         f'<nav aria-label="Endpoints"><a href="{telemetry}">Metrics ({telemetry})</a>'
         '<a href="/healthz">/healthz</a><a href="/readyz">/readyz</a></nav></header>\n'
         f"<dl>{_facts(view)}</dl>\n"
+        f"{_reload_error(view)}"
         f"{_counts(counts, len(rows))}\n"
         f"{_failing_summary(rows)}"
         f'<table aria-label="Targets">{_HEAD}<tbody>\n{body}</tbody></table>\n'

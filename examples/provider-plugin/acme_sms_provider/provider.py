@@ -15,10 +15,20 @@ from __future__ import annotations
 
 from typing import Literal
 
-from exporter.fields import NonEmptySecret, SecretFile
-from exporter.providers.base import MetricSpec, Provider, Run, Sample, TargetConfig, label_value
-from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import decode_json
+from exporter.plugin import (
+    CollectError,
+    MetricSpec,
+    NonEmptySecret,
+    ParseError,
+    Provider,
+    Reason,
+    Run,
+    Sample,
+    SecretFile,
+    TargetConfig,
+    decode_json,
+    label_value,
+)
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
 
 NAME = "acme"
@@ -95,6 +105,7 @@ def error_text(body: bytes) -> str | None:
 class Acme(Provider[AcmeTarget]):
     name = NAME
     config_model = AcmeTarget
+    requires_api = (1, 0)
     metrics = (
         MetricSpec(
             MESSAGES,

@@ -1,6 +1,7 @@
 """A simulated Acme SMS: ``GET /acme/{account}/v1/stats`` with the key in ``X-Api-Key``.
 
-Registered in the entry-point group ``messaging_stats_exporter.simulators``, so the exporter's
+``SIMULATOR_PART`` is registered in the entry-point group ``messaging_stats_exporter.simulators``
+(the entry point names this module), so the exporter's
 simulator (``--demo``, the tests) serves it next to the built-in providers, with the common faults
 (``http_503``, ``wrong_shape``, ``auth``, ...) applied by the simulator's middleware. Its own fault
 ``counters_unavailable`` answers HTTP 200 with Acme's error envelope. With ``dynamic`` data the
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from exporter.simulator import SIMULATOR, Simulator, request_fault
+from exporter.plugin import SIMULATOR, Simulator, SimulatorPart, request_fault
 
 PROVIDER = "acme"
 FAULTS = ("counters_unavailable",)
@@ -33,7 +34,8 @@ class AcmeState:
     dynamic: bool = False
 
 
-def make_state(dynamic: bool = False) -> AcmeState:
+def demo_state(dynamic: bool = False) -> AcmeState:
+    """Two accounts: one with traffic, one without."""
     return AcmeState(
         accounts={
             "shop": Account(
@@ -78,24 +80,36 @@ async def stats(request: web.Request) -> web.Response:
     )
 
 
-def fault_accounts(sim: Simulator) -> dict[str, list[str]]:
-    """The accounts a fault can be switched on, by route prefix."""
-    state: AcmeState = sim.state[PROVIDER]
-    return {PROVIDER: sorted(state.accounts)}
+class AcmeSimulator(SimulatorPart):
+    name = PROVIDER
+    faults = FAULTS
+    requires_api = (1, 0)
+
+    def make_state(self, dynamic: bool) -> AcmeState:
+        return demo_state(dynamic)
+
+    def register(self, app: web.Application, sim: Simulator) -> None:
+        app.router.add_get(f"/{PROVIDER}/{{account}}/v1/stats", stats)
+
+    def demo_targets(self, url: str, sim: Simulator) -> list[dict[str, Any]]:
+        state: AcmeState = sim.state[PROVIDER]
+        return [
+            {
+                "name": f"acme-{name}",
+                "provider": PROVIDER,
+                "base_url": f"{url}/{PROVIDER}/{name}",
+                "api_key": account.api_key,
+            }
+            for name, account in state.accounts.items()
+        ]
+
+    def fault_accounts(self, sim: Simulator) -> dict[str, list[str]]:
+        """The accounts a fault can be switched on, by route prefix."""
+        state: AcmeState = sim.state[PROVIDER]
+        return {PROVIDER: sorted(state.accounts)}
+
+    def echo_error(self, route: str, text: str) -> web.Response:
+        return _error(400, "BAD_REQUEST", text)
 
 
-def register(app: web.Application, sim: Simulator) -> None:
-    app.router.add_get(f"/{PROVIDER}/{{account}}/v1/stats", stats)
-
-
-def demo_targets(url: str, sim: Simulator) -> list[dict[str, Any]]:
-    state: AcmeState = sim.state[PROVIDER]
-    return [
-        {
-            "name": f"acme-{name}",
-            "provider": PROVIDER,
-            "base_url": f"{url}/{PROVIDER}/{name}",
-            "api_key": account.api_key,
-        }
-        for name, account in state.accounts.items()
-    ]
+SIMULATOR_PART = AcmeSimulator

@@ -14,10 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
-from exporter import simulator
-from exporter.providers import registry
-from exporter.providers.base import Sample
-from exporter.providers.errors import ParseError
+from exporter.plugin import ParseError, Sample, Simulator, demo_targets, start_simulator
 from prometheus_client.parser import text_string_to_metric_families
 
 from acme_sms_provider.provider import MESSAGES, error_message, error_text, parse_stats
@@ -78,8 +75,11 @@ def test_error_texts() -> None:
 
 
 def test_the_exporter_finds_the_plugin() -> None:
-    assert registry()["acme"].__module__ == "acme_sms_provider.provider"
-    assert "acme" in simulator.provider_modules()
+    """The demo config holds the plugin's targets; neither of its parts is left out."""
+    code, out, err = asyncio.run(_exporter("--demo", "--check-config"))
+    assert code == 0, err
+    assert "acme-shop: provider=acme" in out
+    assert '"plugin": "acme"' not in err
 
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -111,12 +111,12 @@ def _once(tmp_path: Path, fault: str | None = None, **target: Any) -> tuple[int,
     """Serve the simulator (with ``fault`` on the account "shop"), collect once from it."""
 
     async def run() -> tuple[int, Samples, str]:
-        sim = simulator.Simulator()
+        sim = Simulator()
         if fault is not None:
             sim.set_fault("acme", "shop", fault)
-        runner, url = await simulator.start(sim)
+        runner, url = await start_simulator(sim)
         try:
-            (config,) = [t for t in simulator.demo_targets(url, sim) if t["name"] == "acme-shop"]
+            (config,) = [t for t in demo_targets(url, sim) if t["name"] == "acme-shop"]
             path = tmp_path / "config.yaml"
             path.write_text(yaml.safe_dump({"targets": [dict(config, **target)]}), "utf-8")
             code, out, err = await _exporter("--once", "--config", str(path))
