@@ -360,7 +360,8 @@ def _churned(snap: Snapshot, number: int) -> Snapshot:
 
 
 async def run_exporter(sim_url: str, targets: int) -> None:
-    from exporter.cli import SHUTDOWN_TIMEOUT, keep_long_lived_objects_out_of_gc
+    from exporter.cli import SHUTDOWN_TIMEOUT
+    from exporter.gctuning import keep_long_lived_objects_out_of_gc
     from exporter.logs import setup_logging
     from exporter.service import make_exporter
     from exporter.web.app import build_app

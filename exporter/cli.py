@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import errno
-import gc
 import logging
 import signal
 import socket
@@ -33,9 +32,9 @@ from exporter.config import (
     parse_listen_address,
     validate_config,
 )
-from exporter.fields import format_duration, parse_duration
+from exporter.gctuning import keep_long_lived_objects_out_of_gc
 from exporter.logs import setup_logging
-from exporter.metrics.store import Store
+from exporter.schema.types import format_duration, parse_duration
 from exporter.service import Exporter, make_exporter
 from exporter.web import healthcheck
 from exporter.web.app import build_app
@@ -548,28 +547,6 @@ async def _demo(
             lifecycle=args.web_enable_lifecycle,
             deprecated=args.deprecated,
         )
-
-
-async def keep_long_lived_objects_out_of_gc(store: Store) -> None:
-    """Freeze what exists now, and again once the first round of collections has ended.
-    Everything made so far lives as long as the process, and so do the series' keys and label
-    texts of the first round: kept out of the garbage collector's scans, a full collection's pause
-    does not grow with the number of series."""
-    gc.collect()
-    gc.freeze()
-    first_round = asyncio.Event()
-
-    def first_round_done(_: object) -> None:
-        if store.ready():
-            first_round.set()
-
-    unsubscribe = store.subscribe(first_round_done)
-    try:
-        await first_round.wait()
-    finally:
-        unsubscribe()
-    gc.collect()
-    gc.freeze()
 
 
 async def _serve(

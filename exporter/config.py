@@ -37,25 +37,16 @@ from exporter.bounded import (
     load_yaml,
     read_text,
 )
-from exporter.fields import (
-    KEY_PROBLEM,
-    Duration,
-    IntervalDuration,
-    Labels,
-    StrictModel,
-    TimeoutDuration,
-    format_duration,
-    key_problem,
-)
 from exporter.providers import registry
-from exporter.providers.base import (
-    DEFAULT_INTERVAL,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_TIMEOUT,
-    MIN_RESPONSE_BYTES,
-    TargetConfig,
-)
 from exporter.providers.http import RESPONSE_OVERHEAD, response_reservation
+from exporter.schema.target import (
+    MIN_RESPONSE_BYTES,
+    TARGET_LABELS,
+    Defaults,
+    TargetConfig,
+    label_clash,
+)
+from exporter.schema.types import KEY_PROBLEM, Duration, StrictModel, format_duration
 
 DEFAULT_LISTEN_ADDRESS = "0.0.0.0:10057"
 DEFAULT_MAX_RESPONSE_BYTES_IN_FLIGHT = 64 * 1024 * 1024
@@ -149,36 +140,6 @@ def check_telemetry_path(value: str) -> str:
 class LogConfig(StrictModel):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["json", "logfmt", "console"] = "json"
-
-
-class Defaults(StrictModel):
-    interval: IntervalDuration = DEFAULT_INTERVAL
-    timeout: TimeoutDuration = DEFAULT_TIMEOUT
-    stale_after: Duration | None = None
-    """None: each target's own default, the larger of 5m and 3 x its interval."""
-    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
-    max_response_bytes: int | None = Field(default=None, ge=MIN_RESPONSE_BYTES)
-    """None: each target's provider's own default."""
-    labels: Labels = Field(default_factory=dict)
-    """Merged under each target's own ``labels``, key by key."""
-
-    @field_validator("labels")
-    @classmethod
-    def _labels_free(cls, labels: dict[str, str]) -> dict[str, str]:
-        for name in labels:
-            if name in TARGET_LABELS:
-                raise key_problem(name, _clash(name))
-        return labels
-
-    @model_validator(mode="after")
-    def _stale_after_covers_an_interval(self) -> Defaults:
-        if self.stale_after is not None and self.stale_after < self.interval:
-            raise key_problem(
-                "stale_after",
-                f"must be at least interval ({format_duration(self.interval)}); "
-                f"it is {format_duration(self.stale_after)}",
-            )
-        return self
 
 
 class Config(StrictModel):
@@ -645,18 +606,6 @@ def _validate_targets(targets: list[Any], key: str, problems: _Problems) -> list
     return validated
 
 
-TARGET_LABELS = ("account", "provider", "reason")
-"""The labels of the exporter's per-target families (``account`` is also on every provider
-series): no constant label may take their names."""
-
-
-def _clash(name: str, labels: Sequence[str] = TARGET_LABELS) -> str:
-    return (
-        f"clashes with a label the target's series already carry ({', '.join(labels)}); "
-        "choose another name"
-    )
-
-
 def _label_clashes(
     target: TargetConfig, index: int, inherited: set[str], key: str = "targets"
 ) -> list[ConfigProblem]:
@@ -671,7 +620,7 @@ def _label_clashes(
     problems = []
     for name in target.labels:
         if name in carried:
-            message = _clash(name, carried)
+            message = label_clash(name, carried)
             if f"labels.{name}" in inherited:
                 message += f" (inherited from defaults.labels.{name})"
             problems.append(ConfigProblem(f"{key}[{index}].labels.{name}", message))

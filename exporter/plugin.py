@@ -14,20 +14,25 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from exporter.clock import Clock
-from exporter.fields import Duration, NonEmptySecret, SecretFile, key_problem
 from exporter.providers.base import (
     API_VERSION,
     MetricSpec,
     Provider,
     Run,
     Sample,
-    TargetConfig,
     as_written,
     label_value,
-    max_response_bytes_field,
 )
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, basic_auth, decode_json
+from exporter.providers.http import (
+    ERROR_TEXT_LIMIT,
+    ProviderClient,
+    basic_auth,
+    decode_json,
+    json_error_text,
+)
+from exporter.schema.target import TargetConfig, max_response_bytes_field
+from exporter.schema.types import Duration, NonEmptySecret, SecretFile, key_problem
 
 if TYPE_CHECKING:
     from exporter.simulator import (
@@ -64,6 +69,7 @@ __all__ = [
     "basic_auth",
     "decode_json",
     "demo_targets",
+    "json_error_text",
     "key_problem",
     "label_value",
     "max_response_bytes_field",

@@ -25,9 +25,9 @@ from exporter.metrics.exposition import Exposition, LiveFamilies
 from exporter.metrics.self_metrics import ExporterInfo
 from exporter.metrics.store import Store
 from exporter.providers import registry
-from exporter.providers.base import TargetConfig
 from exporter.providers.http import new_session, request_duration_histogram
 from exporter.redaction import Redactor
+from exporter.schema.target import TargetConfig
 
 log = structlog.get_logger("exporter.service")
 

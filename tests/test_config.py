@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from exporter.config import ConfigError, load_config, parse_config, validate_config
-from exporter.fields import parse_duration
 from exporter.providers import registry
+from exporter.schema.types import parse_duration
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -667,3 +667,24 @@ def test_targets_are_validated_one_at_a_time_with_the_same_problems() -> None:
         "targets[1].name: 'thulium-acme' is already the name of targets[0]; target names must "
         "be unique"
     ]
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("interval", "500ms"),
+        ("timeout", "50ms"),
+        ("stale_after", "30s"),
+        ("max_concurrency", 0),
+        ("max_concurrency", 257),
+        ("max_response_bytes", 1023),
+    ],
+)
+def test_defaults_refuse_what_a_target_refuses_in_the_same_words(key: str, value: object) -> None:
+    """A key of ``defaults`` is the target's key: the same bounds, the same message."""
+    extra = {"interval": "1m"} if key == "stale_after" else {}
+    in_target = problems({"targets": [thulium(**extra, **{key: value})]})
+    in_defaults = problems({"defaults": {**extra, key: value}, "targets": [thulium()]})
+    assert len(in_target) == 1
+    assert in_target[0].startswith(f"targets[0].{key}: ")
+    assert in_defaults == [in_target[0].replace("targets[0].", "defaults.", 1)]

@@ -31,7 +31,7 @@ from exporter.providers.http import (
     request_duration_histogram,
     response_reservation,
 )
-from exporter.providers.turns import Turnstile
+from exporter.turnstile import Turnstile
 from tests.conftest import FakeClock
 
 

@@ -166,7 +166,7 @@ def guide_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[di
         found = [e for e in real(group=group) if e.name != "acme"]
         return [*found, ours[group]] if group in ours else found
 
-    monkeypatch.setattr("exporter.providers.entry_points", entry_points)
+    monkeypatch.setattr("exporter.entrypoints.entry_points", entry_points)
     registry.cache_clear()
     simulator.provider_parts.cache_clear()
     try:

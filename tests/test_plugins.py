@@ -344,7 +344,7 @@ class Plugins:
             return [*real(group=group), *self.extra.get(group, [])]
 
         monkeypatch.syspath_prepend(str(modules))
-        monkeypatch.setattr("exporter.providers.entry_points", entry_points)
+        monkeypatch.setattr("exporter.entrypoints.entry_points", entry_points)
 
     def add(
         self,
@@ -485,6 +485,18 @@ BROKEN: dict[str, tuple[str, str, str | None, str]] = {
         "plugin_vague",
         _provider("vague", requires="1.0"),
         "requires_api is '1.0', not a (major, minor) pair of ints",
+    ),
+    "a name that ends in a newline": (
+        "newline",
+        "plugin_newline",
+        _provider("newline", "newline_things\n"),
+        "is not valid",
+    ),
+    "a reserved label": (
+        "dunder",
+        "plugin_dunder",
+        _provider("dunder", labels=("__kind",)),
+        "invalid or repeated labels",
     ),
     "account as a label": (
         "dup",

@@ -41,9 +41,9 @@ from exporter.providers.http import (
     new_session,
     request_duration_histogram,
 )
-from exporter.providers.turns import Turnstile
 from exporter.redaction import REDACTED, SECRETS_PER_OWNER, Redactor
 from exporter.service import make_exporter
+from exporter.turnstile import Turnstile
 
 # -- what counts as a leak -----------------------------------------------------------------------
 

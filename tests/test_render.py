@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -157,3 +158,19 @@ def test_promtool_accepts_a_large_exposition():
     assert text.count(b"\n") > 10_000
     checked = run_promtool("check", "metrics", stdin=text.decode())
     assert checked.returncode == 0, checked.stderr + checked.stdout
+
+
+@pytest.mark.parametrize(
+    ("name", "labels"),
+    [
+        ("9lives", ()),
+        ("dotted.name", ()),
+        ("ends_in_a_newline\n", ()),
+        ("fine", ("__reserved",)),
+        ("fine", ("with-dash",)),
+        ("fine", ("newline\n",)),
+    ],
+)
+def test_names_the_text_format_cannot_carry_are_refused(name: str, labels: tuple[str, ...]) -> None:
+    with pytest.raises(ValueError, match="only legacy metric and label names"):
+        FamilyFormat(name, "gauge", "h", labels)

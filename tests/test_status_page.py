@@ -19,13 +19,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from exporter.web.status import (
-    StatusView,
-    TargetRow,
-    TargetStateName,
-    human_duration,
-    render_status_page,
-)
+from exporter.collect.targets import TargetStateName
+from exporter.web.status import StatusView, TargetRow, human_duration, render_status_page
 
 NOW = 1_800_000_000.0  # 2027-01-15 08:00:00 UTC
 HOSTILE = "<script>alert(1)</script>"

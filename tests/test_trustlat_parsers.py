@@ -331,6 +331,23 @@ def test_fixed_token_config(tmp_path):
             {"company_id": 1, "client_id": "i", "client_secret": "s", "token_url": "ftp://x/"},
             "targets[0].token_url",
         ),
+        (
+            {"company_id": 1, "client_id": "i", "client_secret": "s", "token_url": "https:///t/"},
+            "targets[0].token_url: the URL has no host",
+        ),
+        (
+            {
+                "company_id": 1,
+                "client_id": "i",
+                "client_secret": "s",
+                "token_url": "https://u:p@a.example/t/",
+            },
+            "targets[0].token_url: must not carry credentials; use client_id and client_secret",
+        ),
+        (
+            {"company_id": 1, "client_id": "i", "client_secret": "s", "token_url": "https://a/#f"},
+            "targets[0].token_url: must not have a fragment",
+        ),
         ({"company_id": 1, "access_token": "t", "window": "1h"}, "targets[0].window: unknown key"),
     ],
 )

@@ -18,11 +18,12 @@ from prometheus_client import Histogram
 from exporter.clock import Clock
 from exporter.collect.snapshot import Snapshot
 from exporter.collect.targets import TableChange, Target, TargetTable
-from exporter.providers.base import Provider, Run, TargetConfig
+from exporter.providers.base import Provider, Run
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ProviderClient, ResponseBudget
-from exporter.providers.turns import Turnstile
 from exporter.redaction import Redactor
+from exporter.schema.target import TargetConfig
+from exporter.turnstile import Turnstile
 
 log = structlog.get_logger("exporter.collect.scheduler")
 

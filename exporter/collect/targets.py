@@ -13,12 +13,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from exporter.collect.snapshot import Snapshot
-from exporter.providers.base import Provider, TargetConfig
+from exporter.providers.base import Provider
 from exporter.providers.errors import Reason
+from exporter.schema.target import TargetConfig
 
 SeriesKey = tuple[str, tuple[str, ...]]
 """A provider series of one target: its metric name and its label values besides ``account``."""
 TargetStateName = Literal["up", "down", "stale", "pending", "disabled"]
+"""``up``: the last collection succeeded. ``down``: it failed, and some of the target's series are
+still served (younger than ``stale_after``). ``stale``: it failed, and none of its series are served
+any more. ``pending``: not collected yet. ``disabled``: ``enabled: false`` in the config, never
+collected."""
 
 
 class Runner(Protocol):

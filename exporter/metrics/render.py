@@ -12,12 +12,11 @@ families and samples, and promtool checks a large exposition.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-_LEGACY_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LEGACY_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+from exporter.providers.samples import is_label_name, is_metric_name
+
 _INF = math.inf
 
 
@@ -43,14 +42,6 @@ def escape_label_value(value: str) -> str:
     return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
 
 
-def is_legacy_metric_name(name: str) -> bool:
-    return _LEGACY_METRIC_NAME.match(name) is not None
-
-
-def is_legacy_label_name(name: str) -> bool:
-    return _LEGACY_LABEL_NAME.match(name) is not None and not name.startswith("__")
-
-
 @dataclass(frozen=True)
 class FamilyFormat:
     """A family's fixed parts: its name, type, HELP, label names, and the header lines in both
@@ -69,9 +60,7 @@ class FamilyFormat:
     def __post_init__(self) -> None:
         if self.type not in ("gauge", "counter"):
             raise ValueError(f"unsupported metric type {self.type!r}")
-        if not is_legacy_metric_name(self.name) or not all(
-            is_legacy_label_name(label) for label in self.labels
-        ):
+        if not is_metric_name(self.name) or not all(is_label_name(label) for label in self.labels):
             raise ValueError(f"{self.name}: only legacy metric and label names are rendered here")
         if len(set(self.labels)) != len(self.labels):
             raise ValueError(f"{self.name}: duplicate label names")

@@ -15,84 +15,20 @@ out; the other providers keep working, and a config that names the missing one g
 
 from __future__ import annotations
 
-import re
-import sys
 import typing
-from collections.abc import Iterator
 from functools import cache
-from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
-import structlog
-
-from exporter.providers.base import MetricSpec, Provider, TargetConfig, api_problem
+from exporter.entrypoints import DISTRIBUTION, early_logger, load_plugins, skip_plugin
+from exporter.providers.base import MetricSpec, Provider, api_problem
+from exporter.providers.samples import is_label_name, is_metric_name
+from exporter.schema.target import TargetConfig
 
 PROVIDERS_GROUP = "messaging_stats_exporter.providers"
-DISTRIBUTION = "messaging-stats-exporter"
 LOGGER = "exporter.providers"
 
 # The exporter's own metric families: a provider's metric may not take one of these names.
 RESERVED_METRIC_PREFIX = "messaging_exporter_"
-_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
-_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-
-
-def _logger() -> Any:
-    """structlog's logger once logging is set up. Before that (the registry is first read while
-    the config loads) a JSON line on stderr: stdout carries the answer of ``--once`` and
-    ``--check-config``, and structlog's unconfigured default would print there."""
-    if structlog.is_configured():
-        return structlog.get_logger(LOGGER)
-    return structlog.wrap_logger(
-        structlog.PrintLogger(sys.stderr),
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-    ).bind(logger=LOGGER)
-
-
-def _distribution(entry: EntryPoint) -> str:
-    """The name of the package that registered the entry point; "?" when its metadata does not
-    say (a package being reinstalled meanwhile has metadata without a name for a moment)."""
-    name = entry.dist.name if entry.dist is not None else None
-    return name if isinstance(name, str) and name else "?"
-
-
-def _own(entry: EntryPoint) -> bool:
-    """Registered by the exporter itself (a built-in)."""
-    return _distribution(entry).replace("_", "-").lower() == DISTRIBUTION
-
-
-def skip_plugin(
-    group: str, entry: EntryPoint, reason: str, exc: BaseException | None = None
-) -> None:
-    """Log a plugin that is left out: its name, module, distribution and why."""
-    _logger().error(
-        "plugin left out",
-        group=group,
-        plugin=entry.name,
-        module=entry.value,
-        distribution=_distribution(entry),
-        error=reason,
-        exc_info=exc,
-    )
-
-
-def load_plugins(group: str) -> Iterator[tuple[EntryPoint, Any]]:
-    """Each entry point of ``group`` with the object it names, the exporter's own first, then by
-    name. One that fails to load is logged (with its traceback) and skipped, never raised: one
-    broken plugin must not take the others down."""
-    found = sorted(entry_points(group=group), key=lambda e: (not _own(e), e.name, e.value))
-    for entry in found:
-        try:
-            loaded = entry.load()
-        except Exception as exc:
-            skip_plugin(group, entry, f"import failed: {type(exc).__name__}: {exc}", exc)
-            continue
-        yield entry, loaded
 
 
 def _is_literal_of(annotation: Any, name: str) -> bool:
@@ -130,7 +66,7 @@ def _problem(
         return "metrics is not a tuple of MetricSpec"
     own: set[str] = set()
     for spec in specs:
-        if not _METRIC_NAME.match(spec.name) or spec.name.startswith(RESERVED_METRIC_PREFIX):
+        if not is_metric_name(spec.name) or spec.name.startswith(RESERVED_METRIC_PREFIX):
             return f"metric name {spec.name!r} is not valid or is reserved for the exporter"
         if spec.name in metrics or spec.name in own:
             return f"metric {spec.name!r} is already declared by {metrics.get(spec.name, name)!r}"
@@ -138,7 +74,7 @@ def _problem(
         if not spec.help.strip():
             return f"metric {spec.name!r} has no HELP text"
         labels = ("account", *spec.labels)
-        bad = [label for label in labels if not _LABEL_NAME.match(label) or label[:2] == "__"]
+        bad = [label for label in labels if not is_label_name(label)]
         if bad or len(set(labels)) != len(labels):
             return f"metric {spec.name!r}: invalid or repeated labels {spec.labels!r}"
     return None
@@ -159,7 +95,7 @@ def registry() -> dict[str, type[Provider[Any]]]:
         found[entry.name] = provider
         metrics.update((spec.name, entry.name) for spec in provider.metrics)
     if not found:
-        _logger().error(
+        early_logger(LOGGER).error(
             "no providers registered",
             group=PROVIDERS_GROUP,
             hint=f"is {DISTRIBUTION} installed (pip install .)? "

@@ -55,7 +55,11 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from exporter.clock import Clock
-from exporter.fields import (
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, label_value
+from exporter.providers.errors import CollectError, ParseError, Reason
+from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, json_error_text
+from exporter.schema.target import TargetConfig, max_response_bytes_field
+from exporter.schema.types import (
     Duration,
     NonEmptySecret,
     SecretFile,
@@ -63,17 +67,6 @@ from exporter.fields import (
     format_duration,
     key_problem,
 )
-from exporter.providers.base import (
-    MetricSpec,
-    Provider,
-    Run,
-    Sample,
-    TargetConfig,
-    label_value,
-    max_response_bytes_field,
-)
-from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
 
 log = structlog.get_logger("exporter.providers.altcraft")
 
@@ -349,12 +342,10 @@ def parse_envelope(body: object) -> Envelope:
     )
 
 
-def envelope_error_text(body: bytes) -> str | None:
+@json_error_text
+def envelope_error_text(body: Any) -> str:
     """``error_text`` (and the code) of an envelope that came with an HTTP error status."""
-    try:
-        envelope = parse_envelope(decode_json(body))
-    except (CollectError, ParseError):
-        return None
+    envelope = parse_envelope(body)
     text = envelope.error_text.strip()
     return f"error {envelope.error}: {text}" if text else f"error {envelope.error}"
 
@@ -403,12 +394,6 @@ class TaskStatus:
         return not self.completed and _FAILED_STATUS.search(self.status) is not None
 
 
-def _validation_problem(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
-
-
 def parse_task_status(data: object) -> TaskStatus:
     """``data`` of ``tasks/status`` → :class:`TaskStatus`. A ``completed`` task must carry its
     ``result`` (a list of records); ``progress`` is advisory and never fails the parse. Raises
@@ -418,7 +403,7 @@ def parse_task_status(data: object) -> TaskStatus:
     try:
         task = _TaskData.model_validate(data)
     except ValidationError as exc:
-        raise ParseError(f"tasks/status: {_validation_problem(exc)}") from None
+        raise ParseError.from_validation(exc, at="tasks/status: data") from None
     progress = data.get("progress")
     percent = (
         float(progress)

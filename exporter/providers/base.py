@@ -24,112 +24,13 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar
 
-from pydantic import Field, model_validator
-
-from exporter.fields import (
-    BaseUrl,
-    Duration,
-    IntervalDuration,
-    Labels,
-    SecretsModel,
-    TimeoutDuration,
-    format_duration,
-    key_problem,
-    parse_duration,
-)
 from exporter.providers.samples import MetricSpec as MetricSpec
 from exporter.providers.samples import Sample as Sample
+from exporter.schema.target import TargetConfig
 
 if TYPE_CHECKING:
     from exporter.clock import Clock
     from exporter.providers.http import ProviderClient
-
-DEFAULT_INTERVAL = 60.0
-DEFAULT_TIMEOUT = 30.0
-MIN_STALE_AFTER = 300.0
-STALE_AFTER_INTERVALS = 3
-"""``stale_after`` defaults to the larger of ``MIN_STALE_AFTER`` and this many intervals: a target
-keeps its samples through at least two failed runs after a success."""
-DEFAULT_MAX_CONCURRENCY = 4
-MIN_RESPONSE_BYTES = 1024
-DEFAULT_MAX_RESPONSE_BYTES = 1024 * 1024
-"""The body size limit of a provider that does not set its own with
-:func:`max_response_bytes_field`."""
-
-
-def max_response_bytes_field(default: int) -> Any:
-    """The ``max_response_bytes`` field of a provider's config model, with the provider's default:
-    the largest answer its API gives, with room to spare. A target (or ``defaults``) may set
-    another."""
-    return Field(default=default, ge=MIN_RESPONSE_BYTES)
-
-
-class TargetConfig(SecretsModel):
-    """What every target has; the keys of ``defaults`` are inherited into these fields."""
-
-    name: str = Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]+$")
-    provider: str
-    base_url: BaseUrl
-    interval: IntervalDuration = DEFAULT_INTERVAL
-    timeout: TimeoutDuration = DEFAULT_TIMEOUT
-    stale_after: Duration = MIN_STALE_AFTER
-    """Given, inherited from ``defaults``, or else :func:`default_stale_after` of ``interval``."""
-    max_concurrency: int = Field(default=DEFAULT_MAX_CONCURRENCY, ge=1, le=256)
-    max_response_bytes: int = max_response_bytes_field(DEFAULT_MAX_RESPONSE_BYTES)
-    labels: Labels = Field(default_factory=dict)
-    """Constant labels added to every series of the target; ``defaults.labels`` merged under
-    them, key by key."""
-    enabled: bool = True
-    """False: validated like any target, but not collected and without series."""
-
-    @model_validator(mode="before")
-    @classmethod
-    def _derived_defaults(cls, data: Any) -> Any:
-        """Fill in the keys whose default depends on ``interval`` (see :meth:`interval_defaults`)
-        when the target does not give them. An ``interval`` that does not parse is reported at
-        its own key; the keys are then left to their fixed defaults."""
-        if not isinstance(data, dict):
-            return data
-        missing = [key for key in cls.interval_defaults(DEFAULT_INTERVAL) if key not in data]
-        if not missing:
-            return data
-        try:
-            interval = parse_duration(data.get("interval", DEFAULT_INTERVAL))
-        except ValueError:
-            return data
-        derived = cls.interval_defaults(interval)
-        return {**data, **{key: derived[key] for key in missing}}
-
-    @classmethod
-    def interval_defaults(cls, interval: float) -> dict[str, float]:
-        """The default of each key that scales with the target's ``interval``; providers add
-        theirs."""
-        return {"stale_after": default_stale_after(interval)}
-
-    @model_validator(mode="after")
-    def _stale_after_covers_an_interval(self) -> Any:
-        if self.stale_after < self.interval:
-            # Shorter than one interval, a target's samples would vanish at its first failure.
-            raise key_problem(
-                "stale_after",
-                f"must be at least interval ({format_duration(self.interval)}); "
-                f"it is {format_duration(self.stale_after)}",
-            )
-        return self
-
-    @property
-    def deadline(self) -> float:
-        """How long one collection may take: ``timeout``, but never longer than ``interval``."""
-        return min(self.timeout, self.interval)
-
-    def summary(self) -> str:
-        """One line for ``--check-config``; providers add what identifies their objects."""
-        return f"{self.name}: provider={self.provider} base_url={self.base_url}"
-
-
-def default_stale_after(interval: float) -> float:
-    """The larger of 5m and 3 x ``interval``."""
-    return max(MIN_STALE_AFTER, STALE_AFTER_INTERVALS * interval)
 
 
 def as_written(value: float) -> Decimal:

@@ -8,8 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from exporter.providers.samples import Sample
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 
 class Reason(StrEnum):
@@ -41,6 +45,16 @@ class ParseError(ValueError):
 
     Parsers raise only this; its message describes the problem and never quotes secrets.
     """
+
+    @classmethod
+    def from_validation(cls, exc: ValidationError, at: str = "") -> ParseError:
+        """The first problem pydantic found in a part of an answer, at its place: ``at`` (where
+        the validated part is, e.g. ``campaign [2]``) and the path below it, as in
+        ``campaign [2].records_count: Input should be a valid integer``. The input is never
+        quoted: it may be a secret (a token answer). Raise it ``from None``."""
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in (at, *first["loc"]) if part != "")
+        return cls(f"{where or 'the answer'}: {first['msg']}")
 
 
 class CollectError(Exception):

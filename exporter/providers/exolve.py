@@ -27,18 +27,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, field_validator
 
-from exporter.fields import Duration, NonEmptySecret, SecretFile, format_duration
-from exporter.providers.base import (
-    MetricSpec,
-    Provider,
-    Run,
-    Sample,
-    TargetConfig,
-    label_value,
-    max_response_bytes_field,
-)
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason, detached
-from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, decode_json
+from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, json_error_text
+from exporter.schema.target import TargetConfig, max_response_bytes_field
+from exporter.schema.types import Duration, NonEmptySecret, SecretFile, format_duration
 
 MESSAGES = "exolve_sms_messages"
 BY_DELIVERY_STATUS = "exolve_sms_messages_by_delivery_status"
@@ -197,15 +190,16 @@ def parse_count(body: object) -> int:
     return value
 
 
-def _error_text(body: bytes) -> str | None:
-    """The gRPC-gateway error ``{"code", "message"}`` or a short plain-text body
-    ("page not found", "unknown field", ...). The client redacts and cuts the text: what is cut
-    here is well past its cut, so no secret is split where the client would see a part of it."""
-    try:
-        decoded: Any = decode_json(body)
-    except Exception:
-        text = body[: ERROR_TEXT_LIMIT * 8].decode("utf-8", "replace").strip().splitlines()
-        return text[0] if text and text[0].isprintable() else None
+def _first_line(body: bytes) -> str | None:
+    """A short plain-text error body ("page not found", "unknown field", ...). The client redacts
+    and cuts the text: what is cut here is well past its cut, so no secret is split where the
+    client would see a part of it."""
+    text = body[: ERROR_TEXT_LIMIT * 8].decode("utf-8", "replace").strip().splitlines()
+    return text[0] if text and text[0].isprintable() else None
+
+
+def _message(decoded: Any) -> str | None:
+    """The gRPC-gateway error ``{"code", "message"}``."""
     if isinstance(decoded, dict):
         for key in ("message", "error"):
             if isinstance(decoded.get(key), str) and decoded[key]:
@@ -213,6 +207,9 @@ def _error_text(body: bytes) -> str | None:
     if isinstance(decoded, str) and decoded:
         return decoded
     return None
+
+
+_error_text = json_error_text(_message, otherwise=_first_line)
 
 
 class Exolve(Provider[ExolveTarget]):

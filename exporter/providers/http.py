@@ -32,9 +32,9 @@ from prometheus_client import CollectorRegistry, Histogram
 from yarl import URL
 
 from exporter.clock import Clock, SystemClock
-from exporter.providers.errors import CollectError, Reason, detached, reason_for_status
-from exporter.providers.turns import Turnstile
+from exporter.providers.errors import CollectError, ParseError, Reason, detached, reason_for_status
 from exporter.redaction import Redactor
+from exporter.turnstile import Turnstile
 
 log = structlog.get_logger("exporter.providers.http")
 
@@ -237,6 +237,27 @@ def decode_json(body: bytes | bytearray) -> Any:
     # text, and would be kept as this one's context.
     del body
     raise CollectError(Reason.PARSE, f"the response body is {kind}")
+
+
+def json_error_text(
+    read: Callable[[Any], str | None], otherwise: ErrorText | None = None
+) -> ErrorText:
+    """An :data:`ErrorText` for an API whose error answers are JSON: ``read`` takes the decoded
+    body and returns the provider's message, or None; a body ``read`` cannot make sense of (it
+    raises :class:`ParseError`) has none. A body that is not JSON gives ``otherwise``'s text, or
+    None. The client redacts and cuts the text it gets."""
+
+    def error_text(body: bytes) -> str | None:
+        try:
+            decoded = decode_json(body)
+        except CollectError:
+            return otherwise(body) if otherwise is not None else None
+        try:
+            return read(decoded)
+        except (CollectError, ParseError):
+            return None
+
+    return error_text
 
 
 _ONE_ESCAPE = re.compile(r"\\(.)", re.DOTALL)

@@ -10,22 +10,15 @@ answer (no active campaign). Errors come as ``{"errors": [{"message", "code"}]}`
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, StrictFloat, StrictInt, StrictStr, ValidationError
 
-from exporter.fields import NonEmptySecret, SecretFile
-from exporter.providers.base import (
-    MetricSpec,
-    Provider,
-    Run,
-    Sample,
-    TargetConfig,
-    as_written,
-    max_response_bytes_field,
-)
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, as_written
 from exporter.providers.errors import ParseError
-from exporter.providers.http import basic_auth, decode_json
+from exporter.providers.http import basic_auth, json_error_text
+from exporter.schema.target import TargetConfig, max_response_bytes_field
+from exporter.schema.types import NonEmptySecret, SecretFile
 
 RECORDS = "thulium_outbound_campaign_records"
 COMPLETION = "thulium_outbound_campaign_completion_ratio"
@@ -64,11 +57,7 @@ def parse_outbound_stats(body: object) -> list[Sample]:
         try:
             campaign = _Campaign.model_validate(item)
         except ValidationError as exc:
-            first = exc.errors(include_url=False, include_input=False)[0]
-            where = ".".join(str(part) for part in first["loc"])
-            raise ParseError(
-                f"campaign [{index}]{'.' + where if where else ''}: {first['msg']}"
-            ) from None
+            raise ParseError.from_validation(exc, at=f"campaign [{index}]") from None
         if not campaign.id or campaign.id in seen:
             raise ParseError(f"campaign [{index}]: empty or repeated id {campaign.id!r}")
         seen.add(campaign.id)
@@ -86,12 +75,9 @@ def parse_outbound_stats(body: object) -> list[Sample]:
     return samples
 
 
-def error_text(body: bytes) -> str | None:
+@json_error_text
+def error_text(decoded: Any) -> str | None:
     """The messages of Thulium's ``{"errors": [{"message", "code"}]}`` error body."""
-    try:
-        decoded = decode_json(body)
-    except Exception:
-        return None
     if not isinstance(decoded, dict) or not isinstance(decoded.get("errors"), list):
         return None
     parts = []

@@ -39,21 +39,18 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
-from yarl import URL
 
-from exporter.fields import NonEmptySecret, SecretFile, key_problem
-from exporter.providers.base import (
-    MetricSpec,
-    Provider,
-    Run,
-    Sample,
-    TargetConfig,
-    as_written,
-    label_value,
-    max_response_bytes_field,
-)
+from exporter.providers.base import MetricSpec, Provider, Run, Sample, as_written, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
-from exporter.providers.http import ERROR_TEXT_LIMIT, HttpError, ProviderClient, decode_json
+from exporter.providers.http import (
+    ERROR_TEXT_LIMIT,
+    HttpError,
+    ProviderClient,
+    decode_json,
+    json_error_text,
+)
+from exporter.schema.target import TargetConfig, max_response_bytes_field
+from exporter.schema.types import NonEmptySecret, SecretFile, http_url, key_problem
 
 NOTIFICATIONS = "trustlat_notifications"
 SCHEDULED = "trustlat_notifications_scheduled"
@@ -88,15 +85,7 @@ def _company_id(value: object) -> object:
 
 def _token_url(value: str) -> str:
     """An http(s) URL without credentials; kept as written (Atenea's path ends with a slash)."""
-    try:
-        url = URL(value)
-    except (ValueError, TypeError):
-        raise ValueError("not a valid URL") from None
-    if url.scheme not in ("http", "https") or not url.host:
-        raise ValueError("must be an http or https URL with a host")
-    if url.user is not None or url.password is not None:
-        raise ValueError("must not carry credentials; use client_id and client_secret")
-    if url.fragment:
+    if http_url(value, credentials="client_id and client_secret").fragment:
         raise ValueError("must not have a fragment")
     return value
 
@@ -181,12 +170,6 @@ class _Statistics(BaseModel):
     campaign: NonNegative
 
 
-def _first_error(exc: ValidationError) -> str:
-    first = exc.errors(include_url=False, include_input=False)[0]
-    where = ".".join(str(part) for part in first["loc"])
-    return f"{where}: {first['msg']}" if where else str(first["msg"])
-
-
 def envelope_error(body: object) -> tuple[Reason, str] | None:
     """A well-formed answer whose ``code`` says it failed: (reason, the provider's message).
 
@@ -220,7 +203,7 @@ def parse_statistics(body: object, company_id: str) -> list[Sample]:
     try:
         stats = _Statistics.model_validate(body["data"])
     except ValidationError as exc:
-        raise ParseError(f"data.{_first_error(exc)}") from None
+        raise ParseError.from_validation(exc, at="data") from None
     samples = [
         Sample(NOTIFICATIONS, (company_id, state), float(getattr(stats, key)))
         for key, state in STATES
@@ -286,10 +269,7 @@ def parse_token(body: object, requested_at: float) -> AccessToken:
     try:
         answer = _TokenAnswer.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        # Never quote the input here: it may be the token itself.
-        raise ParseError(f"{where}: {first['msg']}" if where else str(first["msg"])) from None
+        raise ParseError.from_validation(exc) from None
     if answer.token_type is not None and answer.token_type.lower() != "bearer":
         raise ParseError(f"token_type is {answer.token_type[:40]!r}, expected Bearer")
     if answer.expires_in is None:
@@ -331,12 +311,9 @@ def token_failure_reason(reason: Reason, status: int | None, error_code: str | N
     return reason
 
 
-def _error_text(body: bytes) -> str | None:
+@json_error_text
+def _error_text(decoded: Any) -> str | None:
     """``{"message": ...}`` (statistics) or OAuth's ``{"error", "error_description"}`` (Atenea)."""
-    try:
-        decoded: Any = decode_json(body)
-    except Exception:
-        return None
     if not isinstance(decoded, dict):
         return None
     parts = [

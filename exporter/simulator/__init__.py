@@ -49,7 +49,8 @@ from typing import Any, ClassVar
 
 from aiohttp import web
 
-from exporter.providers import load_plugins, registry, skip_plugin
+from exporter.entrypoints import load_plugins, skip_plugin
+from exporter.providers import registry
 from exporter.providers.base import api_problem
 
 FAULTS = (

@@ -13,13 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from html import escape
-from typing import Literal
 
-TargetStateName = Literal["up", "down", "stale", "pending", "disabled"]
-"""``up``: the last collection succeeded. ``down``: it failed, and some of the target's series are
-still served (younger than ``stale_after``). ``stale``: it failed, and none of its series are served
-any more. ``pending``: not collected yet. ``disabled``: ``enabled: false`` in the config, never
-collected."""
+from exporter.collect.targets import TargetStateName
 
 
 @dataclass(frozen=True, slots=True)

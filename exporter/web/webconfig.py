@@ -69,7 +69,7 @@ from exporter.bounded import (
     read_text,
 )
 from exporter.config import ConfigError, ConfigProblem, format_path, yaml_problem
-from exporter.fields import StrictModel
+from exporter.schema.types import StrictModel
 
 log = structlog.get_logger("exporter.web.webconfig")
 

@@ -26,7 +26,7 @@ from exporter.plugin import (
     Sample,
     SecretFile,
     TargetConfig,
-    decode_json,
+    json_error_text,
     label_value,
 )
 from pydantic import BaseModel, ConfigDict, StrictInt, StrictStr, ValidationError
@@ -69,9 +69,7 @@ def parse_stats(body: object) -> list[Sample]:
     try:
         stats = _Stats.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors(include_url=False, include_input=False)[0]
-        where = ".".join(str(part) for part in first["loc"])
-        raise ParseError(f"{where or 'answer'}: {first['msg']}") from None
+        raise ParseError.from_validation(exc) from None
     samples: list[Sample] = []
     seen: set[tuple[str, str]] = set()
     for index, item in enumerate(stats.messages):
@@ -94,12 +92,8 @@ def error_message(body: object) -> str | None:
     return f"{error['message']} ({code})" if isinstance(code, str) else error["message"]
 
 
-def error_text(body: bytes) -> str | None:
-    """The same for a raw error answer (HTTP 4xx/5xx): what the collect error quotes."""
-    try:
-        return error_message(decode_json(body))
-    except Exception:
-        return None
+error_text = json_error_text(error_message)
+"""The same for a raw error answer (HTTP 4xx/5xx): what the collect error quotes."""
 
 
 class Acme(Provider[AcmeTarget]):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from exporter.providers.turns import Turnstile
+from exporter.turnstile import Turnstile
 
 
 class IterationCounter:

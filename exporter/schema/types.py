@@ -115,7 +115,9 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:g}s"
 
 
-def _check_base_url(value: str) -> str:
+def http_url(value: str, credentials: str = "the target's secret keys") -> URL:
+    """``value`` as an http(s) URL with a host and without credentials, or ValueError saying
+    what is wrong; ``credentials`` names the keys that carry them instead."""
     try:
         url = URL(value)
     except (ValueError, TypeError):
@@ -126,7 +128,12 @@ def _check_base_url(value: str) -> str:
         raise ValueError("the URL has no host")
     if url.user is not None or url.password is not None:
         # Credentials in a URL end up in logs and error texts: they have keys of their own.
-        raise ValueError("must not carry credentials; use the target's secret keys instead")
+        raise ValueError(f"must not carry credentials; use {credentials} instead")
+    return url
+
+
+def _check_base_url(value: str) -> str:
+    url = http_url(value)
     if url.query_string or url.fragment:
         raise ValueError("must not have a query string or fragment")
     return value.rstrip("/")
