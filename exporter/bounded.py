@@ -37,6 +37,10 @@ SECRET_FILE_MAX_BYTES = 64 * KiB
 """A ``*_file`` secret: a token, password or key is a few hundred bytes."""
 TLS_FILE_MAX_BYTES = 1 * MiB
 """A certificate, key or CA bundle file named by the web config file."""
+TARGET_FILES_MAX = 1_000
+"""Files that the config's ``target_files`` globs may match, all globs together."""
+TARGET_FILES_MAX_TOTAL_BYTES = 16 * MiB
+"""All target files together; each is also at most :data:`CONFIG_FILE_MAX_BYTES`."""
 
 MAX_DEPTH = 64
 """Nesting levels of mappings and sequences; a config needs fewer than ten."""

@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import sys
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, get_args
@@ -19,7 +20,7 @@ import yaml
 from aiohttp import web
 from pydantic import ValidationError
 
-from exporter import __version__
+from exporter import __version__, autoreload
 from exporter.collect.sharding import ordinal_from_hostname, split
 from exporter.config import (
     Config,
@@ -33,7 +34,7 @@ from exporter.config import (
 )
 from exporter.gctuning import keep_long_lived_objects_out_of_gc
 from exporter.logs import setup_logging
-from exporter.schema.types import format_duration
+from exporter.schema.types import format_duration, parse_duration
 from exporter.service import Exporter, make_exporter
 from exporter.web import healthcheck
 from exporter.web.app import build_app
@@ -203,7 +204,27 @@ def _add_conventional_flags(p: argparse.ArgumentParser) -> None:
         help="with --once: collect only the target of this name (repeatable); no other "
         "provider is called, whichever shard the target belongs to",
     )
+    p.add_argument(
+        "--config.auto-reload-interval",
+        dest="auto_reload_interval",
+        type=_auto_reload_interval,
+        metavar="DURATION",
+        help="check the config file and its target files every DURATION (e.g. 30s) and reload "
+        "when their content changed, as on SIGHUP (default: off)",
+    )
     p.set_defaults(deprecated=[])
+
+
+def _auto_reload_interval(text: str) -> float:
+    try:
+        seconds = parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seconds < autoreload.MIN_INTERVAL:
+        raise argparse.ArgumentTypeError(
+            f"must be at least {format_duration(autoreload.MIN_INTERVAL)}; it is {text}"
+        )
+    return seconds
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -293,6 +314,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lifecycle=args.web_enable_lifecycle,
             overrides=config_overrides(args),
             deprecated=args.deprecated,
+            auto_reload=args.auto_reload_interval,
         )
     )
 
@@ -364,12 +386,19 @@ def _check_config(
             f"shard {sharding.index}/{sharding.count}: collects {len(targets)} target(s), "
             f"leaves {left} to the other shards"
         )
+    if config.target_files:
+        sources = Counter(config.source_of(index) for index in range(len(config.targets)))
+        for source, count in sources.items():
+            print(f"from {source}: {count} target(s)")
+    where = {target.name: config.where(index) for index, target in enumerate(config.targets)}
     for target in targets:
+        origin = "" if where[target.name].startswith("targets[") else f" from={where[target.name]}"
         print(
             f"  {target.summary()} interval={format_duration(target.interval)} "
             f"timeout={format_duration(target.deadline)} "
             f"stale_after={format_duration(target.stale_after)}"
             + ("" if target.enabled else " (disabled: not collected)")
+            + origin
         )
     return EXIT_OK
 
@@ -500,6 +529,10 @@ async def _demo(
         if args.check_config:
             return _check_config(config, "(built-in demo config)", shard, args.deprecated)
         setup_logging(config.log.level, config.log.format)
+        if args.auto_reload_interval is not None and not args.once:
+            log.warning(
+                "flag ignored", flag="--config.auto-reload-interval", reason="the demo has no file"
+            )
         if args.once:
             return await _once(config, shard, args.targets, args.deprecated)
         log.info("demo: built-in provider simulator started", simulator=url)
@@ -527,10 +560,12 @@ async def _serve(
     lifecycle: bool = False,
     overrides: Mapping[str, Any] | None = None,
     deprecated: Sequence[str] = (),
+    auto_reload: float | None = None,
 ) -> int:
     """Collect and serve until SIGTERM or SIGINT; SIGHUP reloads the config (and so does
-    ``POST /-/reload`` with ``lifecycle``). ``overrides`` are the flags' keys, which win over
-    the reloaded file's too."""
+    ``POST /-/reload`` with ``lifecycle``, and a change of the config's files every
+    ``auto_reload`` seconds). ``overrides`` are the flags' keys, which win over the reloaded
+    file's too."""
     host, port = parse_listen_address(listen or config.web.listen_address)
     exporter = make_exporter(config, config_path=path, shard=shard, overrides=overrides)
     setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
@@ -548,9 +583,12 @@ async def _serve(
     tls = settings is not None and settings.context is not None
     _announce(config, runner, host, port, tls=tls, demo=demo)
     freezing = asyncio.create_task(keep_long_lived_objects_out_of_gc(exporter.store))
+    watching = asyncio.create_task(autoreload.watch(exporter, auto_reload)) if auto_reload else None
     await _until_stopped(exporter)
     log.info("shutting down")
     freezing.cancel()
+    if watching is not None:
+        watching.cancel()
     await runner.cleanup()
     return EXIT_OK
 

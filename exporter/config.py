@@ -7,6 +7,7 @@ exits with status 2 (see ``docs/configuration.md``).
 from __future__ import annotations
 
 import difflib
+import glob
 import ipaddress
 import os
 import re
@@ -19,6 +20,7 @@ from typing import Annotated, Any, Literal, Union, get_args
 from pydantic import (
     BaseModel,
     Field,
+    PrivateAttr,
     TypeAdapter,
     ValidationError,
     create_model,
@@ -28,6 +30,8 @@ from pydantic import (
 
 from exporter.bounded import (
     CONFIG_FILE_MAX_BYTES,
+    TARGET_FILES_MAX,
+    TARGET_FILES_MAX_TOTAL_BYTES,
     FileProblem,
     YAMLProblem,
     load_yaml,
@@ -150,6 +154,21 @@ class Config(StrictModel):
         default=DEFAULT_MAX_RESPONSE_BYTES_IN_FLIGHT, ge=MIN_RESPONSE_BYTES + RESPONSE_OVERHEAD
     )
     targets: Sequence[TargetConfig] = Field(default=())
+    target_files: Sequence[str] = Field(default=())
+    """Globs, relative to the config file's directory, of files that each hold a list of targets."""
+    _origins: dict[str, str] = PrivateAttr(default_factory=dict)
+    """Each target's key by name, where the targets come from several files:
+    ``targets[3]`` or ``targets.d/acme.yaml[0]``."""
+    _notes: list[str] = PrivateAttr(default_factory=list)
+    """What reading the target files found valid but worth a warning."""
+
+    def where(self, index: int) -> str:
+        """The key of ``targets[index]`` in the files: ``targets[3]`` or ``targets.d/a.yaml[0]``."""
+        return self._origins.get(self.targets[index].name, f"targets[{index}]")
+
+    def source_of(self, index: int) -> str:
+        """The file ``targets[index]`` came from (``targets.d/a.yaml``), or ``targets``."""
+        return self.where(index).rpartition("[")[0]
 
     @model_validator(mode="after")
     def _unique_names(self) -> Config:
@@ -459,9 +478,12 @@ def validation_problems(
         ctx = item.get("ctx") or {}
         message = _phrase(kind, str(item["msg"]), ctx, item.get("input"))
         if kind == "extra_forbidden":
-            message = unknown_key(loc[-1], _keys_at(loc[:-1]))
+            # In a target file the keys are those of targets.
+            allowed = _keys_at(loc[:-1]) or _keys_at(["targets", *loc[1:-1]])
+            message = unknown_key(loc[-1], allowed)
         # A discriminated union puts the provider's name into the location: targets[0].thulium.x
-        if len(loc) >= 3 and loc[0] == "targets" and loc[2] in provider_names:
+        # (or targets.d/acme.yaml[0].thulium.x)
+        if len(loc) >= 3 and isinstance(loc[1], int) and loc[2] in provider_names:
             del loc[2]
         # Errors raised by a model validator that already name their key start with the path.
         if kind == KEY_PROBLEM:
@@ -489,65 +511,104 @@ def yaml_problem(exc: YAMLProblem) -> ConfigProblem:
     return ConfigProblem(f"line {exc.line}, column {exc.column}" if exc.line else "", exc.message)
 
 
-def parse_config(text: str, source: str = "", environ: Mapping[str, str] | None = None) -> Config:
-    """Validate a config file's text; raise :class:`ConfigError` listing every problem."""
+def parse_config(
+    text: str,
+    source: str = "",
+    environ: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
+) -> Config:
+    """Validate a config file's text; raise :class:`ConfigError` listing every problem.
+    ``target_files`` are relative to ``base_dir`` (the current directory when None)."""
     try:
         raw = load_yaml(text, max_chars=CONFIG_FILE_MAX_BYTES)
     except YAMLProblem as exc:
         raise ConfigError([yaml_problem(exc)], source) from None
-    return validate_config(raw, source, environ)
+    return validate_config(raw, source, environ, base_dir)
 
 
 def validate_config(
-    raw: object, source: str = "", environ: Mapping[str, str] | None = None
+    raw: object,
+    source: str = "",
+    environ: Mapping[str, str] | None = None,
+    base_dir: Path | None = None,
 ) -> Config:
     """Validate a decoded config (a mapping); raise :class:`ConfigError` listing every problem."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([ConfigProblem("", "the file must be a YAML mapping")], source)
-    expanded, problems = expand_env(raw, os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    expanded, problems = expand_env(raw, environ)
     inherited = _inherit_defaults(expanded)
-    if expanded.get("targets") in (None, []):
+    found = len(problems)
+    files, notes = _read_target_files(expanded, base_dir or Path.cwd(), environ, problems)
+    if expanded.get("targets") in (None, []) and not any(file.targets for file in files):
         # An exporter without targets serves nothing but its own metrics: surely a mistake
-        # (a file that is empty, or not the one meant).
-        problems.append(ConfigProblem("targets", "at least one target is required"))
+        # (a file that is empty, or not the one meant). A target file that could not be read
+        # may hold some: its problem is the one to report.
+        if "target_files" not in expanded:
+            problems.append(ConfigProblem("targets", "at least one target is required"))
+        elif len(problems) == found:
+            problems.append(
+                ConfigProblem(
+                    "targets",
+                    "at least one target is required, here or in the files that target_files "
+                    "matches",
+                )
+            )
     listed = _Problems(problems, inherited)
     target_problems = _Problems([], inherited, listed.reported)
     targets = expanded.get("targets")
     if isinstance(targets, list):
         # One target at a time: the errors of one validation, and the memory they take, are
         # bounded by the size of a target, however many targets the file has.
-        validated: list[Any] = []
-        for index, target in enumerate(targets):
-            if _size(target, MAX_TARGET_NODES) > MAX_TARGET_NODES:
-                target_problems.add(
-                    ConfigProblem(
-                        f"targets[{index}]",
-                        f"has more than {MAX_TARGET_NODES:,} keys, values and items",
-                    )
-                )
-                continue
-            try:
-                validated.append(_target_adapter().validate_python(target))
-            except ValidationError as exc:
-                target_problems.add_errors(exc, ("targets", index))
-                continue
-            for problem in _label_clashes(validated[-1], index, inherited.get(index, set())):
-                target_problems.add(problem)
+        validated = _validate_targets(targets, "targets", target_problems)
         # The rest, and what concerns the targets together (unique names), once all are valid.
         expanded = {**expanded, "targets": validated if len(validated) == len(targets) else []}
+    from_files = []
+    for file in files:
+        file_problems = _Problems([], file.inherited, listed.reported)
+        from_files.append(_validate_targets(file.targets, file.label, file_problems))
+        target_problems.extend(file_problems)
     try:
         config = _config_model().model_validate(expanded)
     except ValidationError as exc:
         listed.add_errors(exc)
     listed.extend(target_problems)  # after the others, in the order of the file's keys
+    if files and not listed.problems:
+        config = _with_target_files(config, files, from_files, listed)
     if listed.problems:
         raise ConfigError(listed.result(), source)
+    config._notes = notes
     return config
 
 
-def _label_clashes(target: TargetConfig, index: int, inherited: set[str]) -> list[ConfigProblem]:
+def _validate_targets(targets: list[Any], key: str, problems: _Problems) -> list[Any]:
+    """The targets of the list at ``key`` that are valid; the others' problems are added."""
+    validated: list[Any] = []
+    for index, target in enumerate(targets):
+        if _size(target, MAX_TARGET_NODES) > MAX_TARGET_NODES:
+            problems.add(
+                ConfigProblem(
+                    f"{key}[{index}]",
+                    f"has more than {MAX_TARGET_NODES:,} keys, values and items",
+                )
+            )
+            continue
+        try:
+            validated.append(_target_adapter().validate_python(target))
+        except ValidationError as exc:
+            problems.add_errors(exc, (key, index))
+            continue
+        clashes = _label_clashes(validated[-1], index, problems.inherited.get(index, set()), key)
+        for problem in clashes:
+            problems.add(problem)
+    return validated
+
+
+def _label_clashes(
+    target: TargetConfig, index: int, inherited: set[str], key: str = "targets"
+) -> list[ConfigProblem]:
     """A constant label of ``target`` named like a label its series already carry: the
     exporter's (``account``, ``provider``, ``reason``) or one of its provider's metrics
     (``campaign_id``)."""
@@ -562,7 +623,7 @@ def _label_clashes(target: TargetConfig, index: int, inherited: set[str]) -> lis
             message = label_clash(name, carried)
             if f"labels.{name}" in inherited:
                 message += f" (inherited from defaults.labels.{name})"
-            problems.append(ConfigProblem(f"targets[{index}].labels.{name}", message))
+            problems.append(ConfigProblem(f"{key}[{index}].labels.{name}", message))
     return problems
 
 
@@ -633,11 +694,12 @@ class _Problems:
         return [*self.problems, ConfigProblem("", f"... and {self.more:,} more problems")]
 
 
-_TARGET_KEY = re.compile(r"^targets\[(\d+)\]\.[a-z_]+$")
+_TARGET_KEY = re.compile(r"^[^\[\]]+\[(\d+)\]\.[a-z_]+$")
 
 
 def _target_index(path: str) -> int | None:
-    """The index of ``targets[3].stale_after``; None for any other path."""
+    """The index of ``targets[3].stale_after`` (or ``targets.d/a.yaml[3].stale_after``); None for
+    any other path."""
     match = _TARGET_KEY.match(path)
     return int(match.group(1)) if match else None
 
@@ -645,12 +707,12 @@ def _target_index(path: str) -> int | None:
 def config_warnings(config: Config) -> list[str]:
     """What is valid but not what it says, one line each, naming the key: a ``timeout`` longer
     than the target's ``interval`` is cut to ``interval`` (a run never overlaps the next)."""
-    warnings = []
+    warnings = list(config._notes)
     for index, target in enumerate(config.targets):
         if target.timeout > target.interval:
             interval = format_duration(target.interval)
             warnings.append(
-                f"targets[{index}].timeout: {format_duration(target.timeout)} is longer than "
+                f"{config.where(index)}.timeout: {format_duration(target.timeout)} is longer than "
                 f"interval ({interval}); a collection is cut at {interval}"
             )
     return warnings
@@ -663,4 +725,144 @@ def load_config(path: str | Path, environ: Mapping[str, str] | None = None) -> C
         text = read_text(path, CONFIG_FILE_MAX_BYTES)
     except FileProblem as exc:
         raise ConfigError([ConfigProblem("", f"the file {exc}")], str(path)) from None
-    return parse_config(text, str(path), environ)
+    return parse_config(text, str(path), environ, Path(path).parent)
+
+
+# -- target files -----------------------------------------------------------------------------
+
+
+class TooManyTargetFiles(ValueError):
+    pass
+
+
+def target_file_paths(globs: Sequence[str], base_dir: Path) -> tuple[list[Path], list[int]]:
+    """The files that ``globs`` (relative to ``base_dir``) match, each once, in sorted order,
+    directories left out; and the indexes of the globs that match none. Raise
+    :class:`TooManyTargetFiles` past :data:`~exporter.bounded.TARGET_FILES_MAX` files."""
+    found: set[str] = set()
+    unmatched: list[int] = []
+    for index, pattern in enumerate(globs):
+        matched = False
+        for match in glob.iglob(os.path.join(base_dir, pattern), recursive=True):
+            if os.path.isdir(match):
+                continue
+            matched = True
+            found.add(os.path.normpath(match))
+            if len(found) > TARGET_FILES_MAX:
+                raise TooManyTargetFiles(
+                    f"the globs match more than {TARGET_FILES_MAX:,} files, the most that is read"
+                )
+        if not matched:
+            unmatched.append(index)
+    return [Path(path) for path in sorted(found)], unmatched
+
+
+@dataclass
+class _TargetFile:
+    label: str
+    """The file's path as errors name it: relative to the config file's directory if within."""
+    targets: list[Any]
+    """As decoded, ``${VAR}`` expanded and ``defaults`` inherited."""
+    inherited: dict[int, set[str]]
+
+
+def _label(path: Path, base_dir: Path) -> str:
+    try:
+        return str(path.relative_to(os.path.normpath(base_dir)))
+    except ValueError:
+        return str(path)
+
+
+def _read_target_files(
+    expanded: dict[str, Any],
+    base_dir: Path,
+    environ: Mapping[str, str],
+    problems: list[ConfigProblem],
+) -> tuple[list[_TargetFile], list[str]]:
+    """The target files that ``target_files`` matches, read with the config file's bounds, and
+    warnings (a glob that matches no file); their problems are added to ``problems``."""
+    globs = expanded.get("target_files")
+    if not isinstance(globs, list) or not all(isinstance(item, str) and item for item in globs):
+        return [], []  # the model reports what is wrong with it
+    try:
+        paths, unmatched = target_file_paths(globs, base_dir)
+    except TooManyTargetFiles as exc:
+        problems.append(ConfigProblem("target_files", str(exc)))
+        return [], []
+    notes = [f"target_files[{index}]: {globs[index]!r} matches no file" for index in unmatched]
+    files: list[_TargetFile] = []
+    total = 0
+    for path in paths:
+        label = _label(path, base_dir)
+        try:
+            text = read_text(path, CONFIG_FILE_MAX_BYTES)
+        except FileProblem as exc:
+            problems.append(ConfigProblem(label, f"the file {exc}"))
+            continue
+        total += len(text)
+        if total > TARGET_FILES_MAX_TOTAL_BYTES:
+            problems.append(
+                ConfigProblem(
+                    "target_files",
+                    f"the files matched have more than {TARGET_FILES_MAX_TOTAL_BYTES:,} "
+                    "characters in all, the most that is read",
+                )
+            )
+            break
+        try:
+            data = load_yaml(text, max_chars=CONFIG_FILE_MAX_BYTES)
+        except YAMLProblem as exc:
+            if exc.path:
+                problems.append(ConfigProblem(format_path((label, *exc.path)), exc.message))
+            else:
+                where = f"{label}: line {exc.line}, column {exc.column}" if exc.line else label
+                problems.append(ConfigProblem(where, exc.message))
+            continue
+        if data is None:
+            data = []  # an empty file: no targets (yet)
+        if not isinstance(data, list):
+            problems.append(
+                ConfigProblem(label, "the file must be a YAML list of targets, as under targets")
+            )
+            continue
+        targets, more = expand_env(data, environ, (label,))
+        problems += more
+        inherited = _inherit_defaults({"defaults": expanded.get("defaults"), "targets": targets})
+        files.append(_TargetFile(label, targets, inherited))
+    return files, notes
+
+
+def _with_target_files(
+    config: Config, files: list[_TargetFile], validated: list[list[Any]], problems: _Problems
+) -> Config:
+    """``config`` with the targets of ``files`` after its own; names unique across all of them,
+    each target's answers within ``max_response_bytes_in_flight``."""
+    origins = {target.name: f"targets[{index}]" for index, target in enumerate(config.targets)}
+    merged = list(config.targets)
+    for file, targets in zip(files, validated, strict=True):
+        for index, target in enumerate(targets):
+            where = f"{file.label}[{index}]"
+            if target.name in origins:
+                problems.add(
+                    ConfigProblem(
+                        f"{where}.name",
+                        f"{target.name!r} is already the name of {origins[target.name]}; "
+                        "target names must be unique",
+                    )
+                )
+                continue
+            budget = config.max_response_bytes_in_flight
+            if response_reservation(target.max_response_bytes) > budget:
+                problems.add(
+                    ConfigProblem(
+                        f"{where}.max_response_bytes",
+                        f"{target.max_response_bytes} does not fit in "
+                        f"max_response_bytes_in_flight ({budget}) "
+                        f"with the {RESPONSE_OVERHEAD} bytes a request reserves besides its body",
+                    )
+                )
+            origins[target.name] = where
+            merged.append(target)
+    result = config.model_copy(update={"targets": merged})
+    result._origins = origins
+    return result

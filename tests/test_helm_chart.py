@@ -44,7 +44,9 @@ KUBE_VERSIONS = ("1.25.0", "1.37.0")
 RELEASE = "rel"
 NAMESPACE = "monitoring"
 FULLNAME = f"{RELEASE}-messaging-stats-exporter"
-CONFIG_PATH = "/etc/messaging-stats-exporter/config.yaml"
+CONFIG_DIR = "/etc/messaging-stats-exporter/config"
+CONFIG_PATH = f"{CONFIG_DIR}/config.yaml"
+AUTO_RELOAD = ["--config.auto-reload-interval", "30s"]
 SECRETS_PATH = "/etc/messaging-stats-exporter/secrets"
 
 Manifest = dict[str, Any]
@@ -161,7 +163,7 @@ def _container(docs: list[Manifest]) -> dict[str, Any]:
 
 
 def _pod_annotations(docs: list[Manifest]) -> dict[str, str]:
-    return dict(_one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"])
+    return dict(_one(docs, "Deployment")["spec"]["template"]["metadata"].get("annotations") or {})
 
 
 # ------------------------------------------------------ the Prometheus Operator's custom kinds
@@ -424,7 +426,13 @@ def test_default_values_render_the_workload_only(render: Callable[..., Any]) -> 
     deployment = _one(docs, "Deployment")
     assert deployment["spec"]["replicas"] == 1
     container = _container(docs)
-    assert container["args"] == ["--config", CONFIG_PATH, "--web.listen-address", "0.0.0.0:10057"]
+    assert container["args"] == [
+        "--config",
+        CONFIG_PATH,
+        *AUTO_RELOAD,
+        "--web.listen-address",
+        "0.0.0.0:10057",
+    ]
     assert container["ports"] == [{"name": "http", "containerPort": 10057, "protocol": "TCP"}]
     app_version = yaml.safe_load((CHART / "Chart.yaml").read_text())["appVersion"]
     assert container["image"] == f"messaging-stats-exporter:{app_version}"
@@ -433,12 +441,8 @@ def test_default_values_render_the_workload_only(render: Callable[..., Any]) -> 
     assert container["resources"]["requests"]
     assert container["resources"]["limits"]
     mounts = {m["name"]: m for m in container["volumeMounts"]}
-    assert mounts["config"] == {
-        "name": "config",
-        "mountPath": CONFIG_PATH,
-        "subPath": "config.yaml",
-        "readOnly": True,
-    }
+    # The ConfigMap's directory, not a subPath: the kubelet updates the file in place.
+    assert mounts["config"] == {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}
     assert "secrets" not in mounts
     service = _one(docs, "Service")
     assert service["spec"]["ports"] == [
@@ -532,6 +536,7 @@ def test_extra_args_env_and_port(render: Callable[..., Any]) -> None:
     assert container["args"] == [
         "--config",
         CONFIG_PATH,
+        *AUTO_RELOAD,
         "--web.listen-address",
         "0.0.0.0:9100",
         "--demo",
@@ -612,15 +617,30 @@ def test_service_account_token_is_not_mounted(render: Callable[..., Any]) -> Non
 # ------------------------------------------------------------------------------ rollout on changes
 
 
-def test_checksum_config_follows_the_config_only(render: Callable[..., Any]) -> None:
-    base = _pod_annotations(render())["checksum/config"]
+def test_with_auto_reload_a_config_change_does_not_roll_the_pod(
+    render: Callable[..., Any],
+) -> None:
+    """The exporter reloads an edited ConfigMap itself: no annotation follows the config."""
+    plain = _one(render(), "Deployment")["spec"]["template"]
+    changed = render({"config": {"log": {"level": "debug"}, "targets": []}})
+    assert "annotations" not in plain["metadata"]
+    assert _one(changed, "Deployment")["spec"]["template"] == plain
+
+
+def test_without_auto_reload_checksum_config_follows_the_config_only(
+    render: Callable[..., Any],
+) -> None:
+    off = {"autoReloadInterval": ""}
+    assert not any(arg.startswith("--config.auto") for arg in _container(render(off))["args"])
+    base = _pod_annotations(render(off))["checksum/config"]
     assert re.fullmatch(r"[0-9a-f]{64}", base)
-    assert _pod_annotations(render())["checksum/config"] == base  # deterministic
-    changed = _pod_annotations(render({"config": {"log": {"level": "debug"}, "targets": []}}))
+    assert _pod_annotations(render(off))["checksum/config"] == base  # deterministic
+    config = {"config": {"log": {"level": "debug"}, "targets": []}}
+    changed = _pod_annotations(render({**off, **config}))
     assert changed["checksum/config"] != base
-    unrelated = _pod_annotations(render({"podLabels": {"x": "z"}, "resources": {}}))
+    unrelated = _pod_annotations(render({**off, "podLabels": {"x": "z"}, "resources": {}}))
     assert unrelated["checksum/config"] == base
-    assert "checksum/secret" not in _pod_annotations(render())
+    assert "checksum/secret" not in _pod_annotations(render(off))
 
 
 def test_checksum_secret_follows_the_chart_secret(render: Callable[..., Any]) -> None:

@@ -10,8 +10,12 @@ Uses the helpers and fixtures of tests/test_helm_chart.py (helm v3 and kubernete
 
 from __future__ import annotations
 
+import fnmatch
+import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,8 @@ from tests.test_helm_chart import (
     kubernetes_validate,
     render,
 )
+
+ROOT = Path(__file__).resolve().parent.parent
 
 # The fixtures, imported so that pytest finds them in this module.
 __all__ = ["helm", "kubernetes_validate", "render"]
@@ -401,3 +407,96 @@ def test_the_readme_documents_the_new_features() -> None:
         "LoadBalancer",
     ):
         assert topic in readme, topic
+
+
+# ---------------------------------------------------------------- target files and auto reload
+
+
+def test_target_files_from_configmaps_and_secrets_are_mounted_and_named_by_the_config(
+    render: Callable[..., Any],
+) -> None:
+    values = {
+        "config": {"targets": []},
+        "targetFiles": {"configMaps": ["tenants", "more-tenants"], "secrets": ["tenant-creds"]},
+    }
+    docs = render(values)
+    root = "/etc/messaging-stats-exporter/targets.d"
+    config = yaml.safe_load(_one(docs, "ConfigMap")["data"]["config.yaml"])
+    assert config["target_files"] == [f"{root}/*/*.yaml"]
+    pod = _one(docs, "Deployment")["spec"]["template"]["spec"]
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    expected = {
+        "target-files-configmap-0": (f"{root}/configmap-tenants", {"name": "tenants"}),
+        "target-files-configmap-1": (f"{root}/configmap-more-tenants", {"name": "more-tenants"}),
+        "target-files-secret-0": (
+            f"{root}/secret-tenant-creds",
+            {"secretName": "tenant-creds", "defaultMode": 0o444},
+        ),
+    }
+    for name, (path, source) in expected.items():
+        # A directory, never a subPath: the kubelet updates it in place, auto reload follows.
+        assert mounts[name] == {"name": name, "mountPath": path, "readOnly": True}
+        kind = "configMap" if "configmap" in name else "secret"
+        assert volumes[name] == {"name": name, kind: source}
+    # The glob of a directory mounted there matches each key's file, and nothing else.
+    assert fnmatch.fnmatch(f"{root}/configmap-tenants/acme.yaml", config["target_files"][0])
+
+
+def test_target_files_keep_the_globs_of_the_config(render: Callable[..., Any]) -> None:
+    values = {
+        "config": {"target_files": ["local/*.yaml"], "targets": []},
+        "targetFiles": {"configMaps": ["tenants"], "mountPath": "/srv/t/"},
+    }
+    config = yaml.safe_load(_one(render(values), "ConfigMap")["data"]["config.yaml"])
+    assert config["target_files"] == ["local/*.yaml", "/srv/t/*/*.yaml"]
+    # Without target files the config is left as given.
+    plain = yaml.safe_load(_one(render(), "ConfigMap")["data"]["config.yaml"])
+    assert "target_files" not in plain
+
+
+def test_auto_reload_is_on_by_default_value_controlled_and_off_with_the_demo(
+    render: Callable[..., Any],
+) -> None:
+    def args(values: dict[str, Any]) -> list[str]:
+        pod = _one(render(values), "Deployment")["spec"]["template"]["spec"]
+        return list(pod["containers"][0]["args"])
+
+    assert args({})[2:4] == ["--config.auto-reload-interval", "30s"]
+    assert args({"autoReloadInterval": "1m"})[2:4] == ["--config.auto-reload-interval", "1m"]
+    assert "--config.auto-reload-interval" not in args({"autoReloadInterval": ""})
+    assert "--config.auto-reload-interval" not in args({"demo": True})
+
+
+def test_the_rendered_config_with_target_files_passes_check_config(
+    render: Callable[..., Any], tmp_path: Path
+) -> None:
+    """The chart's config and a target file laid out as the kubelet mounts a ConfigMap (keys as
+    links into a ..data directory) are what the exporter accepts."""
+    root = tmp_path / "targets.d"
+    values = {
+        "config": {"targets": []},
+        "targetFiles": {"configMaps": ["tenants"], "mountPath": str(root)},
+    }
+    text = _one(render(values), "ConfigMap")["data"]["config.yaml"]
+    (tmp_path / "config.yaml").write_text(text)
+    data = root / "configmap-tenants" / "..2024_01_01_00_00_00.1"
+    data.mkdir(parents=True)
+    (data / "acme.yaml").write_text(
+        yaml.safe_dump(
+            [{"name": "acme", "provider": "exolve", "base_url": "https://x", "api_key": "k"}]
+        )
+    )
+    (root / "configmap-tenants" / "..data").symlink_to(data.name)
+    (root / "configmap-tenants" / "acme.yaml").symlink_to("..data/acme.yaml")
+    result = subprocess.run(
+        [sys.executable, "-m", "exporter", "--check-config", "--config", "config.yaml"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"from {root}/configmap-tenants/acme.yaml: 1 target(s)" in result.stdout

@@ -129,7 +129,14 @@ def test_sharded_values_render_a_statefulset_headless_service_and_pdb(
         "--shard-count",
         str(SHARDS),
     ]
-    assert args[:4] == ["--config", CONFIG_PATH, "--web.listen-address", "0.0.0.0:10057"]
+    assert args[:6] == [
+        "--config",
+        CONFIG_PATH,
+        "--config.auto-reload-interval",
+        "30s",
+        "--web.listen-address",
+        "0.0.0.0:10057",
+    ]
 
     # serviceName is a headless Service that selects the StatefulSet's pods.
     services = _services(docs)
@@ -307,14 +314,18 @@ def test_sharding_changes_neither_the_service_nor_the_names(render: Callable[...
 
 
 def test_checksum_config_is_kept_in_sharded_mode(render: Callable[..., Any]) -> None:
+    """Without auto reload, as unsharded; with it, no shard is rolled by a config change."""
+    off = {"autoReloadInterval": ""}
+
     def checksum(docs: list[Manifest]) -> str:
         return str(_pod_template(docs)["metadata"]["annotations"]["checksum/config"])
 
-    base = checksum(render(SHARDED))
-    deployment = _one(render(), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    base = checksum(render({**SHARDED, **off}))
+    deployment = _one(render(off), "Deployment")["spec"]["template"]["metadata"]["annotations"]
     assert base == deployment["checksum/config"]  # the same ConfigMap, the same checksum
-    changed = checksum(render({**SHARDED, "config": {"log": {"level": "debug"}}}))
+    changed = checksum(render({**SHARDED, **off, "config": {"log": {"level": "debug"}}}))
     assert changed != base
+    assert "annotations" not in _pod_template(render(SHARDED))["metadata"]
     secret = _pod_template(render({**SHARDED, "secrets": {"a": "b"}}))["metadata"]["annotations"]
     assert "checksum/secret" in secret
 

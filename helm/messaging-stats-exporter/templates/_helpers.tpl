@@ -90,13 +90,28 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 {{- end }}
 
-{{/* The exporter config file's contents: a string verbatim, a map as YAML. */}}
+{{/* The exporter config file's contents: a string verbatim, a map as YAML
+(with the glob of the target files' directory added to its target_files). */}}
 {{- define "messaging-stats-exporter.configYaml" -}}
 {{- if kindIs "string" .Values.config }}
 {{- .Values.config }}
 {{- else }}
-{{- toYaml (.Values.config | default dict) }}
+{{- $config := deepCopy (.Values.config | default dict) }}
+{{- if include "messaging-stats-exporter.hasTargetFiles" . }}
+{{- $glob := printf "%s/*/*.yaml" (trimSuffix "/" .Values.targetFiles.mountPath) }}
+{{- $globs := $config.target_files | default list }}
+{{- if not (has $glob $globs) }}
+{{- $_ := set $config "target_files" (append $globs $glob) }}
 {{- end }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when targetFiles names a ConfigMap or a Secret. */}}
+{{- define "messaging-stats-exporter.hasTargetFiles" -}}
+{{- $files := .Values.targetFiles | default dict }}
+{{- if or $files.configMaps $files.secrets }}true{{ end }}
 {{- end }}
 
 {{/* Whether the chart makes a Secret of its own from .Values.secrets. */}}

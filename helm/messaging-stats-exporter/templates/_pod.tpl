@@ -15,14 +15,18 @@ sharding.replicas.
         {{- with .Values.podLabels }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+      {{- if or (not .Values.autoReloadInterval) .Values.secrets .Values.podAnnotations }}
       annotations:
+        {{- if not .Values.autoReloadInterval }}
         checksum/config: {{ include (print $.Template.BasePath "/configmap.yaml") . | sha256sum }}
+        {{- end }}
         {{- if .Values.secrets }}
         checksum/secret: {{ include (print $.Template.BasePath "/secret.yaml") . | sha256sum }}
         {{- end }}
         {{- with .Values.podAnnotations }}
         {{- toYaml . | nindent 8 }}
         {{- end }}
+      {{- end }}
     spec:
       serviceAccountName: {{ include "messaging-stats-exporter.serviceAccountName" . }}
       automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
@@ -47,7 +51,11 @@ sharding.replicas.
             - --demo
             {{- else }}
             - --config
-            - /etc/messaging-stats-exporter/config.yaml
+            - /etc/messaging-stats-exporter/config/config.yaml
+            {{- with .Values.autoReloadInterval }}
+            - --config.auto-reload-interval
+            - {{ . | quote }}
+            {{- end }}
             {{- end }}
             - --web.listen-address
             - {{ printf "0.0.0.0:%v" .Values.containerPort | quote }}
@@ -89,9 +97,18 @@ sharding.replicas.
           {{- end }}
           volumeMounts:
             - name: config
-              mountPath: /etc/messaging-stats-exporter/config.yaml
-              subPath: config.yaml
+              mountPath: /etc/messaging-stats-exporter/config
               readOnly: true
+            {{- range $index, $name := .Values.targetFiles.configMaps }}
+            - name: {{ printf "target-files-configmap-%d" $index }}
+              mountPath: {{ printf "%s/configmap-%s" (trimSuffix "/" $.Values.targetFiles.mountPath) $name }}
+              readOnly: true
+            {{- end }}
+            {{- range $index, $name := .Values.targetFiles.secrets }}
+            - name: {{ printf "target-files-secret-%d" $index }}
+              mountPath: {{ printf "%s/secret-%s" (trimSuffix "/" $.Values.targetFiles.mountPath) $name }}
+              readOnly: true
+            {{- end }}
             {{- if $hasSecrets }}
             - name: secrets
               mountPath: {{ .Values.secretsMountPath }}
@@ -106,6 +123,17 @@ sharding.replicas.
         - name: config
           configMap:
             name: {{ $fullname }}
+        {{- range $index, $name := .Values.targetFiles.configMaps }}
+        - name: {{ printf "target-files-configmap-%d" $index }}
+          configMap:
+            name: {{ $name }}
+        {{- end }}
+        {{- range $index, $name := .Values.targetFiles.secrets }}
+        - name: {{ printf "target-files-secret-%d" $index }}
+          secret:
+            secretName: {{ $name }}
+            defaultMode: 0444
+        {{- end }}
         {{- if $hasSecrets }}
         - name: secrets
           projected:
