@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+import exporter.config as config_module
 import exporter.plugin
 from exporter import simulator
 from exporter.providers import PROVIDERS_GROUP, registry
@@ -140,6 +141,19 @@ def test_the_snippet_marks_are_read() -> None:
         guide_snippets("```python\nB = 2\n```\n")
 
 
+def forget_providers() -> None:
+    """Drop what was built from the registered providers: the registry, the simulator's parts
+    and the config models made from them (the config's union of target models)."""
+    registry.cache_clear()
+    simulator.provider_parts.cache_clear()
+    for built in (
+        config_module._target_type,
+        config_module._target_adapter,
+        config_module._config_model,
+    ):
+        built.cache_clear()
+
+
 @pytest.fixture
 def guide_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[dict[str, Any]]:
     """The guide's blocks as the package ``doc_plugin``, its provider and simulator part registered
@@ -167,8 +181,7 @@ def guide_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[di
         return [*found, ours[group]] if group in ours else found
 
     monkeypatch.setattr("exporter.entrypoints.entry_points", entry_points)
-    registry.cache_clear()
-    simulator.provider_parts.cache_clear()
+    forget_providers()
     try:
         with capture_logs() as logs:
             loaded = {name: __import__(f"{PACKAGE}.{name}", fromlist=["_"]) for name in modules}
@@ -179,8 +192,7 @@ def guide_plugin(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[di
     finally:
         for name in [m for m in sys.modules if m.split(".")[0] == PACKAGE]:
             del sys.modules[name]
-        registry.cache_clear()
-        simulator.provider_parts.cache_clear()
+        forget_providers()
 
 
 async def test_the_guides_plugin_collects_from_its_simulated_api(
