@@ -44,6 +44,12 @@ def test_the_exporter_labels_refused_are_those_of_its_per_target_families():
     assert carried == set(TARGET_LABELS)
 
 
+def test_a_label_name_ending_in_a_newline_is_refused(sim, sim_url):
+    target = {**thulium(sim_url, sim)[0], "labels": {"team\n": "x"}}
+    (message,) = problems({"targets": [target]}).values()
+    assert "is not a valid label name" in message
+
+
 async def test_check_config_exits_2_naming_each_bad_label(sim, sim_url, write_config):
     base = thulium(sim_url, sim)[0]
     cases = [

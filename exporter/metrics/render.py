@@ -15,7 +15,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from exporter.providers.samples import is_label_name, is_metric_name
+from exporter.schema.types import is_label_name, is_metric_name
 
 _INF = math.inf
 

@@ -21,8 +21,8 @@ from typing import Any
 
 from exporter.entrypoints import DISTRIBUTION, early_logger, load_plugins, skip_plugin
 from exporter.providers.base import MetricSpec, Provider, api_problem
-from exporter.providers.samples import is_label_name, is_metric_name
 from exporter.schema.target import TargetConfig
+from exporter.schema.types import is_label_name, is_metric_name
 
 PROVIDERS_GROUP = "messaging_stats_exporter.providers"
 LOGGER = "exporter.providers"

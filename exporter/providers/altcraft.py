@@ -55,6 +55,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from exporter.clock import Clock
+from exporter.goduration import parse_go_duration_ns
 from exporter.providers.base import MetricSpec, Provider, Run, Sample, label_value
 from exporter.providers.errors import CollectError, ParseError, Reason
 from exporter.providers.http import ERROR_TEXT_LIMIT, ProviderClient, json_error_text
@@ -213,59 +214,17 @@ class GoDurationError(ParseError):
     """A string that is not a Go duration (``time.ParseDuration``)."""
 
 
-_GO_UNIT_NS = {
-    "ns": 1,
-    "us": 1_000,
-    "µs": 1_000,  # U+00B5 micro sign
-    "μs": 1_000,  # U+03BC Greek mu
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-}
-# ASCII digits only ([0-9], not \d); longer units first so "ms" is not read as "m" then "s".
-_GO_PART = re.compile(r"([0-9]*)(?:\.([0-9]*))?(ns|us|µs|μs|ms|s|m|h)")
-_GO_MAX_NS = 2**63 - 1
-
-
 def parse_go_duration(text: object) -> float:
-    """A Go duration (``231.374251ms``, ``2m3.5s``, ``850µs``, ``-1.5h``, ``0``) in seconds.
-
-    Follows ``time.ParseDuration``: an optional sign, then one or more decimal numbers each with a
-    unit (ns, us/µs/μs, ms, s, m, h); ``0`` alone needs no unit; more than about 292 years
-    overflows. Raises only :class:`GoDurationError`.
+    """A Go duration (``231.374251ms``, ``2m3.5s``, ``850µs``, ``-1.5h``, ``0``) in seconds, as
+    :func:`exporter.goduration.parse_go_duration_ns` reads it. Raises only
+    :class:`GoDurationError`.
     """
     if not isinstance(text, str):
         raise GoDurationError(f"a duration is a string, got {type(text).__name__}")
-    rest = text
-    negative = False
-    if rest[:1] in ("+", "-"):
-        negative = rest[0] == "-"
-        rest = rest[1:]
-    if rest == "0":
-        return 0.0
-    if not rest:
-        raise GoDurationError(f"invalid duration {text[:40]!r}")
-    total = 0
-    pos = 0
-    while pos < len(rest):
-        match = _GO_PART.match(rest, pos)
-        if match is None:
-            raise GoDurationError(f"invalid duration {text[:40]!r}")
-        whole, fraction, unit = match.group(1), match.group(2) or "", match.group(3)
-        if not whole and not fraction:
-            raise GoDurationError(f"invalid duration {text[:40]!r}: a unit without a number")
-        if len(whole.lstrip("0")) > 20:
-            raise GoDurationError(f"invalid duration {text[:40]!r}: overflow")
-        scale = _GO_UNIT_NS[unit]
-        fraction = fraction[:30]  # digits past these are below a nanosecond
-        total += int(whole or "0") * scale
-        if fraction:
-            total += int(fraction) * scale // 10 ** len(fraction)
-        if total > _GO_MAX_NS:
-            raise GoDurationError(f"invalid duration {text[:40]!r}: overflow")
-        pos = match.end()
-    return (-total if negative else total) / 1e9
+    try:
+        return parse_go_duration_ns(text) / 1e9
+    except ValueError as exc:
+        raise GoDurationError(str(exc)) from None
 
 
 def parse_count_duration(last_count_time: str) -> float | None:

@@ -2,21 +2,7 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-
-
-def is_metric_name(name: str) -> bool:
-    """A metric name of the Prometheus text format (the legacy character set)."""
-    return _METRIC_NAME.fullmatch(name) is not None
-
-
-def is_label_name(name: str) -> bool:
-    """A label name of the Prometheus text format; ``__`` names are reserved for Prometheus."""
-    return _LABEL_NAME.fullmatch(name) is not None and not name.startswith("__")
 
 
 @dataclass(frozen=True, slots=True)

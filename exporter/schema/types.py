@@ -201,8 +201,23 @@ class SecretsModel(StrictModel):
         return values
 
 
-LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
-"""A Prometheus label name (the classic character set, which every Prometheus version reads)."""
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+"""A Prometheus metric name (the classic character set); whole names only (``fullmatch``)."""
+LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+"""A Prometheus label name (the classic character set, which every Prometheus version reads);
+whole names only (``fullmatch``)."""
+
+
+def is_metric_name(name: str) -> bool:
+    """A metric name of the Prometheus text format (the legacy character set)."""
+    return METRIC_NAME.fullmatch(name) is not None
+
+
+def is_label_name(name: str) -> bool:
+    """A label name of the Prometheus text format; ``__`` names are reserved for Prometheus."""
+    return LABEL_NAME.fullmatch(name) is not None and not name.startswith("__")
+
+
 MAX_LABELS = 32
 """Constant labels on one target: each is written into every one of its series."""
 MAX_LABEL_VALUE_CHARS = 1024
@@ -215,7 +230,7 @@ def check_labels(labels: dict[str, str]) -> dict[str, str]:
     if len(labels) > MAX_LABELS:
         raise ValueError(f"must have at most {MAX_LABELS} labels; it has {len(labels)}")
     for name, value in labels.items():
-        if not LABEL_NAME.match(name):
+        if not LABEL_NAME.fullmatch(name):
             raise key_problem(
                 name,
                 "is not a valid label name: letters, digits and _, not starting with a digit",

@@ -69,6 +69,7 @@ from exporter.bounded import (
     read_text,
 )
 from exporter.config import ConfigError, ConfigProblem, format_path, yaml_problem
+from exporter.goduration import GO_MAX_NS, parse_go_duration_ns
 from exporter.schema.types import StrictModel
 
 log = structlog.get_logger("exporter.web.webconfig")
@@ -180,19 +181,8 @@ def _as_text(value: object) -> object:
 
 Text = Annotated[str, BeforeValidator(_as_text)]
 
-GO_MAX_DURATION = (2**63 - 1) / 1e9
+GO_MAX_DURATION = GO_MAX_NS / 1e9
 """Seconds in the longest Go duration (about 292 years)."""
-_GO_DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
-_GO_UNIT_SECONDS = {
-    "ns": 1e-9,
-    "us": 1e-6,
-    "µs": 1e-6,
-    "μs": 1e-6,
-    "ms": 1e-3,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-}
 
 
 def parse_go_duration(value: object) -> float:
@@ -205,20 +195,10 @@ def parse_go_duration(value: object) -> float:
         if not abs(value) <= GO_MAX_DURATION * 1e9:
             raise ValueError(f"invalid duration {value!r}: too long")
         return float(value) / 1e9
-    text = value
-    sign = -1.0 if text.startswith("-") else 1.0
-    body = text[1:] if text[:1] in "+-" else text
-    if body == "0":
-        return 0.0
-    seconds, pos = 0.0, 0
-    for match in _GO_DURATION_PART.finditer(body):
-        if match.start() != pos:
-            break
-        seconds += float(match.group(1)) * _GO_UNIT_SECONDS[match.group(2)]
-        pos = match.end()
-    if not body or pos != len(body) or seconds > GO_MAX_DURATION:
-        raise ValueError(f"invalid duration {text!r}: use a string such as 1s, 1m30s or 250ms")
-    return sign * seconds
+    try:
+        return parse_go_duration_ns(value) / 1e9
+    except ValueError as exc:
+        raise ValueError(f"{exc}; use a string such as 1s, 1m30s or 250ms") from None
 
 
 GoDuration = Annotated[float, BeforeValidator(parse_go_duration)]
