@@ -174,12 +174,22 @@ async def test_idle_and_trickling_connections_do_not_hold_the_server(served):
             await trickle_writer.drain()
             await asyncio.sleep(1)
 
+    async def until_closed(reader: asyncio.StreamReader) -> bytes:
+        # A server that closes a connection with bytes it has not read yet (the trickle's) sends
+        # a reset, not a FIN: either is the connection given up.
+        try:
+            return await reader.read()
+        except ConnectionResetError:
+            return b""
+
     trickling = asyncio.ensure_future(trickle())
     try:
         assert b"messaging_exporter_build_info" in await served.scrape(**{"Accept-Encoding": ""})
         # Every idle connection, and the trickling one, is closed after the keep-alive timeout.
         closed = await asyncio.wait_for(
-            asyncio.gather(*(reader.read() for reader, _ in idle), trickle_reader.read()),
+            asyncio.gather(
+                *(until_closed(reader) for reader, _ in [*idle, (trickle_reader, None)])
+            ),
             KEEPALIVE * 5,
         )
         assert all(data == b"" for data in closed[:-1])
