@@ -166,51 +166,56 @@ class TargetRunner:
             error=error,
         )
         self._record(snapshot)
+        self._log(snapshot)
+        return snapshot
+
+    def _log(self, snapshot: Snapshot) -> None:
+        """Log a finished collection, and keep the counts the logging and the back-off go by.
+
+        A failure is a warning when it is news: the first of a run of failures, another reason
+        than the last one's, the start of a back-off, or a reminder after REMINDER_EVERY; else
+        debug. A success is news (info) only when it ends a run of failures, else debug: a line
+        per target per interval is noise at 1,000 targets, and each line written costs the event
+        loop time."""
+        config, reason = self.config, snapshot.reason
         fields: dict[str, Any] = {
             "provider": config.provider,
             "account": config.name,
             "outcome": "success" if snapshot.ok else "failure",
-            "duration_seconds": round(duration, 4),
-            "samples": len(samples),
+            "duration_seconds": round(snapshot.duration, 4),
+            "samples": len(snapshot.samples),
         }
-        # A failure is a warning when it is news: the first of a run of failures, another reason
-        # than the last one's, the start of a back-off, or a reminder after REMINDER_EVERY; else
-        # debug. A success is news (info) only when it ends a run of failures, else debug: a line
-        # per target per interval is noise at 1,000 targets, and each line written costs the
-        # event loop time.
-        if not snapshot.ok:
-            self._failures += 1
-            # Hopeless: no retry can fix the answer, and the run delivered nothing (a run that
-            # still brought partial samples keeps its interval, so they do not go stale).
-            hopeless = reason in HOPELESS and not samples
-            self._hopeless = self._hopeless + 1 if hopeless else 0
-            delay = next_delay(config.interval, self._hopeless)
-            if delay > config.interval:
-                fields["backoff_seconds"] = delay
-            now = self._clock.time()
-            news = (
-                reason is not self._reason
-                or self._hopeless == BACKOFF_AFTER
-                or now - self._warned_at >= REMINDER_EVERY
-            )
-            if news:
-                self._warned_at = now
-            self._reason = reason
-            (log.warning if news else log.debug)(
-                "collection",
-                reason=str(reason),
-                error=error,
-                consecutive_failures=self._failures,
-                **fields,
-            )
-        elif self._failures:
-            log.info("collection", recovered=True, **fields)
-        else:
-            log.debug("collection", **fields)
         if snapshot.ok:
+            (log.info if self._failures else log.debug)(
+                "collection", **({"recovered": True} if self._failures else {}), **fields
+            )
             self._failures = self._hopeless = 0
             self._reason, self._warned_at = None, -math.inf
-        return snapshot
+            return
+        self._failures += 1
+        # Hopeless: no retry can fix the answer, and the run delivered nothing (a run that still
+        # brought partial samples keeps its interval, so they do not go stale).
+        hopeless = reason in HOPELESS and not snapshot.samples
+        self._hopeless = self._hopeless + 1 if hopeless else 0
+        delay = next_delay(config.interval, self._hopeless)
+        if delay > config.interval:
+            fields["backoff_seconds"] = delay
+        now = self._clock.time()
+        news = (
+            reason is not self._reason
+            or self._hopeless == BACKOFF_AFTER
+            or now - self._warned_at >= REMINDER_EVERY
+        )
+        if news:
+            self._warned_at = now
+        self._reason = reason
+        (log.warning if news else log.debug)(
+            "collection",
+            reason=str(reason),
+            error=snapshot.error,
+            consecutive_failures=self._failures,
+            **fields,
+        )
 
     def next_delay(self) -> float:
         """From the last attempt's scheduled start to the next one's (see :func:`next_delay`)."""
