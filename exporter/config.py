@@ -272,7 +272,7 @@ def format_path(loc: Sequence[str | int]) -> str:
 
 
 _VAR = re.compile(r"\$\$|\$\{([^}]*)\}")
-_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 EXPANSION_MAX_CHARS = CONFIG_FILE_MAX_BYTES
 """The most characters that ``${VAR}`` substitutions may add to a config, all together."""
@@ -296,7 +296,7 @@ def expand_env(
                     return "$"
                 name = match.group(1)
                 where = format_path(path)
-                if not _VAR_NAME.match(name):
+                if not _VAR_NAME.fullmatch(name):
                     problems.append(ConfigProblem(where, f"invalid variable ${{{name}}}"))
                     return ""
                 if name not in environ:

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from exporter.config import ConfigError, config_warnings, load_config, validate_config
+from exporter.config import ConfigError, config_warnings, expand_env, load_config, validate_config
 from exporter.providers import registry
 from exporter.providers.altcraft import AltcraftTarget
 
@@ -688,3 +688,11 @@ def test_defaults_refuse_what_a_target_refuses_in_the_same_words(key: str, value
     assert len(in_target) == 1
     assert in_target[0].startswith(f"targets[0].{key}: ")
     assert in_defaults == [in_target[0].replace("targets[0].", "defaults.", 1)]
+
+
+@pytest.mark.parametrize("name", ["1ABC", "A-B", "FOO\n", ""])
+def test_an_invalid_variable_name_is_refused_at_its_key(name):
+    _, problems = expand_env({"web": {"listen_address": f"${{{name}}}"}}, {name: "x"})
+    assert [str(problem) for problem in problems] == [
+        f"web.listen_address: invalid variable ${{{name}}}"
+    ]
