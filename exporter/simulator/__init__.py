@@ -219,13 +219,12 @@ def provider_parts() -> dict[str, SimulatorPart]:
 
 
 SIMULATOR = web.AppKey("simulator", Simulator)
-REQUEST_FAULT = "simulator_fault"
+REQUEST_FAULT = web.RequestKey("simulator_fault", Fault)
 
 
 def request_fault(request: web.Request) -> Fault | None:
     """The fault this request was given (a ``times``-limited one is already counted)."""
-    fault: Fault | None = request.get(REQUEST_FAULT)
-    return fault
+    return request.get(REQUEST_FAULT)
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -339,7 +338,8 @@ async def _faults(request: web.Request, handler: Handler) -> web.StreamResponse:
     if sim.latency:
         await asyncio.sleep(sim.latency)
     fault = sim.take_fault(provider, account)
-    request[REQUEST_FAULT] = fault
+    if fault is not None:
+        request[REQUEST_FAULT] = fault
     name = fault.name if fault else None
     if fault is None or name == "auth":
         return await handler(request)
