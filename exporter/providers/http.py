@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import copy
 import json
 import random
 import re
@@ -105,13 +104,22 @@ class ResponseBudget:
         self.reserved = 0
         self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
-    async def acquire(self, size: int) -> int:
-        """Reserve ``size`` bytes (at most the whole budget), waiting for them; returns what was
-        reserved, for :meth:`release`."""
+    def try_acquire(self, size: int) -> int | None:
+        """Reserve ``size`` bytes (at most the whole budget) if they are free now and nobody waits
+        for room; returns what was reserved, for :meth:`release`, else None."""
         size = min(size, self.limit)
         if not self._waiting and self.reserved + size <= self.limit:
             self.reserved += size
             return size
+        return None
+
+    async def acquire(self, size: int) -> int:
+        """Reserve ``size`` bytes (at most the whole budget), waiting for them; returns what was
+        reserved, for :meth:`release`."""
+        held = self.try_acquire(size)
+        if held is not None:
+            return held
+        size = min(size, self.limit)
         entry = (size, asyncio.get_running_loop().create_future())
         self._waiting.append(entry)
         try:
@@ -159,6 +167,10 @@ class _Reserved:
 
     async def __aenter__(self) -> None:
         if self._budget is None:
+            return
+        held = self._budget.try_acquire(self._size)
+        if held is not None:  # room now: no deadline to arm
+            self._held = held
             return
         try:
             async with asyncio.timeout_at(self._deadline):
@@ -390,7 +402,8 @@ class ProviderClient:
     def bound(self, deadline: float, clock: Clock) -> ProviderClient:
         """This client for one run that ends at ``deadline`` (event-loop time), reading the wall
         clock from ``clock``: the same session, limits, budget and histogram."""
-        run_client = copy.copy(self)
+        run_client = object.__new__(type(self))
+        run_client.__dict__.update(self.__dict__)
         run_client._deadline = deadline
         run_client._clock = clock
         run_client._gate = RunGate()
