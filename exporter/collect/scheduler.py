@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +28,9 @@ from exporter.schema.target import TargetConfig
 from exporter.turnstile import Turnstile
 
 log = structlog.get_logger("exporter.collect.scheduler")
+_log_level = logging.getLogger("exporter.collect.scheduler")
+"""The stdlib logger behind ``log``, asked whether a debug line would be written before one is
+built (``structlog.stdlib.filter_by_level`` asks the same)."""
 
 Record = Callable[[Snapshot], None]
 """Where a finished collection's snapshot goes."""
@@ -178,17 +182,14 @@ class TargetRunner:
         per target per interval is noise at 1,000 targets, and each line written costs the event
         loop time."""
         config, reason = self.config, snapshot.reason
-        fields: dict[str, Any] = {
-            "provider": config.provider,
-            "account": config.name,
-            "outcome": "success" if snapshot.ok else "failure",
-            "duration_seconds": round(snapshot.duration, 4),
-            "samples": len(snapshot.samples),
-        }
+        if snapshot.ok and not self._failures:
+            # The routine success, once per collection: not even built below debug level.
+            if _log_level.isEnabledFor(logging.DEBUG):
+                log.debug("collection", **self._fields(snapshot))
+            return
+        fields = self._fields(snapshot)
         if snapshot.ok:
-            (log.info if self._failures else log.debug)(
-                "collection", **({"recovered": True} if self._failures else {}), **fields
-            )
+            log.info("collection", recovered=True, **fields)
             self._failures = self._hopeless = 0
             self._reason, self._warned_at = None, -math.inf
             return
@@ -216,6 +217,16 @@ class TargetRunner:
             consecutive_failures=self._failures,
             **fields,
         )
+
+    def _fields(self, snapshot: Snapshot) -> dict[str, Any]:
+        """What every ``collection`` line says."""
+        return {
+            "provider": self.config.provider,
+            "account": self.config.name,
+            "outcome": "success" if snapshot.ok else "failure",
+            "duration_seconds": round(snapshot.duration, 4),
+            "samples": len(snapshot.samples),
+        }
 
     def next_delay(self) -> float:
         """From the last attempt's scheduled start to the next one's (see :func:`next_delay`)."""
