@@ -162,6 +162,7 @@ class LiveFamilies:
         self._answers: dict[tuple[bool, bool], Answer] = {}
 
     def _expire(self) -> None:
+        """Forget the families' texts and the answers made with them once ``max_age`` old."""
         now = self._clock.time()
         if not 0 <= now - self._rendered_at < self.max_age:
             self._texts.clear()
@@ -172,6 +173,9 @@ class LiveFamilies:
         """The families in this format, as rendered in the last ``max_age`` seconds (now, if
         they were not); OpenMetrics's with ``# EOF``."""
         self._expire()
+        return self._text(openmetrics)
+
+    def _text(self, openmetrics: bool) -> bytes:
         text = self._texts.get(openmetrics)
         if text is None:
             if openmetrics:
@@ -189,7 +193,7 @@ class LiveFamilies:
         answer = self._answers.get(key)
         if answer is not None and answer.rendered is rendered:
             return answer
-        tail = self.text(openmetrics)
+        tail = self._text(openmetrics)
         parts: tuple[bytes | memoryview, ...]
         if rendered.gzipped:
             parts = (gzip_append(rendered.body, tail),)
@@ -287,17 +291,18 @@ class Exposition:
         openmetrics = wants_openmetrics(accept)
         rendered = self.body(openmetrics)
         if accepts_gzip(accept_encoding):
-            rendered = await self._gzip(rendered, openmetrics)
+            cached = self._gzipped.get(openmetrics)
+            if cached is not None and cached.generation == rendered.generation:
+                rendered = cached
+            else:
+                rendered = await self._gzip(rendered, openmetrics)
         if self.live is None:
             return Answer(rendered, (rendered.body,))
         return self.live.answer(rendered, openmetrics)
 
     async def _gzip(self, identity: Rendered, openmetrics: bool) -> Rendered:
-        """The gzip body of ``identity``: cached, in the making, or made now. With live
+        """The gzip body of ``identity``, not cached yet: in the making, or made now. With live
         families, an OpenMetrics one leaves out ``# EOF``, which comes after them."""
-        cached = self._gzipped.get(openmetrics)
-        if cached is not None and cached.generation == identity.generation:
-            return cached
         building = self._building.get(openmetrics)
         if building is None:
             building = asyncio.ensure_future(self._compress(identity, openmetrics))
