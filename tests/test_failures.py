@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import types
 from collections.abc import Callable
 from typing import Any
@@ -324,10 +325,12 @@ async def test_a_reload_that_changes_the_target_resets_its_back_off(
 
 
 async def test_a_failing_target_warns_at_news_and_reminds_every_15_minutes(
-    sim, sim_url, harness, make_config, clock
+    sim, sim_url, harness, make_config, clock, caplog
 ):
     import structlog.testing
 
+    # The routine success's debug line is built only when its logger is at debug level.
+    caplog.set_level(logging.DEBUG, logger="exporter.collect.scheduler")
     target = thulium_target(sim, sim_url)
     account = sim_account(target)
     h = await harness(make_config([target], defaults={"interval": "1m"}))
