@@ -28,7 +28,7 @@ from exporter.schema.target import TargetConfig
 from exporter.turnstile import Turnstile
 
 log = structlog.get_logger("exporter.collect.scheduler")
-_log_level = logging.getLogger("exporter.collect.scheduler")
+_stdlib_log = logging.getLogger("exporter.collect.scheduler")
 """The stdlib logger behind ``log``, asked whether a debug line would be written before one is
 built (``structlog.stdlib.filter_by_level`` asks the same)."""
 
@@ -184,7 +184,7 @@ class TargetRunner:
         config, reason = self.config, snapshot.reason
         if snapshot.ok and not self._failures:
             # The routine success, once per collection: not even built below debug level.
-            if _log_level.isEnabledFor(logging.DEBUG):
+            if _stdlib_log.isEnabledFor(logging.DEBUG):
                 log.debug("collection", **self._fields(snapshot))
             return
         fields = self._fields(snapshot)
