@@ -456,12 +456,12 @@ class ProviderClient:
             _keep_response,
             method,
             url,
-            endpoint,
-            json_body,
-            headers,
-            idempotent,
-            error_text,
-            fail_fast,
+            endpoint=endpoint,
+            json_body=json_body,
+            headers=headers,
+            idempotent=idempotent,
+            error_text=error_text,
+            fail_fast=fail_fast,
         )
 
     async def _send(
@@ -469,11 +469,12 @@ class ProviderClient:
         read: Callable[[int, Mapping[str, str], bytearray], T],
         method: str,
         url: str,
+        *,
         endpoint: str,
-        json_body: Any,
-        headers: Mapping[str, str] | None,
-        idempotent: bool,
-        error_text: ErrorText | None,
+        json_body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool = True,
+        error_text: ErrorText | None = None,
         fail_fast: bool = True,
     ) -> T:
         """:meth:`request`, with ``read`` turning a success's status, headers and body into the
@@ -704,27 +705,11 @@ class ProviderClient:
 
     async def get_json(self, url: str, **kwargs: Any) -> Any:
         """:meth:`request` ``GET``, decoded as JSON while the attempt's budget share is held."""
-        return await self._json("GET", url, **kwargs)
+        return await self._send(_decode, "GET", url, **kwargs)
 
     async def post_json(self, url: str, **kwargs: Any) -> Any:
         """:meth:`request` ``POST``, decoded as JSON while the attempt's budget share is held."""
-        return await self._json("POST", url, **kwargs)
-
-    async def _json(
-        self,
-        method: str,
-        url: str,
-        *,
-        endpoint: str,
-        json_body: Any = None,
-        headers: Mapping[str, str] | None = None,
-        idempotent: bool = True,
-        error_text: ErrorText | None = None,
-        fail_fast: bool = True,
-    ) -> Any:
-        return await self._send(
-            _decode, method, url, endpoint, json_body, headers, idempotent, error_text, fail_fast
-        )
+        return await self._send(_decode, "POST", url, **kwargs)
 
 
 def _keep_response(status: int, headers: Mapping[str, str], body: bytearray) -> HttpResponse:
