@@ -3,10 +3,12 @@ clock, config writing and exposition parsing."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -22,6 +24,29 @@ from exporter import simulator
 from exporter.config import Config, validate_config
 from exporter.service import Exporter, make_exporter
 from exporter.web.app import build_app
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+async def run_python(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """This Python run with ``args`` from the project's root, without blocking the loop (a
+    simulator may be served from the same loop): its exit code, stdout and stderr."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        cwd=PROJECT_ROOT,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
+    assert process.returncode is not None
+    return process.returncode, stdout.decode(), stderr.decode()
+
+
+async def run_cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    """``python -m exporter`` with ``args``; see :func:`run_python`."""
+    return await run_python("-m", "exporter", *args, timeout=timeout)
+
 
 # No hypothesis deadline anywhere: a deadline measures the machine's load as much as the code,
 # and no property here is about speed (speed is the bench's business).

@@ -16,25 +16,9 @@ import aiohttp
 import pytest
 
 from exporter import simulator
-from tests.conftest import free_port, labels, parse_exposition, run_promtool
+from tests.conftest import free_port, labels, parse_exposition, run_cli, run_promtool, run_python
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-async def run(*args: str, timeout: float = 60) -> tuple[int, str, str]:
-    """Run the CLI without blocking the loop (the simulator is served from this same loop)."""
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 def thulium_targets(sim_url: str, sim: simulator.Simulator) -> list[dict[str, Any]]:
@@ -76,7 +60,7 @@ def test_serving_a_config_file_does_not_import_the_simulator(write_config):
 
 async def test_once_prints_the_exposition_and_exits_0(sim, sim_url, write_config):
     path = write_config({"targets": thulium_targets(sim_url, sim)})
-    code, stdout, stderr = await run("--once", "--config", str(path))
+    code, stdout, stderr = await run_cli("--once", "--config", str(path))
     assert code == 0, stderr
     scraped = parse_exposition(stdout)
     key = ("thulium_outbound_campaign_records", labels(account="thulium-acme", campaign_id="00001"))
@@ -86,7 +70,7 @@ async def test_once_prints_the_exposition_and_exits_0(sim, sim_url, write_config
 async def test_once_prints_what_worked_and_exits_1_when_a_target_failed(sim, sim_url, write_config):
     sim.set_fault("thulium", "globex", "http_500_html")
     path = write_config({"targets": thulium_targets(sim_url, sim)})
-    code, stdout, _ = await run("--once", "--config", str(path))
+    code, stdout, _ = await run_cli("--once", "--config", str(path))
     assert code == 1
     scraped = parse_exposition(stdout)
     ok = ("thulium_outbound_active_campaigns", labels(account="thulium-acme"))
@@ -104,7 +88,7 @@ async def test_logs_are_json_lines_and_never_show_a_secret(sim, sim_url, write_c
     targets[0]["password"] = secret  # refused by the simulator: an auth failure is logged
     targets[1]["base_url"] = f"http://127.0.0.1:{free_port()}/api"  # connection refused
     path = write_config({"log": {"level": "debug", "format": "json"}, "targets": targets})
-    code, stdout, stderr = await run("--once", "--config", str(path))
+    code, stdout, stderr = await run_cli("--once", "--config", str(path))
     assert code == 1
     events = [json.loads(line) for line in stderr.splitlines()]
     failures = {e["account"]: e for e in events if e.get("event") == "collection"}
@@ -296,7 +280,7 @@ async def test_without_a_config_file_the_error_hints_at_config_and_demo(tmp_path
 
 
 async def test_help_shows_the_conventional_flags_and_the_deprecated_one():
-    code, stdout, _ = await run("--help")
+    code, stdout, _ = await run_cli("--help")
     assert code == 0
     text = " ".join(stdout.split())  # argparse wraps the help text
     for flag in (
@@ -401,7 +385,7 @@ async def test_flags_win_over_the_file_at_every_reload(sim, sim_url, write_confi
 )
 async def test_a_bad_flag_value_exits_2_naming_the_flag(sim, sim_url, write_config, flags, message):
     path = write_config({"targets": thulium_targets(sim_url, sim)})
-    code, stdout, stderr = await run("--config", str(path), "--check-config", *flags)
+    code, stdout, stderr = await run_cli("--config", str(path), "--check-config", *flags)
     assert code == 2
     assert stdout == ""
     assert message in stderr
@@ -409,7 +393,7 @@ async def test_a_bad_flag_value_exits_2_naming_the_flag(sim, sim_url, write_conf
 
 async def test_check_config_warns_of_a_deprecated_flag(sim, sim_url, write_config):
     path = write_config({"targets": thulium_targets(sim_url, sim)})
-    code, stdout, stderr = await run("--config", str(path), "--check-config", "--listen", ":1")
+    code, stdout, stderr = await run_cli("--config", str(path), "--check-config", "--listen", ":1")
     assert code == 0
     assert stdout.startswith(f"{path}: OK")
     assert stderr == "warning: --listen is deprecated; use --web.listen-address\n"
@@ -419,7 +403,7 @@ async def test_logfmt_in_the_config_file(sim, sim_url, write_config):
     targets = thulium_targets(sim_url, sim)
     targets[0]["password"] = "wrong-password-for-tests"  # refused: a warning is logged
     path = write_config({"log": {"format": "logfmt"}, "targets": targets})
-    code, _, stderr = await run("--once", "--config", str(path))
+    code, _, stderr = await run_cli("--once", "--config", str(path))
     assert code == 1
     failure = next(line for line in stderr.splitlines() if "event=collection" in line)
     assert failure.startswith("timestamp=")
@@ -488,7 +472,7 @@ async def test_once_with_target_collects_only_the_named_targets(sim, sim_url, wr
     targets = simulator.demo_targets(sim_url, sim)
     names = ["thulium-globex", "exolve-shop"]
     path = write_config({"sharding": {"index": 0, "count": 4}, "targets": targets})
-    code, stdout, stderr = await run(
+    code, stdout, stderr = await run_cli(
         "--once", "--config", str(path), "--target", names[0], "--target", names[1]
     )
     assert code == 0, stderr
@@ -505,7 +489,7 @@ async def test_once_with_target_collects_only_the_named_targets(sim, sim_url, wr
 
 async def test_once_with_an_unknown_target_exits_2_naming_it(sim, sim_url, write_config):
     path = write_config({"targets": thulium_targets(sim_url, sim)})
-    code, stdout, stderr = await run(
+    code, stdout, stderr = await run_cli(
         "--once", "--config", str(path), "--target", "thulium-acme", "--target", "nope"
     )
     assert code == 2
@@ -520,7 +504,7 @@ async def test_check_config_with_a_shard_lists_that_shards_targets(sim, sim_url,
     targets = simulator.demo_targets(sim_url, sim)
     path = write_config({"targets": targets})
     for index in range(3):
-        code, stdout, stderr = await run(
+        code, stdout, stderr = await run_cli(
             "--check-config", "--config", str(path), "--shard", f"{index}/3"
         )
         assert code == 0, stderr
@@ -533,7 +517,7 @@ async def test_check_config_with_a_shard_lists_that_shards_targets(sim, sim_url,
         ) in lines
         listed = [line.split()[0].rstrip(":") for line in lines if line.startswith("  ")]
         assert listed == mine
-    code, stdout, _ = await run("--check-config", "--config", str(path))
+    code, stdout, _ = await run_cli("--check-config", "--config", str(path))
     assert code == 0
     assert not [line for line in stdout.splitlines() if line.startswith("shard ")]
     assert len([line for line in stdout.splitlines() if line.startswith("  ")]) == len(targets)
@@ -548,18 +532,7 @@ async def run_on_host(hostname: str, *args: str) -> tuple[int, str, str]:
         "from exporter.cli import main\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        code,
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
+    return await run_python("-c", code, *args)
 
 
 def shard_info(exposition: str) -> set[tuple[str, str]]:
@@ -670,12 +643,12 @@ async def test_health_check_asks_healthz_at_the_configured_address(write_config,
     port = free_port()
     path = write_config({"web": {"listen_address": f"0.0.0.0:{port}"}, "targets": [QUIET_TARGET]})
     async with served(path):
-        code, stdout, stderr = await run("--health-check", "--config", str(path))
+        code, stdout, stderr = await run_cli("--health-check", "--config", str(path))
         assert (code, stderr) == (0, "")
         assert stdout == f"healthy: GET http://127.0.0.1:{port}/healthz: HTTP 200\n"
         # --listen overrides the config's address, as it does for serving: nothing listens there.
         other = free_port()
-        code, _, stderr = await run(
+        code, _, stderr = await run_cli(
             "--health-check", "--config", str(path), "--listen", f":{other}"
         )
         assert code == 1
@@ -685,9 +658,9 @@ async def test_health_check_asks_healthz_at_the_configured_address(write_config,
         broken = write_config(
             {"web": {"listen_address": f":{port}"}, "targets": [{"name": "x"}]}, "edited.yaml"
         )
-        code, _, stderr = await run("--health-check", "--config", str(broken))
+        code, _, stderr = await run_cli("--health-check", "--config", str(broken))
         assert (code, stderr) == (0, "")
-    code, _, stderr = await run("--health-check", "--config", str(path))
+    code, _, stderr = await run_cli("--health-check", "--config", str(path))
     assert code == 1
     assert "Connection refused" in stderr
 
@@ -699,7 +672,9 @@ async def test_health_check_without_a_config_file_asks_the_demos_address():
         await wait_ready(port)
         missing = "/nonexistent/config.yaml"
         listen = f"127.0.0.1:{port}"
-        code, stdout, stderr = await run("--health-check", "--config", missing, "--listen", listen)
+        code, stdout, stderr = await run_cli(
+            "--health-check", "--config", missing, "--listen", listen
+        )
         assert (code, stderr) == (0, "")
         assert stdout == f"healthy: GET http://{listen}/healthz: HTTP 200\n"
 
@@ -721,7 +696,7 @@ async def test_health_check_exits_1_never_2_on_a_bad_config(
 ):
     """Docker reserves exit status 2 in a HEALTHCHECK: a config problem is "unhealthy" (1)."""
     path = write_config(config)
-    code, stdout, stderr = await run("--health-check", "--config", str(path))
+    code, stdout, stderr = await run_cli("--health-check", "--config", str(path))
     assert code == 1
     assert stdout == ""
     assert stderr.startswith("unhealthy: ")
@@ -764,17 +739,17 @@ async def test_health_check_speaks_tls_and_trusts_only_the_configured_certificat
     hashed = bcrypt.hashpw(b"pw", bcrypt.gensalt(rounds=4)).decode()
     web = web_config_file(tmp_path, tls_ca, "server", basic_auth_users={"prometheus": hashed})
     async with served(path, "--web.config.file", str(web)):
-        code, stdout, stderr = await run(
+        code, stdout, stderr = await run_cli(
             "--health-check", "--config", str(path), "--web.config.file", str(web)
         )
         assert (code, stderr) == (0, "")
         assert stdout == f"healthy: GET https://127.0.0.1:{port}/healthz: HTTP 200\n"
         # Without the web config the check speaks plain HTTP to a TLS port: unhealthy.
-        code, _, stderr = await run("--health-check", "--config", str(path))
+        code, _, stderr = await run_cli("--health-check", "--config", str(path))
         assert code == 1, stderr
         # A certificate of the same CA, but not the one the exporter was given: not trusted.
         other = web_config_file(tmp_path, tls_ca, "other")
-        code, _, stderr = await run(
+        code, _, stderr = await run_cli(
             "--health-check", "--config", str(path), "--web.config.file", str(other)
         )
         assert code == 1
@@ -788,7 +763,7 @@ async def test_health_check_presents_the_servers_certificate_when_client_certs_a
     path = write_config({"web": {"listen_address": f"127.0.0.1:{port}"}, "targets": [QUIET_TARGET]})
     web = web_config_file(tmp_path, tls_ca, "server", client_auth="RequireAndVerifyClientCert")
     async with served(path, "--web.config.file", str(web)):
-        code, stdout, stderr = await run(
+        code, stdout, stderr = await run_cli(
             "--health-check", "--config", str(path), "--web.config.file", str(web)
         )
         assert (code, stderr) == (0, "")
@@ -917,11 +892,11 @@ async def test_the_demo_simulator_takes_another_port_when_the_default_is_taken()
         with contextlib.suppress(OSError):  # already taken by another demo: as good
             holder.bind((host, int(port)))
             holder.listen()
-        code, stdout, stderr = await run("--demo", "--once")
+        code, stdout, stderr = await run_cli("--demo", "--once")
         assert code == 0, stderr
         assert "messaging_exporter_collect_success" in stdout
         # Given explicitly, a taken address is an error that names it.
-        code, _, stderr = await run(
+        code, _, stderr = await run_cli(
             "--demo", "--once", "--demo.simulator-address", DEMO_SIMULATOR_ADDRESS
         )
         assert code == 1
@@ -938,7 +913,7 @@ async def test_the_demo_simulator_takes_another_port_when_the_default_is_taken()
     ],
 )
 async def test_a_bad_demo_simulator_address_exits_2(args, message):
-    code, stdout, stderr = await run(*args)
+    code, stdout, stderr = await run_cli(*args)
     assert code == 2
     assert stdout == ""
     assert stderr.startswith("--demo.simulator-address: ")

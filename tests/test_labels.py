@@ -5,9 +5,6 @@ enable a target."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,11 +15,9 @@ from exporter.config import TARGET_LABELS, ConfigError, load_config, validate_co
 from exporter.metrics.self_metrics import PER_TARGET
 from exporter.service import make_exporter
 from exporter.web.app import build_app
-from tests.conftest import labels, parse_exposition
+from tests.conftest import labels, parse_exposition, run_cli
 from tests.reference import reference_registry
 from tests.test_status_page import parse
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def thulium(sim_url: str, sim: simulator.Simulator) -> list[dict[str, Any]]:
@@ -64,7 +59,7 @@ async def test_check_config_exits_2_naming_each_bad_label(sim, sim_url, write_co
     ]
     targets = [{**base, "name": f"t{index}", "labels": case} for index, case in enumerate(cases)]
     path = write_config({"defaults": {"labels": {"team": "ok"}}, "targets": targets})
-    code, stdout, stderr = await run("--check-config", "--config", str(path))
+    code, stdout, stderr = await run_cli("--check-config", "--config", str(path))
     assert (code, stdout) == (2, "")
     for index, case in enumerate(cases):
         (name,) = case
@@ -75,24 +70,9 @@ async def test_check_config_exits_2_naming_each_bad_label(sim, sim_url, write_co
     assert "must have at most 1024 characters; it has 1025" in stderr
 
     path = write_config({"defaults": {"labels": {"reason": "x"}}, "targets": [base]})
-    code, stdout, stderr = await run("--check-config", "--config", str(path))
+    code, stdout, stderr = await run_cli("--check-config", "--config", str(path))
     assert (code, stdout) == (2, "")
     assert "defaults.labels.reason: clashes with a label" in stderr
-
-
-async def run(*args: str) -> tuple[int, str, str]:
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "exporter",
-        *args,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        cwd=ROOT,
-    )
-    stdout, stderr = await asyncio.wait_for(process.communicate(), 60)
-    assert process.returncode is not None
-    return process.returncode, stdout.decode(), stderr.decode()
 
 
 def test_a_label_of_defaults_that_clashes_with_a_provider_label_names_the_target(sim, sim_url):
@@ -250,7 +230,7 @@ async def test_a_reload_disables_and_enables_a_target(sim, sim_url, aiohttp_clie
 async def test_check_config_marks_a_disabled_target(sim, sim_url, write_config):
     a, b = thulium(sim_url, sim)
     path = write_config({"targets": [a, {**b, "enabled": False}]})
-    code, stdout, _ = await run("--check-config", "--config", str(path))
+    code, stdout, _ = await run_cli("--check-config", "--config", str(path))
     assert code == 0
     (line,) = [line for line in stdout.splitlines() if line.startswith(f"  {b['name']}:")]
     assert line.endswith("(disabled: not collected)")
