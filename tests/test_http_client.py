@@ -152,6 +152,31 @@ async def test_a_retry_after_date_is_read_by_the_runs_clock(upstream, client):
     assert up.hits == 2
 
 
+async def test_a_retry_after_of_non_ascii_digits_is_ignored_not_a_crash(upstream, client):
+    up, url = upstream
+    http, _ = client
+    # "²".isdigit() is true, float("²") raises: the header counts as absent, the 503 is retried.
+    up.script = [(503, {"Retry-After": "²"}, b""), (200, {}, b"{}")]
+    assert await http.get_json(f"{url}/x", endpoint="ep") == {}
+    assert up.hits == 2
+
+
+async def test_a_retry_after_date_without_a_zone_is_gmt(upstream, client, monkeypatch):
+    up, url = upstream
+    http, _ = client
+    # In a zone 8 hours behind UTC, "now" read as local time would be a wait past the deadline.
+    monkeypatch.setenv("TZ", "PST8")
+    time.tzset()
+    try:
+        now = formatdate(usegmt=True).replace("GMT", "-0000")  # -0000: no zone
+        up.script = [(503, {"Retry-After": now}, b""), (200, {}, b"{}")]
+        await http.get_json(f"{url}/x", endpoint="ep")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert up.hits == 2
+
+
 async def test_a_retry_after_past_the_deadline_ends_with_the_answers_reason(upstream, client):
     up, url = upstream
     http, _ = client

@@ -16,6 +16,7 @@ import json
 import logging
 import secrets
 import string
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -288,6 +289,25 @@ async def test_a_secret_obtained_in_a_run_lives_as_long_as_the_targets_client(se
     gc.collect()
     redactor.add_secret("yet-another-token", owner=Owner())
     assert redactor.redact("token-of-a-run") == "token-of-a-run"
+
+
+async def test_a_targets_client_goes_without_the_garbage_collector(session):
+    """The exporter freezes what exists after start-up, and the garbage collector never scans
+    frozen objects: a client removed by a reload must be freed by reference counting alone,
+    with the tokens its runs obtained."""
+    redactor = Redactor()
+    client = make_client(session, redactor)
+    run_client = client.bound(asyncio.get_running_loop().time() + 5, SystemClock())
+    run_client.add_secret("token-of-a-run")
+    gone = weakref.ref(client)
+    gc.disable()
+    try:
+        del run_client, client
+        assert gone() is None
+        redactor.add_secret("another-token", owner=Owner())  # any change rebuilds the lookup
+        assert redactor.redact("token-of-a-run") == "token-of-a-run"
+    finally:
+        gc.enable()
 
 
 def message_of(body: bytes) -> str | None:

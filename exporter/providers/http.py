@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, TypeVar
@@ -353,12 +354,14 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit takes "²" too
         return float(value)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
+    if when.tzinfo is None:  # an HTTP date is GMT whether or not it says so
+        when = when.replace(tzinfo=UTC)
     return max(0.0, when.timestamp() - now)
 
 
@@ -395,15 +398,17 @@ class ProviderClient:
         self._deadline: float | None = None
         self._clock: Clock = SystemClock()
         self._gate: RunGate | None = None
-        self._owner = self
-        """The client of the target: what its run-time secrets live as long as (not one run's
-        :meth:`bound` copy of it)."""
+        self._owner: ProviderClient | None = None
+        """For one run's :meth:`bound` copy, the client of the target: what the run-time secrets
+        live as long as. None in the target's client itself (a reference to itself would be a
+        cycle that only the garbage collector, which skips frozen objects, could free)."""
 
     def bound(self, deadline: float, clock: Clock) -> ProviderClient:
         """This client for one run that ends at ``deadline`` (event-loop time), reading the wall
         clock from ``clock``: the same session, limits, budget and histogram."""
         run_client = object.__new__(type(self))
         run_client.__dict__.update(self.__dict__)
+        run_client._owner = self._owner or self
         run_client._deadline = deadline
         run_client._clock = clock
         run_client._gate = RunGate()
@@ -420,7 +425,7 @@ class ProviderClient:
     def add_secret(self, secret: str) -> None:
         """A secret obtained at run time (an access token): redacted wherever the exporter writes
         text, for as long as this client lives."""
-        self._redactor.add_secret(secret, owner=self._owner)
+        self._redactor.add_secret(secret, owner=self._owner or self)
 
     def redact(self, text: str, limit: int | None = None) -> str:
         """``text`` (a provider's own message quoting an answer) with every secret removed; see
