@@ -153,6 +153,23 @@ async def test_reload_applies_a_good_config_and_keeps_the_old_one_on_a_bad_one(
     assert yaml.safe_load(path.read_text()) == {"targets": [{"name": "broken"}]}
 
 
+async def test_a_failed_reload_over_http_answers_without_the_running_configs_secrets(
+    sim, sim_url, aiohttp_client, write_config, clock
+):
+    targets = demo(sim_url, sim)
+    path = write_config({"targets": targets})
+    exporter = make_exporter(load_config(path), clock=clock, config_path=path, autostart=False)
+    client = await aiohttp_client(build_app(exporter, lifecycle=True))
+    password = next(t["password"] for t in targets if "password" in t)
+    # A slip of the pen: the password pasted where the interval goes, quoted by the error.
+    write_config({"targets": [{**targets[0], "interval": password}]})
+    response = await client.post("/-/reload")
+    assert response.status == 500
+    text = await response.text()
+    assert "targets[0].interval: invalid duration" in text
+    assert password not in text
+
+
 async def test_reload_over_http_is_refused_with_403_naming_the_flag_without_lifecycle(
     sim, sim_url, aiohttp_client, write_config, clock
 ):

@@ -222,6 +222,30 @@ async def test_a_replaced_client_ca_locks_the_old_client_out_and_lets_the_new_on
     assert await status(server.port, new_client) == 200
 
 
+async def test_an_edit_made_while_a_reload_loads_is_applied_at_the_next_check(
+    aiohttp_server, make_config, tmp_path, monkeypatch
+):
+    from exporter.web import webconfig
+
+    path = write(tmp_path, {"rate_limit": {"interval": "1h", "burst": 3}})
+    server = await serve(aiohttp_server, make_config, path)
+    settings = server.app[WEB_SETTINGS]
+    load = webconfig.load_web_config
+
+    def load_then_edit(source: Path) -> Any:
+        config = load(source)
+        write(tmp_path, {"rate_limit": {"interval": "1h", "burst": 70}})  # another size
+        return config
+
+    write(tmp_path, {"rate_limit": {"interval": "1h", "burst": 5}})
+    monkeypatch.setattr(webconfig, "load_web_config", load_then_edit)
+    assert await settings.check() is True
+    assert settings.config.rate_limit.burst == 5
+    monkeypatch.setattr(webconfig, "load_web_config", load)
+    assert await settings.check() is True
+    assert settings.config.rate_limit.burst == 70
+
+
 async def test_removing_max_version_lifts_the_limit_without_a_restart(
     aiohttp_server, make_config, tmp_path, certs, ca
 ):

@@ -63,9 +63,12 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def reload(request: web.Request) -> web.Response:
-    error = await request.app[EXPORTER].reload()
+    exporter = request.app[EXPORTER]
+    error = await exporter.reload()
     if error is None:
         return web.Response(text="reloaded\n")
+    # As on the status page: a config error may quote a value.
+    error = exporter.redactor.redact(error)
     return web.Response(status=500, text=f"reload failed; the previous config stays.\n{error}\n")
 
 

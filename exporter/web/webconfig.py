@@ -790,20 +790,20 @@ class WebSettings:
                 path=str(self.path),
             )
 
-    def _look(self) -> tuple[tuple[int, int] | None, ...]:
+    def _look(self) -> tuple[tuple[str, tuple[int, int] | None], ...]:
         """The modification time and size of the file and of each file it names."""
         files = [str(self.path)]
         tls = self.config.tls
         if tls is not None:
             files += [f for f in (tls.cert_file, tls.key_file, tls.client_ca_file) if f]
-        stamps: list[tuple[int, int] | None] = []
+        stamps: list[tuple[str, tuple[int, int] | None]] = []
         for file in files:
             try:
                 info = os.stat(file)
             except (OSError, ValueError):
-                stamps.append(None)
+                stamps.append((file, None))
             else:
-                stamps.append((info.st_mtime_ns, info.st_size))
+                stamps.append((file, (info.st_mtime_ns, info.st_size)))
         return tuple(stamps)
 
     async def check(self) -> bool:
@@ -830,7 +830,10 @@ class WebSettings:
         if context is not None and self.context is not None:
             self.context.current = context
         self._apply(config, previous=self.config)
-        self._stamps = self._look()
+        # A file looked at before the load keeps that look: a change made while it loaded is
+        # seen at the next check. A file the new config names for the first time is looked at now.
+        seen = dict(stamps)
+        self._stamps = tuple((file, seen.get(file, stamp)) for file, stamp in self._look())
         log.info("web config reloaded", path=str(self.path))
         return True
 
