@@ -154,7 +154,7 @@ def test_the_shard_alert_groups_by_namespace_and_job_only() -> None:
     assert groupings, expr
     for grouping in groupings:
         assert {label.strip() for label in grouping.split(",")} == {"namespace", "job"}, expr
-    assert 'state="assigned"' in expr
+    assert 'state=~"assigned|disabled"' in expr
 
 
 def test_runbook_has_a_section_per_alert_with_meaning_causes_and_checks() -> None:
