@@ -338,6 +338,23 @@ async def test_the_target_states_follow_the_staleness_rule():
     assert RECORDS.encode() + b'{account="a"' not in (await scrape(exporter)).body
 
 
+def test_a_long_outage_with_new_partial_samples_each_run_holds_only_the_fresh_ones():
+    """Each failed run delivers one series under a new label value: the store keeps those
+    younger than stale_after (300 s here), not every one ever delivered."""
+    clock = FakeClock()
+    exporter = new_exporter(clock, ["a"])
+    fill(exporter, clock, 1)
+    state = exporter.store.targets.get("a").state
+    for run in range(200):
+        clock.advance(60)
+        sample = Sample(RECORDS, (f"campaign-{run}",), float(run))
+        exporter.store.record(
+            Snapshot("a", "thulium", False, (sample,), clock.time(), 0.1, Reason.TIMEOUT, "t")
+        )
+    assert len(state.series) <= 300 // 60 + 1
+    assert state.status(clock.time(), 300)[0] == "down"
+
+
 AWKWARD = ["a b", 'x} 1.0 "y"', "line\nbreak", "back\\slash", "юникод ✓", "", " "]
 
 

@@ -84,8 +84,15 @@ class Store:
             seen = state.seen
             if state.latest is None or state.latest.ok:
                 seen = dict.fromkeys(state.series, state.last_success or 0.0)
-            state.series = {**state.series, **delivered}
-            state.seen = {**seen, **dict.fromkeys(delivered, finished)}
+            series = {**state.series, **delivered}
+            seen = {**seen, **dict.fromkeys(delivered, finished)}
+            if delivered:
+                # Partial samples: a series gone stale is never served again (the next success
+                # replaces them all), and new ones each run would pile up over a long outage.
+                horizon = finished - target.config.stale_after
+                series = {key: value for key, value in series.items() if seen[key] > horizon}
+                seen = {key: seen[key] for key in series}
+            state.series, state.seen = series, seen
             if snapshot.reason is not None:
                 state.errors[snapshot.reason] = state.errors.get(snapshot.reason, 0) + 1
         state.latest = replace(snapshot, samples=()) if snapshot.samples else snapshot
