@@ -96,7 +96,8 @@ def parser() -> argparse.ArgumentParser:
         "--web.config.file",
         dest="web_config_file",
         metavar="PATH",
-        help="TLS and basic auth for the exporter's endpoints, in the exporter-toolkit format",
+        help="TLS, basic auth, security headers and a rate limit for the exporter's endpoints, "
+        "in the exporter-toolkit format",
     )
     _shard_flags(p)
     _add_conventional_flags(p)
