@@ -18,8 +18,8 @@ from exporter.bounded import TARGET_FILES_MAX
 from exporter.config import ConfigError, config_warnings, load_config
 from exporter.service import make_exporter
 from exporter.web.app import build_app
-from tests.conftest import eventually, labels, parse_exposition
-from tests.test_cli import exporter_process, get, run, stop, thulium_targets, wait_ready
+from tests.conftest import eventually, labels, parse_exposition, run_cli
+from tests.test_cli import exporter_process, get, stop, thulium_targets, wait_ready
 
 
 def thulium(name: str, base_url: str = "http://127.0.0.1:9/api", **keys: Any) -> dict[str, Any]:
@@ -191,7 +191,7 @@ async def test_check_config_says_which_file_each_target_came_from(tmp_path):
         {"target_files": ["targets.d/*.yaml"], "targets": [thulium("main")]},
     )
     write(tmp_path / "targets.d/acme.yaml", [thulium("acme"), thulium("acme-2")])
-    code, stdout, stderr = await run("--check-config", "--config", str(config))
+    code, stdout, stderr = await run_cli("--check-config", "--config", str(config))
     assert code == 0, stderr
     lines = stdout.splitlines()
     assert lines[0] == f"{config}: OK, 3 target(s)"
@@ -314,7 +314,7 @@ async def test_the_flag_reloads_a_served_exporter_and_logs_as_sighup(sim, sim_ur
     [("0.5s", "must be at least 1s; it is 0.5s"), ("soon", "invalid duration 'soon'")],
 )
 async def test_the_interval_flag_refuses_a_bad_value(value, message, write_config):
-    code, _, stderr = await run("--config.auto-reload-interval", value, "--check-config")
+    code, _, stderr = await run_cli("--config.auto-reload-interval", value, "--check-config")
     assert code == 2
     assert message in stderr
 
@@ -322,7 +322,9 @@ async def test_the_interval_flag_refuses_a_bad_value(value, message, write_confi
 async def test_the_interval_flag_does_not_stop_the_demo():
     """The demo has no file to watch: the flag is ignored (a warning when it serves), not an
     error, so that a chart or unit that always passes it can run the demo."""
-    code, _, stderr = await run("--demo", "--check-config", "--config.auto-reload-interval", "1m")
+    code, _, stderr = await run_cli(
+        "--demo", "--check-config", "--config.auto-reload-interval", "1m"
+    )
     assert code == 0, stderr
 
 
