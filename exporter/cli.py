@@ -430,12 +430,19 @@ async def _once(
 
 
 def only_targets(config: Config, names: Sequence[str]) -> Config:
-    """``config`` with only the targets named ``names``; ValueError naming any it does not have."""
+    """``config`` with only the targets named ``names``; ValueError naming any it does not have,
+    or has with ``enabled: false``."""
     known = {target.name for target in config.targets}
     unknown = [name for name in dict.fromkeys(names) if name not in known]
     if unknown:
         raise ValueError(f"the config has no target named {', '.join(map(repr, unknown))}")
     wanted = set(names)
+    disabled = [t.name for t in config.targets if t.name in wanted and not t.enabled]
+    if disabled:
+        raise ValueError(
+            f"{', '.join(map(repr, disabled))} has enabled: false in the config (set it to true "
+            "to collect it)"
+        )
     return config.model_copy(
         update={"targets": [target for target in config.targets if target.name in wanted]}
     )

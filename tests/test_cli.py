@@ -487,6 +487,18 @@ async def test_once_with_target_collects_only_the_named_targets(sim, sim_url, wr
     assert scraped[("thulium_outbound_active_campaigns", labels(account="thulium-globex"))] > 0
 
 
+async def test_once_with_a_disabled_target_exits_2_naming_it(sim, sim_url, write_config):
+    targets = thulium_targets(sim_url, sim)
+    targets[1]["enabled"] = False
+    path = write_config({"targets": targets})
+    name = targets[1]["name"]
+    code, stdout, stderr = await run_cli("--once", "--config", str(path), "--target", name)
+    assert code == 2
+    assert stdout == ""
+    assert f"--target: {name!r} has enabled: false in the config" in stderr
+    assert sim.requests == []
+
+
 async def test_once_with_an_unknown_target_exits_2_naming_it(sim, sim_url, write_config):
     path = write_config({"targets": thulium_targets(sim_url, sim)})
     code, stdout, stderr = await run_cli(
