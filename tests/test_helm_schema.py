@@ -218,6 +218,9 @@ def test_the_keys_renamed_in_0_2_0_fail_with_their_path(
             "Additional property fro is not allowed",
         ),
         ({"networkPolicy": {"providerPorts": [0]}}, "networkPolicy.providerPorts.0: Must be"),
+        # The exporter refuses an interval under 1s: the pod would crash-loop.
+        ({"autoReloadInterval": "500ms"}, "autoReloadInterval: Does not match"),
+        ({"autoReloadInterval": "0s"}, "autoReloadInterval: Does not match"),
     ],
 )
 def test_a_value_of_the_wrong_type_fails(
