@@ -324,6 +324,38 @@ async def test_a_reload_that_changes_the_target_resets_its_back_off(
 # -- logs ------------------------------------------------------------------------------------------
 
 
+async def test_a_failures_warning_carries_the_start_of_the_answer_scrubbed(
+    aiohttp_server, harness, make_config
+):
+    import structlog.testing
+
+    password = "pass-word-of-acme"
+
+    async def stats(request: web.Request) -> web.Response:
+        # An echoing provider: its error quotes the request's credentials.
+        quoted = request.headers["Authorization"]
+        return web.json_response({"error": f"account locked ({quoted}, {password})"}, status=403)
+
+    app = web.Application()
+    app.router.add_get("/api/outbounds/stats", stats)
+    server = await aiohttp_server(app)
+    target = {
+        "name": "acme",
+        "provider": "thulium",
+        "base_url": str(server.make_url("/api")),
+        "username": "user",
+        "password": password,
+    }
+    h = await harness(make_config([target]))
+    with structlog.testing.capture_logs() as logs:
+        await h.collect()
+    (warning,) = [e for e in logs if e["event"] == "collection"]
+    assert warning["log_level"] == "warning"
+    assert "account locked" in warning["excerpt"]
+    assert password not in warning["excerpt"]
+    assert http_module.basic_auth("user", password).split()[1] not in warning["excerpt"]
+
+
 async def test_a_failing_target_warns_at_news_and_reminds_every_15_minutes(
     sim, sim_url, harness, make_config, clock, caplog
 ):

@@ -141,6 +141,7 @@ class TargetRunner:
         run = Run(deadline, self._clock, self.client.bound(deadline, self._clock))
         reason: Reason | None = None
         error: str | None = None
+        excerpt: str | None = None
         samples: tuple[Any, ...] = ()
         try:
             async with asyncio.timeout(config.deadline):
@@ -152,6 +153,7 @@ class TargetRunner:
             )
         except CollectError as exc:
             reason, error, samples = exc.reason, exc.message, exc.partial
+            excerpt = exc.excerpt
         except ParseError as exc:
             reason, error = Reason.PARSE, f"unexpected answer: {exc}"
         except Exception:
@@ -170,17 +172,18 @@ class TargetRunner:
             error=error,
         )
         self._record(snapshot)
-        self._log(snapshot)
+        self._log(snapshot, excerpt)
         return snapshot
 
-    def _log(self, snapshot: Snapshot) -> None:
+    def _log(self, snapshot: Snapshot, excerpt: str | None = None) -> None:
         """Log a finished collection, and keep the counts the logging and the back-off go by.
 
         A failure is a warning when it is news: the first of a run of failures, another reason
         than the last one's, the start of a back-off, or a reminder after REMINDER_EVERY; else
         debug. A success is news (info) only when it ends a run of failures, else debug: a line
         per target per interval is noise at 1,000 targets, and each line written costs the event
-        loop time."""
+        loop time. A failure's line carries ``excerpt``, the start of the answer it failed on
+        (scrubbed of secrets), when it has one."""
         config, reason = self.config, snapshot.reason
         if snapshot.ok and not self._failures:
             # The routine success, once per collection: not even built below debug level.
@@ -210,6 +213,8 @@ class TargetRunner:
         if news:
             self._warned_at = now
         self._reason = reason
+        if excerpt:
+            fields["excerpt"] = excerpt  # the start of the answer it failed on, scrubbed
         (log.warning if news else log.debug)(
             "collection",
             reason=str(reason),
