@@ -142,6 +142,22 @@ class LogConfig(StrictModel):
     format: Literal["json", "logfmt", "console"] = "json"
 
 
+def _name_taken(name: str, first: str) -> str:
+    """The problem of a target named as ``first`` (its key) already is."""
+    return f"{name!r} is already the name of {first}; target names must be unique"
+
+
+def _does_not_fit(max_response_bytes: int, in_flight: int) -> str | None:
+    """The problem of a target whose answers cannot fit in ``max_response_bytes_in_flight``, or
+    None when they fit."""
+    if response_reservation(max_response_bytes) <= in_flight:
+        return None
+    return (
+        f"{max_response_bytes} does not fit in max_response_bytes_in_flight ({in_flight}) "
+        f"with the {RESPONSE_OVERHEAD} bytes a request reserves besides its body"
+    )
+
+
 class Config(StrictModel):
     """The whole file. ``targets`` is validated against the union of every provider's model."""
 
@@ -175,22 +191,17 @@ class Config(StrictModel):
         seen: dict[str, int] = {}
         for index, target in enumerate(self.targets):
             if target.name in seen:
-                raise ValueError(
-                    f"targets[{index}].name: {target.name!r} is already the name of "
-                    f"targets[{seen[target.name]}]; target names must be unique"
-                )
+                taken = _name_taken(target.name, f"targets[{seen[target.name]}]")
+                raise ValueError(f"targets[{index}].name: {taken}")
             seen[target.name] = index
         return self
 
     @model_validator(mode="after")
     def _answers_fit_in_flight(self) -> Config:
         for index, target in enumerate(self.targets):
-            if response_reservation(target.max_response_bytes) > self.max_response_bytes_in_flight:
-                raise ValueError(
-                    f"targets[{index}].max_response_bytes: {target.max_response_bytes} does not "
-                    f"fit in max_response_bytes_in_flight ({self.max_response_bytes_in_flight}) "
-                    f"with the {RESPONSE_OVERHEAD} bytes a request reserves besides its body"
-                )
+            unfit = _does_not_fit(target.max_response_bytes, self.max_response_bytes_in_flight)
+            if unfit:
+                raise ValueError(f"targets[{index}].max_response_bytes: {unfit}")
         return self
 
     def secret_values(self) -> list[str]:
@@ -504,11 +515,13 @@ def validation_problems(
         yield ConfigProblem(path, message)
 
 
-def yaml_problem(exc: YAMLProblem) -> ConfigProblem:
-    """A YAML document refused by :func:`exporter.bounded.load_yaml`, at its key or line."""
+def yaml_problem(exc: YAMLProblem, file: str = "") -> ConfigProblem:
+    """A YAML document refused by :func:`exporter.bounded.load_yaml`, at its key or line (in
+    ``file``, a target file's label, when given)."""
     if exc.path:
-        return ConfigProblem(format_path(exc.path), exc.message)
-    return ConfigProblem(f"line {exc.line}, column {exc.column}" if exc.line else "", exc.message)
+        return ConfigProblem(format_path((file, *exc.path) if file else exc.path), exc.message)
+    line = f"line {exc.line}, column {exc.column}" if exc.line else ""
+    return ConfigProblem(": ".join(part for part in (file, line) if part), exc.message)
 
 
 def parse_config(
@@ -812,11 +825,7 @@ def _read_target_files(
         try:
             data = load_yaml(text, max_chars=CONFIG_FILE_MAX_BYTES)
         except YAMLProblem as exc:
-            if exc.path:
-                problems.append(ConfigProblem(format_path((label, *exc.path)), exc.message))
-            else:
-                where = f"{label}: line {exc.line}, column {exc.column}" if exc.line else label
-                problems.append(ConfigProblem(where, exc.message))
+            problems.append(yaml_problem(exc, label))
             continue
         if data is None:
             data = []  # an empty file: no targets (yet)
@@ -843,24 +852,12 @@ def _with_target_files(
         for index, target in enumerate(targets):
             where = f"{file.label}[{index}]"
             if target.name in origins:
-                problems.add(
-                    ConfigProblem(
-                        f"{where}.name",
-                        f"{target.name!r} is already the name of {origins[target.name]}; "
-                        "target names must be unique",
-                    )
-                )
+                taken = _name_taken(target.name, origins[target.name])
+                problems.add(ConfigProblem(f"{where}.name", taken))
                 continue
-            budget = config.max_response_bytes_in_flight
-            if response_reservation(target.max_response_bytes) > budget:
-                problems.add(
-                    ConfigProblem(
-                        f"{where}.max_response_bytes",
-                        f"{target.max_response_bytes} does not fit in "
-                        f"max_response_bytes_in_flight ({budget}) "
-                        f"with the {RESPONSE_OVERHEAD} bytes a request reserves besides its body",
-                    )
-                )
+            unfit = _does_not_fit(target.max_response_bytes, config.max_response_bytes_in_flight)
+            if unfit:
+                problems.add(ConfigProblem(f"{where}.max_response_bytes", unfit))
             origins[target.name] = where
             merged.append(target)
     result = config.model_copy(update={"targets": merged})
