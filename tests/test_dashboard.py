@@ -67,8 +67,8 @@ METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "messaging_exporter_targets": ("exporter", ("state",)),
 }
 
-# Metrics the exporter adds beyond the contract (metrics.md allows adding); alerts may use them,
-# the dashboard need not show them.
+# Metrics of the contract (docs/metrics.md) that the dashboard need not show; alerts may use
+# them.
 EXTRA_METRICS: dict[str, tuple[str, tuple[str, ...]]] = {
     "messaging_exporter_collect_interval_seconds": ("exporter", ("provider", "account")),
 }
