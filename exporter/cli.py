@@ -304,6 +304,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _check_config(config, args.config, shard, args.deprecated)
     if args.once:
         return asyncio.run(_once(config, shard, args.targets, args.deprecated))
+    # Taken as soon as the config is read: an edit made while the exporter starts is a change.
+    baseline = (
+        autoreload.fingerprint(Path(args.config), config.target_files)
+        if args.auto_reload_interval
+        else None
+    )
     return asyncio.run(
         _serve(
             config,
@@ -316,6 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides=config_overrides(args),
             deprecated=args.deprecated,
             auto_reload=args.auto_reload_interval,
+            auto_reload_baseline=baseline,
         )
     )
 
@@ -569,11 +576,12 @@ async def _serve(
     overrides: Mapping[str, Any] | None = None,
     deprecated: Sequence[str] = (),
     auto_reload: float | None = None,
+    auto_reload_baseline: bytes | None = None,
 ) -> int:
     """Collect and serve until SIGTERM or SIGINT; SIGHUP reloads the config (and so does
     ``POST /-/reload`` with ``lifecycle``, and a change of the config's files every
-    ``auto_reload`` seconds). ``overrides`` are the flags' keys, which win over the reloaded
-    file's too."""
+    ``auto_reload`` seconds, since ``auto_reload_baseline``, their fingerprint when ``config``
+    was read). ``overrides`` are the flags' keys, which win over the reloaded file's too."""
     host, port = parse_listen_address(listen or config.web.listen_address)
     exporter = make_exporter(config, config_path=path, shard=shard, overrides=overrides)
     setup_logging(config.log.level, config.log.format, redactor=exporter.redactor)
@@ -591,7 +599,11 @@ async def _serve(
     tls = settings is not None and settings.context is not None
     _announce(config, runner, host, port, tls=tls, demo=demo)
     freezing = asyncio.create_task(keep_long_lived_objects_out_of_gc(exporter.store))
-    watching = asyncio.create_task(autoreload.watch(exporter, auto_reload)) if auto_reload else None
+    watching = (
+        asyncio.create_task(autoreload.watch(exporter, auto_reload, auto_reload_baseline))
+        if auto_reload
+        else None
+    )
     await _until_stopped(exporter)
     log.info("shutting down")
     freezing.cancel()

@@ -358,3 +358,30 @@ def test_labels_and_enabled_work_in_target_files(tmp_path):
     found = problems(config)
     assert len(found) == 1
     assert found[0].startswith("t.yaml[0].labels.campaign_id: clashes with a label")
+
+
+def test_serve_watches_from_the_files_as_the_config_was_read(sim, sim_url, tmp_path, monkeypatch):
+    """The baseline of the automatic reload is taken when the config is read, not once the
+    exporter listens: an edit made while it starts is a change it reloads."""
+    from exporter import cli
+
+    acme, globex = thulium_targets(sim_url, sim)
+    config_path = write(
+        tmp_path / "config.yaml", {"target_files": ["targets.d/*.yaml"], "targets": [acme]}
+    )
+    write(tmp_path / "targets.d/one.yaml", [globex])
+    served: dict[str, Any] = {}
+
+    async def serve(config: Any, *args: Any, **kwargs: Any) -> int:
+        served.update(kwargs)
+        return 0
+
+    monkeypatch.setattr(cli, "_serve", serve)
+    args = ["--config", str(config_path), "--config.auto-reload-interval", "1s"]
+    assert cli.main(args) == 0
+    read = autoreload.fingerprint(config_path, ["targets.d/*.yaml"])
+    assert served["auto_reload_baseline"] == read
+    write(tmp_path / "targets.d/one.yaml", [])  # edited while the exporter starts
+    assert autoreload.fingerprint(config_path, ["targets.d/*.yaml"]) != read
+    assert cli.main(["--config", str(config_path)]) == 0
+    assert served["auto_reload_baseline"] is None  # no automatic reload, no baseline
