@@ -42,7 +42,7 @@ from exporter.web.webconfig import (
     TLSServerConfig,
     in_memory_file,
     load_web_config,
-    read_pem_file,
+    pem_of,
 )
 
 PATH = "/healthz"
@@ -82,11 +82,8 @@ def web_section(path: str, environ: dict[str, str]) -> WebConfig:
 
 
 def _pem(tls: TLSServerConfig, file_key: str, inline: str) -> bytes:
-    path = getattr(tls, file_key)
-    if not path:
-        return inline.encode()
     try:
-        return read_pem_file(path)
+        return pem_of(getattr(tls, file_key), inline)
     except PemError as exc:
         raise HealthCheckError(f"tls_server_config.{file_key}: {exc}") from None
 

@@ -513,6 +513,12 @@ def read_pem_file(path: str) -> bytes:
         raise PemError(f"cannot read {shown(path)}: {exc}") from None
 
 
+def pem_of(path: str | None, inline: str) -> bytes:
+    """The PEM of a ``*_file`` key (read as :func:`read_pem_file` reads it) or, when the file is
+    not named, of its inline key."""
+    return read_pem_file(path) if path else inline.encode(errors="replace")
+
+
 @contextlib.contextmanager
 def in_memory_file(data: bytes) -> Iterator[str]:
     """A path that reads as ``data`` for as long as the block runs, for ``load_cert_chain`` (which
@@ -548,10 +554,8 @@ def tls_context(tls: TLSServerConfig, source: str = "") -> ssl.SSLContext:
 
     def pem(file_key: str, inline_key: str, inline: str) -> tuple[str, bytes]:
         path = getattr(tls, file_key)
-        if not path:
-            return inline_key, inline.encode(errors="replace")
         try:
-            return file_key, read_pem_file(path)
+            return (file_key if path else inline_key), pem_of(path, inline)
         except PemError as exc:
             raise fail(file_key, str(exc)) from None
 
