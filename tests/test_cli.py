@@ -65,6 +65,8 @@ async def test_once_prints_the_exposition_and_exits_0(sim, sim_url, write_config
     scraped = parse_exposition(stdout)
     key = ("thulium_outbound_campaign_records", labels(account="thulium-acme", campaign_id="00001"))
     assert scraped[key] == 1324
+    # The process's families describe the process that serves; --once serves nothing.
+    assert not [name for name, _ in scraped if name.startswith(("process_", "python_gc_"))]
 
 
 async def test_once_prints_what_worked_and_exits_1_when_a_target_failed(sim, sim_url, write_config):
