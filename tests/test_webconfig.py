@@ -658,3 +658,25 @@ def test_a_tls_section_that_serves_plain_http_or_trusts_the_system_cas_is_warned
             assert len(events) == 1
             assert warning in events[0]
         assert (settings.context is None) == (data["tls_server_config"].get("cert_file") is None)
+
+
+def test_the_key_file_is_read_once_per_load_and_never_by_the_health_check(
+    tmp_path, certs, monkeypatch
+):
+    from exporter.web import healthcheck, webconfig
+
+    read: list[str] = []
+    read_pem_file = webconfig.read_pem_file
+
+    def counting(path: str) -> bytes:
+        read.append(Path(path).name)
+        return read_pem_file(path)
+
+    monkeypatch.setattr(webconfig, "read_pem_file", counting)
+    path = write(tmp_path, {"tls_server_config": tls_section(certs)})
+    WebSettings(path, load_web_config(path))
+    assert read.count("server.key") == 1
+    read.clear()
+    with pytest.raises(healthcheck.HealthCheckError):  # nothing listens on port 1
+        healthcheck.check("/nonexistent/config.yaml", "127.0.0.1:1", str(path), {}, timeout=1)
+    assert "server.key" not in read

@@ -128,7 +128,8 @@ def check(
     tls = None
     if web_config_path:
         try:
-            tls = load_web_config(web_config_path).tls
+            # Only its settings: the client reads the certificate, never the key.
+            tls = load_web_config(web_config_path, with_tls=False).tls
         except ConfigError as exc:
             raise HealthCheckError(str(exc)) from None
     try:

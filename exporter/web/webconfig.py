@@ -52,6 +52,7 @@ from aiohttp.typedefs import Handler, Middleware
 from pydantic import (
     BeforeValidator,
     Field,
+    PrivateAttr,
     SecretStr,
     StrictBool,
     StrictInt,
@@ -261,6 +262,9 @@ class WebConfigFile(ToolkitModel):
     http_server_config: HTTPServerConfig = HTTPServerConfig()
     rate_limit: RateLimitConfig = RateLimitConfig()
     basic_auth_users: dict[str, Text] = Field(default_factory=dict)
+    _tls_context: ssl.SSLContext | None = PrivateAttr(default=None)
+    """The TLS context :func:`load_web_config` built from the files to check them, for the
+    server to use rather than read them again."""
 
     @property
     def tls(self) -> TLSServerConfig | None:
@@ -269,9 +273,9 @@ class WebConfigFile(ToolkitModel):
         return tls if tls is not None and tls.enabled else None
 
 
-def load_web_config(path: str | Path) -> WebConfigFile:
-    """The file, validated, relative paths resolved, its certificate files loaded once to prove
-    they load."""
+def load_web_config(path: str | Path, *, with_tls: bool = True) -> WebConfigFile:
+    """The file, validated, relative paths resolved; ``with_tls``, its certificate and key files
+    loaded into the TLS context the server will use, which proves they load."""
     source = str(path)
     try:
         text = read_text(path, WEB_CONFIG_FILE_MAX_BYTES)
@@ -280,7 +284,7 @@ def load_web_config(path: str | Path) -> WebConfigFile:
         raise ConfigError([ConfigProblem("", f"the file {exc}")], source) from None
     except YAMLProblem as exc:
         raise ConfigError([yaml_problem(exc)], source) from None
-    return validate_web_config(raw, source, Path(path).absolute().parent)
+    return validate_web_config(raw, source, Path(path).absolute().parent, with_tls=with_tls)
 
 
 def shown(text: str) -> str:
@@ -289,9 +293,11 @@ def shown(text: str) -> str:
     return text if text.isprintable() else repr(text)
 
 
-def validate_web_config(raw: object, source: str, directory: Path) -> WebConfigFile:
+def validate_web_config(
+    raw: object, source: str, directory: Path, *, with_tls: bool = True
+) -> WebConfigFile:
     """The parsed file, checked as the toolkit checks it; relative paths taken from
-    ``directory``."""
+    ``directory``; ``with_tls``, its TLS context built (see :func:`load_web_config`)."""
     try:
         config = WebConfigFile.model_validate(raw)
     except ValidationError as exc:
@@ -319,8 +325,8 @@ def validate_web_config(raw: object, source: str, directory: Path) -> WebConfigF
         problems += _tls_problems(config.tls, config.http_server_config.http2)
     if problems:
         raise ConfigError(problems, source)
-    if config.tls is not None:
-        tls_context(config.tls, source)
+    if config.tls is not None and with_tls:
+        config._tls_context = tls_context(config.tls, source)
     return config
 
 
@@ -751,6 +757,13 @@ def rate_limiter(config: RateLimitConfig) -> RateLimiter | None:
 # --- the web config in force -----------------------------------------------------------------
 
 
+def _context_of(config: WebConfigFile, path: str | Path) -> ssl.SSLContext:
+    """The TLS context of ``config`` (which turns TLS on): the one its load built, else one
+    built now."""
+    assert config.tls is not None
+    return config._tls_context or tls_context(config.tls, str(path))
+
+
 class WebSettings:
     """The web config in force: the TLS context handed to the server (whose :attr:`current`
     context is replaced when the files change), the client certificate names let in, the rate
@@ -759,7 +772,7 @@ class WebSettings:
     def __init__(self, path: str | Path, config: WebConfigFile) -> None:
         self.path = Path(path)
         tls = config.tls
-        self.context = server_context(tls_context(tls, str(path))) if tls else None
+        self.context = server_context(_context_of(config, path)) if tls else None
         self._apply(config, previous=None)
         self._stamps = self._look()
 
@@ -820,8 +833,7 @@ class WebSettings:
         try:
             # Off the loop: YAML and certificates.
             config = await asyncio.to_thread(load_web_config, self.path)
-            tls = config.tls
-            context = await asyncio.to_thread(tls_context, tls, str(self.path)) if tls else None
+            context = _context_of(config, self.path) if config.tls else None
         except ConfigError as exc:
             log.error("web config reload failed; the previous one stays", error=str(exc))
             return False
