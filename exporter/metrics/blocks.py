@@ -46,11 +46,16 @@ Constant = Sequence[tuple[str, str]]
 """A target's constant labels (its config's ``labels``), as (name, value) pairs."""
 
 
+def _line_prefix(line: bytes) -> bytes:
+    """A rendered line's ``name{labels} ``: all of it up to its value (which has no space)."""
+    return line[: line.rindex(b" ") + 1]
+
+
 def _prefix(block: bytes, family: FamilyFormat, values: Sequence[str], constant: Constant) -> bytes:
     """The line prefix of the one line of ``block``, or ``family``'s for ``values`` and the
     target's ``constant`` labels when empty."""
     if block:
-        return block[: block.rindex(b" ") + 1]
+        return _line_prefix(block)
     return family.prefix(values, constant).encode()
 
 
@@ -107,7 +112,7 @@ class TargetRenderer:
         if previous.line_keys:
             old_lines = b"".join(old[:base]).split(b"\n")
             known = {
-                key: line[: line.rindex(b" ") + 1]
+                key: _line_prefix(line)
                 for key, line in zip(previous.line_keys, old_lines, strict=False)
             }
         # Per provider family slot: its lines and their series' keys.
@@ -155,7 +160,7 @@ class TargetRenderer:
         error_count = sum(state.errors.values())
         if not errors or error_count != previous.error_count:
             prefixes = (
-                [line[: line.rindex(b" ") + 1] for line in errors.split(b"\n")[:-1]]
+                [_line_prefix(line) for line in errors.split(b"\n")[:-1]]
                 if errors
                 else [ERRORS.prefix((*pair, str(reason)), constant).encode() for reason in Reason]
             )
